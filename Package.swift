@@ -1,0 +1,44 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "hsmd",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "hsmd", targets: ["hsmd"]),
+        .executable(name: "hsmctl", targets: ["hsmctl"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+    ],
+    targets: [
+        // Kernel constants the system headers lack, and the syscalls that need _GNU_SOURCE.
+        .target(name: "CHSMKernel"),
+        // Thin Swift wrappers: file descriptors, fanotify, leases, xattrs, holes. All unsafe
+        // pointer work lives here.
+        .target(name: "HSMKernel", dependencies: ["CHSMKernel"]),
+        // Value types and logic shared by hsmd and hsmctl: marker codec, block math, config,
+        // stores, control protocol, policy.
+        .target(name: "HSMCore", dependencies: [
+            "HSMKernel",
+            .product(name: "TOMLKit", package: "TOMLKit"),
+        ]),
+        // The daemon's machinery: event loop, recall engine, archive/release, control server.
+        .target(name: "HSMDaemon", dependencies: [
+            "HSMCore", "HSMKernel",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "hsmd", dependencies: [
+            "HSMDaemon", "HSMCore",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "hsmctl", dependencies: [
+            "HSMCore", "HSMKernel",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .testTarget(name: "HSMCoreTests", dependencies: ["HSMCore", "HSMKernel"]),
+    ]
+)

@@ -1,0 +1,226 @@
+// Thin C wrappers over the syscalls hsmd needs. Each returns -errno on failure so the
+// Swift layer can build an error that names the operation and the path.
+#define _GNU_SOURCE
+#include "chsm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/fanotify.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
+#include <sys/xattr.h>
+#include <linux/falloc.h>
+
+int chsm_fanotify_init(unsigned int flags, unsigned int event_f_flags) {
+    int fd = fanotify_init(flags, event_f_flags);
+    return fd < 0 ? -errno : fd;
+}
+
+int chsm_fanotify_mark(int group, unsigned int flags, uint64_t mask, int dirfd, const char *path) {
+    return fanotify_mark(group, flags, mask, dirfd, path) < 0 ? -errno : 0;
+}
+
+int chsm_fanotify_read(int group, void *buf, size_t buflen, chsm_event *out, int maxout) {
+    ssize_t len;
+    do { len = read(group, buf, buflen); } while (len < 0 && errno == EINTR);
+    if (len < 0) return -errno;
+    int n = 0;
+    struct fanotify_event_metadata *md = buf;
+    while (FAN_EVENT_OK(md, len) && n < maxout) {
+        chsm_event *e = &out[n++];
+        memset(e, 0, sizeof *e);
+        e->mask = md->mask;
+        e->fd = md->fd;
+        e->pid = md->pid;
+        // Info records follow the fixed metadata up to event_len.
+        char *p = (char *)md + md->metadata_len;
+        char *end = (char *)md + md->event_len;
+        while (p + sizeof(struct fanotify_event_info_header) <= end) {
+            struct fanotify_event_info_header *h = (void *)p;
+            if (h->len < sizeof *h || p + h->len > end) break;
+            if (h->info_type == FAN_EVENT_INFO_TYPE_RANGE && h->len >= 24) {
+                uint64_t off, cnt;
+                memcpy(&off, p + 8, 8);
+                memcpy(&cnt, p + 16, 8);
+                e->has_range = 1;
+                e->offset = off;
+                e->count = cnt;
+            }
+            p += h->len;
+        }
+        md = FAN_EVENT_NEXT(md, len);
+    }
+    return n;
+}
+
+int chsm_fanotify_respond(int group, int event_fd, uint32_t response) {
+    struct fanotify_response r = { .fd = event_fd, .response = response };
+    ssize_t w;
+    do { w = write(group, &r, sizeof r); } while (w < 0 && errno == EINTR);
+    return w < 0 ? -errno : 0;
+}
+
+static void chsm_lease_noop(int sig, siginfo_t *info, void *ctx) { (void)sig; (void)info; (void)ctx; }
+
+int chsm_lease_signal_setup(int signo) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = chsm_lease_noop;
+    sa.sa_flags = SA_SIGINFO | SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    return sigaction(signo, &sa, NULL) < 0 ? -errno : 0;
+}
+
+int chsm_set_lease(int fd, int type, int signo) {
+    if (type != F_UNLCK && fcntl(fd, F_SETSIG, signo) < 0) return -errno;
+    return fcntl(fd, F_SETLEASE, type) < 0 ? -errno : 0;
+}
+
+int chsm_get_lease(int fd) {
+    int r = fcntl(fd, F_GETLEASE);
+    return r < 0 ? -errno : r;
+}
+
+int chsm_punch_hole(int fd, int64_t offset, int64_t length) {
+    return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) < 0 ? -errno : 0;
+}
+
+int64_t chsm_seek_data(int fd, int64_t offset) {
+    off_t r = lseek(fd, offset, SEEK_DATA);
+    return r < 0 ? -errno : r;
+}
+
+int64_t chsm_seek_hole(int fd, int64_t offset) {
+    off_t r = lseek(fd, offset, SEEK_HOLE);
+    return r < 0 ? -errno : r;
+}
+
+int64_t chsm_copy_file_range(int fd_in, int64_t off_in, int fd_out, int64_t off_out, size_t len) {
+    loff_t i = off_in, o = off_out;
+    ssize_t r = copy_file_range(fd_in, &i, fd_out, &o, len, 0);
+    return r < 0 ? -errno : r;
+}
+
+static void fill_stat(const struct statx *sx, chsm_stat *out) {
+    out->dev = ((uint64_t)sx->stx_dev_major << 32) | sx->stx_dev_minor;
+    out->ino = sx->stx_ino;
+    out->size = sx->stx_size;
+    out->blocks = sx->stx_blocks;
+    out->mode = sx->stx_mode;
+    out->uid = sx->stx_uid;
+    out->gid = sx->stx_gid;
+    out->nlink = sx->stx_nlink;
+    out->atime_ns = sx->stx_atime.tv_sec * 1000000000LL + sx->stx_atime.tv_nsec;
+    out->mtime_ns = sx->stx_mtime.tv_sec * 1000000000LL + sx->stx_mtime.tv_nsec;
+    out->ctime_ns = sx->stx_ctime.tv_sec * 1000000000LL + sx->stx_ctime.tv_nsec;
+}
+
+int chsm_fstat(int fd, chsm_stat *out) {
+    struct statx sx;
+    if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_SYNC_AS_STAT, STATX_BASIC_STATS, &sx) < 0) return -errno;
+    fill_stat(&sx, out);
+    return 0;
+}
+
+int chsm_stat_path(const char *path, int nofollow, chsm_stat *out) {
+    struct statx sx;
+    if (statx(AT_FDCWD, path, nofollow ? AT_SYMLINK_NOFOLLOW : 0, STATX_BASIC_STATS, &sx) < 0) return -errno;
+    fill_stat(&sx, out);
+    return 0;
+}
+
+int chsm_set_mtime(int fd, int64_t mtime_ns) {
+    struct timespec ts[2];
+    ts[0].tv_sec = 0; ts[0].tv_nsec = UTIME_OMIT;
+    ts[1].tv_sec = mtime_ns / 1000000000LL; ts[1].tv_nsec = mtime_ns % 1000000000LL;
+    if (ts[1].tv_nsec < 0) { ts[1].tv_nsec += 1000000000LL; ts[1].tv_sec -= 1; }
+    return futimens(fd, ts) < 0 ? -errno : 0;
+}
+
+ssize_t chsm_fgetxattr(int fd, const char *name, void *buf, size_t len) {
+    ssize_t r = fgetxattr(fd, name, buf, len);
+    return r < 0 ? -errno : r;
+}
+
+int chsm_fsetxattr(int fd, const char *name, const void *buf, size_t len) {
+    return fsetxattr(fd, name, buf, len, 0) < 0 ? -errno : 0;
+}
+
+int chsm_fremovexattr(int fd, const char *name) {
+    return fremovexattr(fd, name) < 0 ? -errno : 0;
+}
+
+ssize_t chsm_flistxattr(int fd, char *buf, size_t len) {
+    ssize_t r = flistxattr(fd, buf, len);
+    return r < 0 ? -errno : r;
+}
+
+int chsm_open(const char *path, int flags, unsigned int mode) {
+    int fd;
+    do { fd = open(path, flags | O_CLOEXEC, mode); } while (fd < 0 && errno == EINTR);
+    return fd < 0 ? -errno : fd;
+}
+
+ssize_t chsm_fd_path(int fd, char *buf, size_t len) {
+    char link[64];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t r = readlink(link, buf, len);
+    return r < 0 ? -errno : r;
+}
+
+int chsm_peer_cred(int sock, int32_t *pid, uint32_t *uid, uint32_t *gid) {
+    struct ucred c;
+    socklen_t l = sizeof c;
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &c, &l) < 0) return -errno;
+    *pid = c.pid; *uid = c.uid; *gid = c.gid;
+    return 0;
+}
+
+// CRC32C: SSE4.2 instruction when present, else a bytewise table.
+static uint32_t crc32c_table[256];
+static int crc32c_table_ready;
+
+static void crc32c_init_table(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+        crc32c_table[i] = c;
+    }
+    crc32c_table_ready = 1;
+}
+
+static uint32_t crc32c_soft(uint32_t crc, const unsigned char *p, size_t len) {
+    if (!crc32c_table_ready) crc32c_init_table();
+    while (len--) crc = crc32c_table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
+    return crc;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2")))
+static uint32_t crc32c_hw(uint32_t crc, const unsigned char *p, size_t len) {
+    uint64_t c = crc;
+    while (len && ((uintptr_t)p & 7)) { c = __builtin_ia32_crc32qi((uint32_t)c, *p++); len--; }
+    while (len >= 8) { uint64_t v; memcpy(&v, p, 8); c = __builtin_ia32_crc32di(c, v); p += 8; len -= 8; }
+    while (len--) c = __builtin_ia32_crc32qi((uint32_t)c, *p++);
+    return (uint32_t)c;
+}
+#endif
+
+uint32_t chsm_crc32c(uint32_t crc, const void *data, size_t len) {
+    crc = ~crc;
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("sse4.2")) return ~crc32c_hw(crc, data, len);
+#endif
+    return ~crc32c_soft(crc, data, len);
+}
+
+int64_t chsm_fs_type(const char *path) {
+    struct statfs s;
+    if (statfs(path, &s) < 0) return -errno;
+    return (int64_t)(unsigned long)s.f_type;
+}

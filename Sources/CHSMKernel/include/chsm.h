@@ -1,0 +1,100 @@
+// Kernel interface for hsmd: the fanotify pre-content API (Linux 6.14+), leases, hole
+// punching and xattrs. The system headers here predate the kernel, so the constants hsmd
+// needs are defined below. _GNU_SOURCE stays in chsm.c: defining it in a public header
+// clashes with SwiftGlibc's fd_set (see DESIGN.md, kernel layer).
+#ifndef CHSM_H
+#define CHSM_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <sys/types.h>
+#include <linux/fanotify.h>
+
+#ifndef FAN_PRE_ACCESS
+#define FAN_PRE_ACCESS 0x00100000
+#endif
+#ifndef FAN_CLASS_PRE_CONTENT
+#define FAN_CLASS_PRE_CONTENT 0x00000008
+#endif
+#ifndef FAN_MARK_EVICTABLE
+#define FAN_MARK_EVICTABLE 0x00000200
+#endif
+#ifndef FAN_MARK_IGNORE
+#define FAN_MARK_IGNORE 0x00000400
+#endif
+#ifndef FAN_REPORT_FD_ERROR
+#define FAN_REPORT_FD_ERROR 0x00002000
+#endif
+#ifndef FAN_EVENT_INFO_TYPE_RANGE
+#define FAN_EVENT_INFO_TYPE_RANGE 6
+#endif
+#ifndef FAN_ERRNO_BITS
+#define FAN_ERRNO_BITS 8
+#define FAN_ERRNO_SHIFT (32 - FAN_ERRNO_BITS)
+#endif
+#define CHSM_DENY_ERRNO(e) (FAN_DENY | ((((uint32_t)(e)) & 0xff) << FAN_ERRNO_SHIFT))
+
+/// One event from a fanotify group, with the info records hsmd uses already parsed.
+typedef struct {
+    uint64_t mask;
+    int32_t fd;            // event fd, or -errno when FAN_REPORT_FD_ERROR reported a failure
+    int32_t pid;
+    int32_t has_range;     // 1 when a FAN_EVENT_INFO_TYPE_RANGE record was present
+    uint64_t offset;
+    uint64_t count;
+} chsm_event;
+
+/// fanotify_init. Returns the group fd or -errno.
+int chsm_fanotify_init(unsigned int flags, unsigned int event_f_flags);
+/// fanotify_mark. Returns 0 or -errno.
+int chsm_fanotify_mark(int group, unsigned int flags, uint64_t mask, int dirfd, const char *path);
+/// Reads one batch of events (blocking read) and parses it into `out`.
+/// Returns the number of events, 0 on EOF, or -errno. `*overflow` is set on FAN_Q_OVERFLOW.
+int chsm_fanotify_read(int group, void *buf, size_t buflen, chsm_event *out, int maxout);
+/// Answers a permission event. Returns 0 or -errno.
+int chsm_fanotify_respond(int group, int event_fd, uint32_t response);
+
+/// Installs a no-op handler for `signo` and sets it as the lease-break signal of `fd`
+/// (F_SETSIG). hsmd polls F_GETLEASE between punch chunks; the handler only keeps the
+/// default action (terminate) from firing. Returns 0 or -errno.
+int chsm_lease_signal_setup(int signo);
+int chsm_set_lease(int fd, int type, int signo);   // F_SETSIG + F_SETLEASE, 0 or -errno
+int chsm_get_lease(int fd);                       // F_RDLCK/F_WRLCK/F_UNLCK or -errno
+
+int chsm_punch_hole(int fd, int64_t offset, int64_t length);      // 0 or -errno
+int64_t chsm_seek_data(int fd, int64_t offset);                    // offset, or -errno (-ENXIO past data)
+int64_t chsm_seek_hole(int fd, int64_t offset);
+int64_t chsm_copy_file_range(int fd_in, int64_t off_in, int fd_out, int64_t off_out, size_t len);
+
+/// statx of an open fd (AT_EMPTY_PATH). Times in ns since the epoch.
+typedef struct {
+    uint64_t dev, ino, size, blocks;
+    uint32_t mode, uid, gid, nlink;
+    int64_t atime_ns, mtime_ns, ctime_ns;
+} chsm_stat;
+int chsm_fstat(int fd, chsm_stat *out);
+int chsm_stat_path(const char *path, int nofollow, chsm_stat *out);
+/// Restores the mtime (atime untouched). 0 or -errno.
+int chsm_set_mtime(int fd, int64_t mtime_ns);
+
+/// xattrs on an fd; return length / 0 or -errno.
+ssize_t chsm_fgetxattr(int fd, const char *name, void *buf, size_t len);
+int chsm_fsetxattr(int fd, const char *name, const void *buf, size_t len);
+int chsm_fremovexattr(int fd, const char *name);
+ssize_t chsm_flistxattr(int fd, char *buf, size_t len);
+
+/// Opens `path` relative to nothing (absolute or cwd), returning fd or -errno.
+int chsm_open(const char *path, int flags, unsigned int mode);
+/// Path of an open fd via /proc/self/fd, for log lines. Returns length or -errno.
+ssize_t chsm_fd_path(int fd, char *buf, size_t len);
+
+/// Peer credentials of a connected Unix socket. 0 or -errno.
+int chsm_peer_cred(int sock, int32_t *pid, uint32_t *uid, uint32_t *gid);
+
+/// CRC32C (Castagnoli), hardware accelerated where the CPU has SSE4.2.
+uint32_t chsm_crc32c(uint32_t crc, const void *data, size_t len);
+
+/// Filesystem magic of the filesystem holding path (statfs f_type), or -errno.
+int64_t chsm_fs_type(const char *path);
+
+#endif

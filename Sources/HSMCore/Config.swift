@@ -1,0 +1,182 @@
+import Foundation
+import TOMLKit
+
+/// hsmd's configuration, read from TOML. Unknown keys and bad values are refused with a
+/// message naming the key, so a typo never silently falls back to a default.
+public struct Config: Equatable, Sendable {
+    public struct Store: Equatable, Sendable {
+        public var name: String
+        public var type: String
+        public var path: String
+    }
+
+    public struct Filesystem: Equatable, Sendable {
+        public var path: String
+        public var store: String
+    }
+
+    public var socket: String = "/run/hsmd/hsmd.sock"
+    public var stateDir: String = "/var/lib/hsmd"
+    public var logLevel: String = "info"
+    /// Threads that copy data back from stores.
+    public var recallThreads: Int = 4
+    /// A recall not finished by then fails the program's access with ETIMEDOUT.
+    public var recallTimeoutSeconds: Int64 = 120
+    /// Largest read-ahead window a sequential reader grows to.
+    public var readaheadMaxBytes: Int64 = 64 << 20
+    public var stores: [Store] = []
+    public var filesystems: [Filesystem] = []
+
+    public init() {}
+
+    public struct Error: Swift.Error, CustomStringConvertible, Equatable {
+        public let message: String
+        public var description: String { message }
+        init(_ m: String) { message = m }
+    }
+
+    public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+
+    public static func load(path: String) throws(Error) -> Config {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw Error("cannot read config file \(path): \(FileManager.default.fileExists(atPath: path) ? "permission denied" : "no such file")")
+        }
+        guard let text = String(data: data, encoding: .utf8) else { throw Error("\(path): not UTF-8 text") }
+        do { return try parse(text) } catch { throw Error("\(path): \(error.message)") }
+    }
+
+    public static func parse(_ text: String) throws(Error) -> Config {
+        let table: TOMLTable
+        do {
+            table = try TOMLTable(string: text)
+        } catch let e as TOMLParseError {
+            throw Error("TOML syntax error at line \(e.source.begin.line), column \(e.source.begin.column): \(e.description)")
+        } catch {
+            throw Error("TOML syntax error: \(error)")
+        }
+        var c = Config()
+        for (key, value) in table {
+            switch key {
+            case "socket": c.socket = try absolutePath(value, key)
+            case "state_dir": c.stateDir = try absolutePath(value, key)
+            case "log_level":
+                let l = try string(value, key)
+                guard logLevels.contains(l) else { throw Error("log_level: \"\(l)\" is not one of \(logLevels.joined(separator: ", "))") }
+                c.logLevel = l
+            case "recall_threads":
+                let n = try int(value, key)
+                guard (1...256).contains(n) else { throw Error("recall_threads: \(n) is out of range (1...256)") }
+                c.recallThreads = n
+            case "recall_timeout":
+                c.recallTimeoutSeconds = try duration(value, key)
+                guard c.recallTimeoutSeconds > 0 else { throw Error("recall_timeout: must be positive") }
+            case "readahead_max":
+                let s = try string(value, key)
+                guard let n = Units.parseSize(s), n >= 1 << 20 else { throw Error("readahead_max: \"\(s)\" is not a size of at least 1M (e.g. \"64M\")") }
+                c.readaheadMaxBytes = n
+            case "store":
+                for (i, entry) in try arrayOfTables(value, key).enumerated() {
+                    c.stores.append(try parseStore(entry, "store[\(i)]"))
+                }
+            case "filesystem":
+                for (i, entry) in try arrayOfTables(value, key).enumerated() {
+                    c.filesystems.append(try parseFilesystem(entry, "filesystem[\(i)]"))
+                }
+            default:
+                throw Error("unknown key \"\(key)\" (known: socket, state_dir, log_level, recall_threads, recall_timeout, readahead_max, [[store]], [[filesystem]])")
+            }
+        }
+        try c.validate()
+        return c
+    }
+
+    public func validate() throws(Error) {
+        var names = Set<String>()
+        for s in stores {
+            guard names.insert(s.name).inserted else { throw Error("store \"\(s.name)\" is defined twice") }
+        }
+        var paths = Set<String>()
+        for (i, f) in filesystems.enumerated() {
+            guard names.contains(f.store) else {
+                throw Error("filesystem[\(i)].store: no [[store]] is named \"\(f.store)\" (defined: \(names.sorted().joined(separator: ", ")))")
+            }
+            guard paths.insert(f.path).inserted else { throw Error("filesystem[\(i)].path: \(f.path) is listed twice") }
+        }
+        for (i, s) in stores.enumerated() {
+            for f in filesystems where s.path == f.path || s.path.hasPrefix(f.path == "/" ? "/" : f.path + "/") {
+                throw Error("store[\(i)].path: \(s.path) lies inside managed filesystem \(f.path); the tier must be elsewhere")
+            }
+        }
+    }
+
+    public func store(named name: String) -> Store? { stores.first { $0.name == name } }
+
+    // MARK: Typed accessors that name the key on failure
+
+    private static func parseStore(_ t: TOMLTable, _ ctx: String) throws(Error) -> Store {
+        var name: String?, type: String?, path: String?
+        for (key, value) in t {
+            switch key {
+            case "name": name = try string(value, "\(ctx).name")
+            case "type": type = try string(value, "\(ctx).type")
+            case "path": path = try absolutePath(value, "\(ctx).path")
+            default: throw Error("unknown key \"\(ctx).\(key)\" (known: name, type, path)")
+            }
+        }
+        guard let name, !name.isEmpty else { throw Error("\(ctx).name is required") }
+        guard let type else { throw Error("\(ctx).type is required (\"posix\")") }
+        guard type == "posix" else { throw Error("\(ctx).type: \"\(type)\" is not supported (supported: \"posix\")") }
+        guard let path else { throw Error("\(ctx).path is required") }
+        return Store(name: name, type: type, path: path)
+    }
+
+    private static func parseFilesystem(_ t: TOMLTable, _ ctx: String) throws(Error) -> Filesystem {
+        var path: String?, store: String?
+        for (key, value) in t {
+            switch key {
+            case "path": path = try absolutePath(value, "\(ctx).path")
+            case "store": store = try string(value, "\(ctx).store")
+            default: throw Error("unknown key \"\(ctx).\(key)\" (known: path, store)")
+            }
+        }
+        guard let path else { throw Error("\(ctx).path is required (the mount point to manage)") }
+        guard let store else { throw Error("\(ctx).store is required (the name of a [[store]])") }
+        return Filesystem(path: path, store: store)
+    }
+
+    private static func string(_ v: TOMLValueConvertible, _ key: String) throws(Error) -> String {
+        guard let s = v.string else { throw Error("\(key): expected a string, found \(v.type)") }
+        return s
+    }
+
+    private static func int(_ v: TOMLValueConvertible, _ key: String) throws(Error) -> Int {
+        guard let n = v.int else { throw Error("\(key): expected an integer, found \(v.type)") }
+        return n
+    }
+
+    private static func absolutePath(_ v: TOMLValueConvertible, _ key: String) throws(Error) -> String {
+        let s = try string(v, key)
+        guard s.hasPrefix("/") else { throw Error("\(key): \"\(s)\" must be an absolute path") }
+        var p = (s as NSString).standardizingPath
+        if p.count > 1 && p.hasSuffix("/") { p.removeLast() }
+        return p
+    }
+
+    private static func duration(_ v: TOMLValueConvertible, _ key: String) throws(Error) -> Int64 {
+        if let n = v.int { return Int64(n) }
+        guard let s = v.string, let d = Units.parseDuration(s) else {
+            throw Error("\(key): expected seconds or a duration such as \"90s\" or \"5m\"")
+        }
+        return d
+    }
+
+    private static func arrayOfTables(_ v: TOMLValueConvertible, _ key: String) throws(Error) -> [TOMLTable] {
+        guard let a = v.array else { throw Error("\(key): expected [[\(key)]] tables") }
+        var out: [TOMLTable] = []
+        for (i, e) in a.enumerated() {
+            guard let t = e.table else { throw Error("\(key)[\(i)]: expected a table") }
+            out.append(t)
+        }
+        return out
+    }
+}

@@ -1,0 +1,77 @@
+import Glibc
+import HSMKernel
+
+/// What a store keeps beside an object's data: enough to rebuild the file by hand.
+public struct ObjectRecord: Codable, Sendable, Equatable {
+    public var object: ObjectID
+    public var format: Int
+    /// Path at archive time (the file may have moved since: the marker is the truth).
+    public var path: String
+    public var size: Int64
+    public var mode: UInt32
+    public var uid: UInt32
+    public var gid: UInt32
+    public var atimeNs: Int64
+    public var mtimeNs: Int64
+    public var ctimeNs: Int64
+    public var archivedAt: Int64
+    public var blockShift: UInt8
+    /// CRC32C of each block's bytes (holes read as zeros); nil for blocks with no data.
+    public var checksums: [UInt32?]
+    /// The file's data extents at archive time, `[start, end)`; everything else was a hole.
+    public var extents: [[Int64]]
+    /// The file's own xattrs (name → base64 value), hsmd's marker excluded.
+    public var xattrs: [String: String]
+    public var storedBytes: Int64
+
+    public var layout: BlockLayout { BlockLayout(shift: blockShift, fileSize: size) }
+    public var dataExtents: [Range<Int64>] { extents.map { $0[0]..<$0[1] } }
+}
+
+public enum StoreError: Error, CustomStringConvertible {
+    case objectMissing(ObjectID, path: String)
+    case corrupt(ObjectID, block: Int, path: String)
+    case badRecord(ObjectID, path: String, reason: String)
+    case changedDuringArchive(path: String)
+    case io(SystemError)
+
+    public var description: String {
+        switch self {
+        case .objectMissing(let id, let p): return "object \(id) is missing from the store (\(p))"
+        case .corrupt(let id, let b, let p): return "object \(id) block \(b) fails its checksum (\(p))"
+        case .badRecord(let id, let p, let r): return "object \(id) has an unreadable record \(p): \(r)"
+        case .changedDuringArchive(let p): return "\(p) changed while it was being archived; try again when it is idle"
+        case .io(let e): return e.description
+        }
+    }
+
+    /// The errno a program's access gets when recall fails with this error.
+    public var errno: Int32 {
+        switch self {
+        case .io(let e) where [ENOSPC, EDQUOT, ETIMEDOUT].contains(e.errno): return e.errno
+        default: return EIO
+        }
+    }
+}
+
+/// Reads one object's blocks, verifying each against its checksum.
+public protocol ObjectReader {
+    /// Fills `buffer` with block `index` (its length: the block's size clipped to the
+    /// object) and verifies it. Returns the number of bytes.
+    func read(block index: Int, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> Int
+    func close()
+}
+
+/// One tier. Objects are immutable once put; a new archive of a file makes a new object.
+public protocol ObjectStore: Sendable {
+    var name: String { get }
+    /// Copies the data ranges of `source` (fully resident) into a new object.
+    func put(_ source: FileDescriptor, stat: FileStat, blockShift: UInt8, originalPath: String,
+             xattrs: [String: [UInt8]]) throws(StoreError) -> ObjectRecord
+    func record(_ id: ObjectID) throws(StoreError) -> ObjectRecord
+    func reader(for record: ObjectRecord) throws(StoreError) -> ObjectReader
+    func delete(_ id: ObjectID) throws(StoreError)
+    func list() throws(StoreError) -> [ObjectID]
+    /// A short problem description when the store cannot be used, nil when it is fine.
+    func healthProblem() -> String?
+}

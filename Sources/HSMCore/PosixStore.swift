@@ -1,0 +1,244 @@
+import Foundation
+import Glibc
+import HSMKernel
+import Synchronization
+
+/// Objects as files in a directory on another filesystem:
+///
+///     <root>/objects/<first two hex digits>/<object id>.data   sparse image of the file
+///     <root>/objects/<first two hex digits>/<object id>.json   ObjectRecord
+///
+/// The data file has the original file's offsets, so holes stay holes and a block is read
+/// with one pread. The .json appears last: an object without one is incomplete.
+public final class PosixStore: ObjectStore {
+    public let name: String
+    public let root: String
+    private let records = Mutex<[ObjectID: ObjectRecord]>([:])
+
+    public init(name: String, root: String) {
+        self.name = name
+        self.root = root
+    }
+
+    public func dataPath(_ id: ObjectID) -> String { "\(root)/objects/\(id.hex.prefix(2))/\(id.hex).data" }
+    public func recordPath(_ id: ObjectID) -> String { "\(root)/objects/\(id.hex.prefix(2))/\(id.hex).json" }
+
+    public func healthProblem() -> String? {
+        do {
+            let st = try FileStat.of(path: root, followLinks: true)
+            return st.fileType == .directory ? nil : "store \(name): \(root) is not a directory"
+        } catch {
+            return "store \(name): \(error)"
+        }
+    }
+
+    // MARK: put
+
+    public func put(_ source: FileDescriptor, stat: FileStat, blockShift: UInt8, originalPath: String,
+                    xattrs: [String: [UInt8]]) throws(StoreError) -> ObjectRecord {
+        if let problem = healthProblem() {
+            throw .io(SystemError(errno: ENOENT, operation: "archive to \(problem)", path: nil))
+        }
+        let id = ObjectID.random()
+        let dir = "\(root)/objects/\(id.hex.prefix(2))"
+        try makeDirectory(dir)
+        let partial = dataPath(id) + ".partial"
+        let dest: FileDescriptor
+        do { dest = try FileDescriptor.open(partial, [.readWrite, .create, .exclusive], mode: 0o600) } catch { throw .io(error) }
+        var finished = false
+        defer {
+            dest.close()
+            if !finished { unlink(partial); unlink(recordPath(id) + ".partial") }
+        }
+        let layout = BlockLayout(shift: blockShift, fileSize: stat.size)
+        var checksums: [UInt32?] = []
+        var stored: Int64 = 0
+        let extents: [Range<Int64>]
+        do {
+            try dest.truncate(to: stat.size)
+            extents = try source.dataExtents(in: 0..<stat.size)
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(layout.blockSize), alignment: 4096)
+            defer { buffer.deallocate() }
+            var kernelCopy = true
+            for b in 0..<layout.blockCount {
+                let range = layout.range(ofBlock: b)
+                let data = intersect(range, extents)
+                if data.isEmpty { checksums.append(nil); continue }
+                let len = Int(range.upperBound - range.lowerBound)
+                let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<len])
+                if kernelCopy { kernelCopy = try copyInKernel(data, from: source, to: dest) }
+                if kernelCopy {
+                    // Checksum what the store now holds.
+                    guard try dest.read(into: view, at: range.lowerBound) == len else { throw StoreError.changedDuringArchive(path: originalPath) }
+                } else {
+                    guard try source.read(into: view, at: range.lowerBound) == len else { throw StoreError.changedDuringArchive(path: originalPath) }
+                    for d in data {
+                        let slice = UnsafeRawBufferPointer(rebasing: view[Int(d.lowerBound - range.lowerBound)..<Int(d.upperBound - range.lowerBound)])
+                        try dest.write(slice, at: d.lowerBound)
+                    }
+                }
+                checksums.append(CRC32C.checksum(UnsafeRawBufferPointer(view)))
+                stored += data.reduce(0) { $0 + $1.upperBound - $1.lowerBound }
+            }
+            try dest.sync()
+        } catch let e as StoreError {
+            throw e
+        } catch let e as SystemError {
+            throw .io(e)
+        } catch {
+            throw .io(SystemError(errno: EIO, operation: "archive", path: originalPath))
+        }
+        let record = ObjectRecord(
+            object: id, format: 1, path: originalPath, size: stat.size, mode: stat.mode, uid: stat.uid, gid: stat.gid,
+            atimeNs: stat.atimeNs, mtimeNs: stat.mtimeNs, ctimeNs: stat.ctimeNs,
+            archivedAt: Int64(Date().timeIntervalSince1970), blockShift: blockShift, checksums: checksums,
+            extents: extents.map { [$0.lowerBound, $0.upperBound] },
+            xattrs: xattrs.mapValues { Data($0).base64EncodedString() }, storedBytes: stored)
+        try renameIntoPlace(partial, dataPath(id))
+        try writeRecord(record)
+        try syncDirectory(dir)
+        finished = true
+        records.withLock { $0[id] = record }
+        return record
+    }
+
+    /// copy_file_range for each data range; false when the kernel cannot copy between
+    /// these filesystems (the caller then copies through user space).
+    private func copyInKernel(_ ranges: [Range<Int64>], from source: FileDescriptor, to dest: FileDescriptor) throws -> Bool {
+        for r in ranges {
+            var pos = r.lowerBound
+            while pos < r.upperBound {
+                do {
+                    let n = try source.copyRange(to: dest, from: pos, to: pos, count: Int(r.upperBound - pos))
+                    if n == 0 { throw StoreError.changedDuringArchive(path: source.path) }
+                    pos += Int64(n)
+                } catch let e as SystemError where [EXDEV, EOPNOTSUPP, ENOSYS, EINVAL].contains(e.errno) && pos == r.lowerBound {
+                    return false
+                }
+            }
+        }
+        return true
+    }
+
+    private func writeRecord(_ record: ObjectRecord) throws(StoreError) {
+        let encoder = JSONEncoder()
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        let final = recordPath(record.object), partial = final + ".partial"
+        do {
+            let bytes = [UInt8](try encoder.encode(record))
+            let fd = try FileDescriptor.open(partial, [.writeOnly, .create, .truncate], mode: 0o600)
+            defer { fd.close() }
+            try fd.write(bytes, at: 0)
+            try fd.sync()
+        } catch let e as SystemError {
+            throw .io(e)
+        } catch {
+            throw .io(SystemError(errno: EIO, operation: "encode record", path: partial))
+        }
+        try renameIntoPlace(partial, final)
+    }
+
+    private func renameIntoPlace(_ from: String, _ to: String) throws(StoreError) {
+        if rename(from, to) != 0 { throw .io(SystemError(errno: errno, operation: "rename", path: to)) }
+    }
+
+    private func makeDirectory(_ dir: String) throws(StoreError) {
+        for d in ["\(root)/objects", dir] where mkdir(d, 0o700) != 0 && errno != EEXIST {
+            throw .io(SystemError(errno: errno, operation: "mkdir", path: d))
+        }
+    }
+
+    private func syncDirectory(_ dir: String) throws(StoreError) {
+        do {
+            let fd = try FileDescriptor.open(dir, [.directory])
+            defer { fd.close() }
+            try fd.sync()
+        } catch { throw .io(error) }
+    }
+
+    // MARK: read, delete, list
+
+    public func record(_ id: ObjectID) throws(StoreError) -> ObjectRecord {
+        if let r = records.withLock({ $0[id] }) { return r }
+        let path = recordPath(id)
+        let bytes: [UInt8]
+        do {
+            let fd = try FileDescriptor.open(path, [.readOnly])
+            defer { fd.close() }
+            bytes = try fd.readAll()
+        } catch {
+            if error.errno == ENOENT {
+                if let problem = healthProblem() { throw .io(SystemError(errno: EIO, operation: problem, path: nil)) }
+                throw .objectMissing(id, path: path)
+            }
+            throw .io(error)
+        }
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        let record: ObjectRecord
+        do { record = try decoder.decode(ObjectRecord.self, from: Data(bytes)) } catch {
+            throw .badRecord(id, path: path, reason: "\(error)")
+        }
+        guard record.object == id, record.checksums.count == record.layout.blockCount else {
+            throw .badRecord(id, path: path, reason: "object id or block count inconsistent")
+        }
+        records.withLock { cache in
+            if cache.count > 4096 { cache.removeAll() }
+            cache[id] = record
+        }
+        return record
+    }
+
+    public func reader(for record: ObjectRecord) throws(StoreError) -> ObjectReader {
+        let path = dataPath(record.object)
+        do {
+            return PosixObjectReader(record: record, fd: try FileDescriptor.open(path, [.readOnly]))
+        } catch {
+            if error.errno == ENOENT { throw .objectMissing(record.object, path: path) }
+            throw .io(error)
+        }
+    }
+
+    public func delete(_ id: ObjectID) throws(StoreError) {
+        records.withLock { _ = $0.removeValue(forKey: id) }
+        for p in [recordPath(id), dataPath(id)] where unlink(p) != 0 && errno != ENOENT {
+            throw .io(SystemError(errno: errno, operation: "unlink", path: p))
+        }
+    }
+
+    public func list() throws(StoreError) -> [ObjectID] {
+        let top = "\(root)/objects"
+        guard let dirs = try? FileManager.default.contentsOfDirectory(atPath: top) else { return [] }
+        var ids: [ObjectID] = []
+        for d in dirs {
+            for f in (try? FileManager.default.contentsOfDirectory(atPath: "\(top)/\(d)")) ?? [] where f.hasSuffix(".json") {
+                if let id = ObjectID(hex: String(f.dropLast(5))) { ids.append(id) }
+            }
+        }
+        return ids
+    }
+}
+
+struct PosixObjectReader: ObjectReader {
+    let record: ObjectRecord
+    let fd: FileDescriptor
+
+    func read(block index: Int, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> Int {
+        let range = record.layout.range(ofBlock: index)
+        let len = Int(range.upperBound - range.lowerBound)
+        let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<len])
+        guard let expected = record.checksums[index] else {
+            view.initializeMemory(as: UInt8.self, repeating: 0)
+            return len
+        }
+        let n: Int
+        do { n = try fd.read(into: view, at: range.lowerBound) } catch { throw .io(error) }
+        guard n == len, CRC32C.checksum(UnsafeRawBufferPointer(view)) == expected else {
+            throw .corrupt(record.object, block: index, path: fd.path)
+        }
+        return len
+    }
+
+    func close() { fd.close() }
+}

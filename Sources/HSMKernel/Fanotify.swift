@@ -1,0 +1,106 @@
+import CHSMKernel
+import Glibc
+
+/// One fanotify event with its range record, if any.
+public struct FanotifyEvent: Sendable {
+    public let mask: UInt64
+    /// The event's fd (opened by the kernel with FMODE_NONOTIFY), or -errno on failure.
+    public let fd: Int32
+    public let pid: Int32
+    public let range: Range<Int64>?
+
+    public var isOverflow: Bool { mask & UInt64(FAN_Q_OVERFLOW) != 0 }
+    public var isPreAccess: Bool { mask & UInt64(FAN_PRE_ACCESS) != 0 }
+}
+
+/// The answer to a permission event.
+public enum FanotifyResponse: Sendable, Equatable {
+    case allow
+    case deny(errno: Int32)
+
+    var raw: UInt32 {
+        switch self {
+        case .allow: return UInt32(FAN_ALLOW)
+        case .deny(let e): return UInt32(FAN_DENY) | ((UInt32(e) & 0xff) << 24)
+        }
+    }
+}
+
+/// A fanotify group fd. Reads are blocking and meant for one dedicated thread;
+/// `respond` may be called from any thread.
+public struct FanotifyGroup: Sendable {
+    public let fd: Int32
+
+    public static let preAccess: UInt64 = UInt64(FAN_PRE_ACCESS)
+
+    /// A pre-content group: permission events carrying fds opened read-write, so recall
+    /// writes go through the event fd and raise no new events.
+    public static func preContent() throws(SystemError) -> FanotifyGroup {
+        let flags = UInt32(FAN_CLASS_PRE_CONTENT | FAN_CLOEXEC | FAN_UNLIMITED_QUEUE | FAN_REPORT_FD_ERROR)
+        let fd = chsm_fanotify_init(flags, UInt32(O_RDWR | O_CLOEXEC))
+        try SystemError.check(fd, "fanotify_init(FAN_CLASS_PRE_CONTENT)")
+        return FanotifyGroup(fd: fd)
+    }
+
+    public init(fd: Int32) { self.fd = fd }
+
+    /// Marks the whole filesystem holding `path` for pre-access events.
+    public func markFilesystem(_ path: String) throws(SystemError) {
+        let r = chsm_fanotify_mark(fd, UInt32(FAN_MARK_ADD | FAN_MARK_FILESYSTEM), Self.preAccess, AT_FDCWD, path)
+        try SystemError.check(r, "fanotify_mark(FAN_MARK_FILESYSTEM)", path)
+    }
+
+    public func unmarkFilesystem(_ path: String) {
+        _ = chsm_fanotify_mark(fd, UInt32(FAN_MARK_REMOVE | FAN_MARK_FILESYSTEM), Self.preAccess, AT_FDCWD, path)
+    }
+
+    /// Adds an evictable inode ignore mark: the kernel stops sending pre-access events for
+    /// this inode until the mark is removed or the inode leaves the cache.
+    public func ignore(fileAt fileFD: Int32, path: String) throws(SystemError) {
+        let flags = UInt32(FAN_MARK_ADD | FAN_MARK_IGNORE | FAN_MARK_IGNORED_SURV_MODIFY | FAN_MARK_EVICTABLE)
+        let r = chsm_fanotify_mark(fd, flags, Self.preAccess, fileFD, nil)
+        try SystemError.check(r, "fanotify_mark(FAN_MARK_IGNORE)", path)
+    }
+
+    /// Removes the inode ignore mark; absent marks are not an error.
+    public func stopIgnoring(fileAt fileFD: Int32, path: String) throws(SystemError) {
+        let flags = UInt32(FAN_MARK_REMOVE | FAN_MARK_IGNORE | FAN_MARK_IGNORED_SURV_MODIFY)
+        let r = chsm_fanotify_mark(fd, flags, Self.preAccess, fileFD, nil)
+        if r == -ENOENT { return }
+        try SystemError.check(r, "fanotify_mark(FAN_MARK_REMOVE|FAN_MARK_IGNORE)", path)
+    }
+
+    public func respond(to eventFD: Int32, _ response: FanotifyResponse) throws(SystemError) {
+        try SystemError.check(chsm_fanotify_respond(fd, eventFD, response.raw), "fanotify response")
+    }
+
+    public func close() { _ = Glibc.close(fd) }
+}
+
+/// Reads and parses batches of events; owns its buffer, so one reader per thread.
+public final class FanotifyReader {
+    private let group: FanotifyGroup
+    private let buffer: UnsafeMutableRawBufferPointer
+    private var parsed: [chsm_event]
+
+    public init(group: FanotifyGroup, bufferSize: Int = 256 * 1024) {
+        self.group = group
+        buffer = .allocate(byteCount: bufferSize, alignment: 8)
+        parsed = [chsm_event](repeating: chsm_event(), count: bufferSize / 24)
+    }
+
+    deinit { buffer.deallocate() }
+
+    /// Blocks until events arrive; returns [] at EOF (group closed).
+    public func next() throws(SystemError) -> [FanotifyEvent] {
+        let max = Int32(parsed.count)
+        let n = parsed.withUnsafeMutableBufferPointer { p in
+            chsm_fanotify_read(group.fd, buffer.baseAddress, buffer.count, p.baseAddress, max)
+        }
+        try SystemError.check(n, "read(fanotify)")
+        return parsed[0..<Int(n)].map { e in
+            FanotifyEvent(mask: e.mask, fd: e.fd, pid: e.pid,
+                          range: e.has_range != 0 ? Int64(e.offset)..<Int64(e.offset + e.count) : nil)
+        }
+    }
+}
