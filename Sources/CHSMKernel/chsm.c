@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/fanotify.h>
@@ -223,4 +224,67 @@ int64_t chsm_fs_type(const char *path) {
     struct statfs s;
     if (statfs(path, &s) < 0) return -errno;
     return (int64_t)(unsigned long)s.f_type;
+}
+
+#include <sys/un.h>
+
+static int fill_sockaddr(const char *path, struct sockaddr_un *a, socklen_t *len) {
+    memset(a, 0, sizeof *a);
+    a->sun_family = AF_UNIX;
+    size_t n = strlen(path);
+    if (n >= sizeof a->sun_path) return -ENAMETOOLONG;
+    memcpy(a->sun_path, path, n);
+    if (path[0] == '@') a->sun_path[0] = 0;   // abstract namespace
+    *len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + (path[0] == '@' ? 0 : 1));
+    return 0;
+}
+
+int chsm_unix_listen(const char *path, unsigned int mode) {
+    struct sockaddr_un a; socklen_t len;
+    int r = fill_sockaddr(path, &a, &len);
+    if (r < 0) return r;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    unlink(path);
+    // Create the socket with no access for anyone, then open it to `mode`: no window
+    // in which another user could connect.
+    mode_t old = umask(0777);
+    r = bind(fd, (struct sockaddr *)&a, len);
+    umask(old);
+    if (r < 0 || chmod(path, mode) < 0 || listen(fd, 64) < 0) { int e = errno; close(fd); return -e; }
+    return fd;
+}
+
+int chsm_unix_connect(const char *path) {
+    struct sockaddr_un a; socklen_t len;
+    int r = fill_sockaddr(path, &a, &len);
+    if (r < 0) return r;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    if (connect(fd, (struct sockaddr *)&a, len) < 0) { int e = errno; close(fd); return -e; }
+    return fd;
+}
+
+int chsm_sd_notify(const char *state) {
+    const char *path = getenv("NOTIFY_SOCKET");
+    if (!path || !*path) return 0;
+    struct sockaddr_un a; socklen_t len;
+    int r = fill_sockaddr(path, &a, &len);
+    if (r < 0) return r;
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    ssize_t n = sendto(fd, state, strlen(state), MSG_NOSIGNAL, (struct sockaddr *)&a, len);
+    int e = errno;
+    close(fd);
+    return n < 0 ? -e : 0;
+}
+
+int chsm_accept(int listener) {
+    int c = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+    return c < 0 ? -errno : c;
+}
+
+ssize_t chsm_lgetxattr(const char *path, const char *name, void *buf, size_t len) {
+    ssize_t r = lgetxattr(path, name, buf, len);
+    return r < 0 ? -errno : r;
 }

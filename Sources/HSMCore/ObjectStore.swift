@@ -71,6 +71,8 @@ public protocol ObjectStore: Sendable {
     func record(_ id: ObjectID) throws(StoreError) -> ObjectRecord
     func reader(for record: ObjectRecord) throws(StoreError) -> ObjectReader
     func delete(_ id: ObjectID) throws(StoreError)
+    /// True when the object's record and data are both present (not verified).
+    func contains(_ id: ObjectID) -> Bool
     func list() throws(StoreError) -> [ObjectID]
     /// A short problem description when the store cannot be used, nil when it is fine.
     func healthProblem() -> String?

@@ -207,6 +207,10 @@ public final class PosixStore: ObjectStore {
         }
     }
 
+    public func contains(_ id: ObjectID) -> Bool {
+        (try? FileStat.of(path: recordPath(id))) != nil && (try? FileStat.of(path: dataPath(id))) != nil
+    }
+
     public func list() throws(StoreError) -> [ObjectID] {
         let top = "\(root)/objects"
         guard let dirs = try? FileManager.default.contentsOfDirectory(atPath: top) else { return [] }

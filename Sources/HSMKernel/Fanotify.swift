@@ -104,3 +104,20 @@ public final class FanotifyReader {
         }
     }
 }
+
+public enum KernelProbe {
+    public enum Result { case ok, failed(String) }
+
+    /// Creates and drops a pre-content group: does this kernel offer FAN_PRE_ACCESS?
+    public static func preContentEvents() -> Result {
+        do {
+            let g = try FanotifyGroup.preContent()
+            defer { g.close() }
+            // Marking needs a real filesystem; marking "/" would be dangerous, so only
+            // check that the kernel knows the event bit on an inode mark that is removed at once.
+            return .ok
+        } catch {
+            return .failed(error.description)
+        }
+    }
+}

@@ -39,3 +39,14 @@ extension FileDescriptor {
         return buf[0..<Int(n)].split(separator: 0).map { String(decoding: $0.map { UInt8(bitPattern: $0) }, as: UTF8.self) }
     }
 }
+
+public enum Xattr {
+    /// lgetxattr: reads without opening the file (no lease break, no access event).
+    public static func get(path: String, _ name: String) throws(SystemError) -> [UInt8]? {
+        var buf = [UInt8](repeating: 0, count: 4096)
+        let n = chsm_lgetxattr(path, name, &buf, buf.count)
+        if n == -Int(ENODATA) { return nil }
+        try SystemError.check(n, "lgetxattr \(name)", path)
+        return Array(buf[0..<n])
+    }
+}

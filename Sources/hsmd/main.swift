@@ -1,1 +1,48 @@
-print("hsmd")
+import ArgumentParser
+import Foundation
+import HSMCore
+import HSMDaemon
+import Logging
+
+struct HSMD: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "hsmd",
+        abstract: "Hierarchical storage manager daemon: recalls offline file data on access.",
+        discussion: "Reads its configuration from --config (TOML); see Config/hsmd.toml for every key.",
+        version: Daemon.version)
+
+    @Option(name: .long, help: "Configuration file (TOML).")
+    var config: String = "/etc/hsmd/hsmd.toml"
+
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical (overrides log_level).")
+    var logLevel: String?
+
+    @Flag(name: .long, help: "Check the configuration and exit.")
+    var checkConfig = false
+
+    func run() throws {
+        let cfg: Config
+        do { cfg = try Config.load(path: config) } catch {
+            FileHandle.standardError.write(Data("hsmd: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
+        if let l = logLevel, !Config.logLevels.contains(l) {
+            FileHandle.standardError.write(Data("hsmd: --log-level \(l) is not one of \(Config.logLevels.joined(separator: ", "))\n".utf8))
+            throw ExitCode(2)
+        }
+        if checkConfig {
+            print("\(config): OK (\(cfg.filesystems.count) filesystem(s), \(cfg.stores.count) store(s))")
+            return
+        }
+        let level = Logger.Level(rawValue: logLevel ?? cfg.logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = level
+            return h
+        }
+        let status = Daemon.run(config: cfg, log: Logger(label: "hsmd"))
+        if status != 0 { throw ExitCode(status) }
+    }
+}
+
+HSMD.main()

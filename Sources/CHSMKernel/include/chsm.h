@@ -98,3 +98,14 @@ uint32_t chsm_crc32c(uint32_t crc, const void *data, size_t len);
 int64_t chsm_fs_type(const char *path);
 
 #endif
+
+/// Unix stream sockets for the control channel. Return fd or -errno.
+int chsm_unix_listen(const char *path, unsigned int mode);
+int chsm_unix_connect(const char *path);
+/// Sends `state` to $NOTIFY_SOCKET (sd_notify protocol). 0 when sent or no socket is
+/// set, -errno on failure.
+int chsm_sd_notify(const char *state);
+/// accept4(SOCK_CLOEXEC); fd or -errno.
+int chsm_accept(int listener);
+/// lgetxattr by path; length or -errno.
+ssize_t chsm_lgetxattr(const char *path, const char *name, void *buf, size_t len);

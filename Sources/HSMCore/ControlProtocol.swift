@@ -1,0 +1,107 @@
+import Foundation
+
+/// hsmctl → hsmd: one JSON object per line on the control socket. hsmd answers with zero
+/// or more `progress` lines and then exactly one `result` or `error` line.
+public struct ControlRequest: Codable, Sendable, Equatable {
+    public enum Operation: String, Codable, Sendable {
+        case ping, archive, release, migrate, recall, status
+    }
+
+    public var op: Operation
+    public var paths: [String]
+    /// recall: [offset, length]
+    public var range: [Int64]?
+    public var olderThanSeconds: Int64?
+    public var minSize: Int64?
+    public var exclude: [String]
+    public var dryRun: Bool
+    public var jobs: Int
+    public var progress: Bool
+
+    public init(op: Operation, paths: [String] = [], range: [Int64]? = nil, olderThanSeconds: Int64? = nil,
+                minSize: Int64? = nil, exclude: [String] = [], dryRun: Bool = false, jobs: Int = 1, progress: Bool = false) {
+        self.op = op; self.paths = paths; self.range = range; self.olderThanSeconds = olderThanSeconds
+        self.minSize = minSize; self.exclude = exclude; self.dryRun = dryRun; self.jobs = jobs; self.progress = progress
+    }
+}
+
+/// What happened to one file.
+public struct FileResult: Codable, Sendable, Equatable {
+    public enum Outcome: String, Codable, Sendable { case done, skipped, failed }
+    public var path: String
+    public var outcome: Outcome
+    /// Why it was skipped or failed, or a note ("already archived").
+    public var reason: String?
+    public var state: HSMState?
+    public var object: String?
+    public var bytesArchived: Int64
+    public var bytesFreed: Int64
+    public var bytesRecalled: Int64
+
+    public init(path: String, outcome: Outcome, reason: String? = nil, state: HSMState? = nil, object: String? = nil,
+                bytesArchived: Int64 = 0, bytesFreed: Int64 = 0, bytesRecalled: Int64 = 0) {
+        self.path = path; self.outcome = outcome; self.reason = reason; self.state = state; self.object = object
+        self.bytesArchived = bytesArchived; self.bytesFreed = bytesFreed; self.bytesRecalled = bytesRecalled
+    }
+}
+
+/// One row of `hsmctl status`.
+public struct StatusRow: Codable, Sendable, Equatable {
+    public var path: String
+    public var state: HSMState
+    public var size: Int64
+    public var offlineBytes: Int64
+    public var object: String?
+    /// Why a file is damaged; not part of the --json row.
+    public var detail: String?
+
+    public init(path: String, state: HSMState, size: Int64, offlineBytes: Int64, object: String?, detail: String? = nil) {
+        self.path = path; self.state = state; self.size = size; self.offlineBytes = offlineBytes
+        self.object = object; self.detail = detail
+    }
+}
+
+public struct ProgressReport: Codable, Sendable, Equatable {
+    public var scanned: Int
+    public var done: Int
+    public var skipped: Int
+    public var failed: Int
+    public var bytesArchived: Int64
+    public var bytesFreed: Int64
+
+    public init(scanned: Int = 0, done: Int = 0, skipped: Int = 0, failed: Int = 0, bytesArchived: Int64 = 0, bytesFreed: Int64 = 0) {
+        self.scanned = scanned; self.done = done; self.skipped = skipped; self.failed = failed
+        self.bytesArchived = bytesArchived; self.bytesFreed = bytesFreed
+    }
+}
+
+public struct ControlReply: Codable, Sendable {
+    public enum Kind: String, Codable, Sendable { case progress, result, error }
+    public var type: Kind
+    public var message: String?
+    public var files: [FileResult]?
+    public var status: [StatusRow]?
+    public var progress: ProgressReport?
+    public var info: [String: String]?
+
+    public init(type: Kind, message: String? = nil, files: [FileResult]? = nil, status: [StatusRow]? = nil,
+                progress: ProgressReport? = nil, info: [String: String]? = nil) {
+        self.type = type; self.message = message; self.files = files; self.status = status
+        self.progress = progress; self.info = info
+    }
+}
+
+public enum ControlCodec {
+    public static func encode<T: Encodable>(_ value: T) -> [UInt8] {
+        let e = JSONEncoder()
+        e.keyEncodingStrategy = .convertToSnakeCase
+        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return (try? [UInt8](e.encode(value))) ?? Array("{}".utf8)
+    }
+
+    public static func decode<T: Decodable>(_ type: T.Type, _ bytes: [UInt8]) throws -> T {
+        let d = JSONDecoder()
+        d.keyDecodingStrategy = .convertFromSnakeCase
+        return try d.decode(type, from: Data(bytes))
+    }
+}

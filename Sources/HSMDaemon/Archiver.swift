@@ -1,0 +1,338 @@
+import Glibc
+import HSMCore
+import HSMKernel
+import Logging
+
+/// Archive, release, recall and status of single files, on behalf of hsmctl.
+/// Every operation on an inode runs under that inode's lock.
+struct Archiver: Sendable {
+    let group: FanotifyGroup
+    let filesystems: ManagedFilesystems
+    let locks: InodeLocks
+    let engine: RecallEngine
+    let log: Logger
+
+    /// The lease-break signal; hsmd installs a no-op handler and polls F_GETLEASE.
+    static let leaseSignal = SIGIO
+    /// Punch at most this much between lease checks, so an opener waits little.
+    static let punchChunk: Int64 = 64 << 20
+
+    private struct Refusal: Error {
+        let result: FileResult
+    }
+
+    // MARK: Opening
+
+    /// Opens a regular file on a managed filesystem, or explains why not.
+    private func openManaged(_ path: String, _ flags: FileDescriptor.OpenFlags) throws(Refusal) -> (FileDescriptor, FileStat, ManagedFilesystem) {
+        let lst: FileStat
+        do { lst = try FileStat.of(path: path) } catch {
+            throw Refusal(result: FileResult(path: path, outcome: .failed, reason: error.errno == ENOENT ? "no such file or directory" : "\(error)"))
+        }
+        switch lst.fileType {
+        case .regular: break
+        case .directory:
+            throw Refusal(result: FileResult(path: path, outcome: .failed, reason: "is a directory; name files, or use hsmctl migrate to walk a tree"))
+        default:
+            throw Refusal(result: FileResult(path: path, outcome: .skipped, reason: "\(lst.fileType.rawValue): not a regular file, skipped"))
+        }
+        guard let fs = filesystems.filesystem(device: lst.device) else {
+            throw Refusal(result: FileResult(path: path, outcome: .failed, reason: "not on a managed filesystem (managed: \(filesystems.pathsDescription))"))
+        }
+        let fd: FileDescriptor
+        do { fd = try FileDescriptor.open(path, flags.union([.noFollow, .nonBlocking])) } catch {
+            let reason = [EWOULDBLOCK, ETXTBSY].contains(error.errno) ? "busy: the file is in use (\(error))" : "\(error)"
+            throw Refusal(result: FileResult(path: path, outcome: .failed, reason: reason))
+        }
+        do {
+            let st = try fd.stat()
+            guard st.inodeKey == lst.inodeKey else {
+                fd.close()
+                throw Refusal(result: FileResult(path: path, outcome: .failed, reason: "replaced while being opened; try again"))
+            }
+            return (fd, st, fs)
+        } catch let e as Refusal {
+            throw e
+        } catch {
+            fd.close()
+            throw Refusal(result: FileResult(path: path, outcome: .failed, reason: "\(error)"))
+        }
+    }
+
+    private func readMarker(_ fd: FileDescriptor) throws(Refusal) -> Marker? {
+        do {
+            guard let raw = try fd.xattr(Marker.xattrName) else { return nil }
+            return try MarkerCodec.decode(raw)
+        } catch {
+            throw Refusal(result: FileResult(path: fd.path, outcome: .failed, reason: "damaged marker: \(error)", state: .damaged))
+        }
+    }
+
+    // MARK: Archive
+
+    func archive(_ path: String) -> FileResult {
+        do {
+            let (fd, st, fs) = try openManaged(path, [.readWrite, .noAccessTime])
+            defer { fd.close() }
+            return try locks.withLock(st.inodeKey) { try archiveLocked(fd, st, fs) }
+        } catch let r as Refusal {
+            return r.result
+        } catch {
+            return FileResult(path: path, outcome: .failed, reason: "\(error)")
+        }
+    }
+
+    private func archiveLocked(_ fd: FileDescriptor, _ initial: FileStat, _ fs: ManagedFilesystem) throws(Refusal) -> FileResult {
+        var st = initial
+        let old = try readMarker(fd)
+        if let old {
+            let clean = st.size == old.size && st.mtimeNs == old.mtimeNs && !old.flags.contains(.objectDamaged)
+            if clean {
+                let status = statusOf(fd.path, st, old, fs)
+                return FileResult(path: fd.path, outcome: .done, reason: "already archived", state: status.state, object: old.object.hex)
+            }
+            // Dirty: bring back whatever is still offline before reading it, so the new
+            // copy never contains holes where data belongs.
+            if !old.offline.isEmpty {
+                do { _ = try engine.recall(fd, range: 0..<st.size, key: st.inodeKey, store: fs.store, readahead: false) } catch {
+                    throw Refusal(result: FileResult(path: fd.path, outcome: .failed, reason: "cannot recall the offline part of this dirty file: \(error)"))
+                }
+                do { st = try fd.stat() } catch { throw Refusal(result: FileResult(path: fd.path, outcome: .failed, reason: "\(error)")) }
+            }
+        }
+        let xattrs = ownXattrs(fd)
+        let shift = BlockLayout.shift(forFileSize: st.size, maxBits: MarkerCodec.maxBlocks)
+        let record: ObjectRecord
+        do { record = try fs.store.put(fd, stat: st, blockShift: shift, originalPath: fd.path, xattrs: xattrs) } catch {
+            log.error("archive of \(fd.path) to store \(fs.store.name) failed: \(error)")
+            throw Refusal(result: FileResult(path: fd.path, outcome: .failed, reason: "store \(fs.store.name): \(error)"))
+        }
+        let marker = Marker(object: record.object, size: st.size, mtimeNs: st.mtimeNs, blockShift: shift)
+        do {
+            let after = try fd.stat()
+            guard after.size == st.size && after.mtimeNs == st.mtimeNs else {
+                throw StoreError.changedDuringArchive(path: fd.path)
+            }
+            try fd.setXattr(Marker.xattrName, MarkerCodec.encode(marker))
+        } catch {
+            try? fs.store.delete(record.object)
+            throw Refusal(result: FileResult(path: fd.path, outcome: .failed, reason: "\(error)"))
+        }
+        if let old {
+            do { try fs.store.delete(old.object) } catch {
+                log.warning("could not delete the stale object \(old.object) of \(fd.path): \(error)")
+            }
+        }
+        log.info("archived \(fd.path) as object \(record.object) (\(Units.formatBytes(record.storedBytes)))")
+        return FileResult(path: fd.path, outcome: .done, state: .archived, object: record.object.hex, bytesArchived: record.storedBytes)
+    }
+
+    /// The file's own xattrs, to keep beside the object (hsmd's marker excluded).
+    private func ownXattrs(_ fd: FileDescriptor) -> [String: [UInt8]] {
+        var out: [String: [UInt8]] = [:]
+        for name in (try? fd.xattrNames()) ?? [] where name != Marker.xattrName {
+            if let v = try? fd.xattr(name) { out[name] = v }
+        }
+        return out
+    }
+
+    // MARK: Release
+
+    func release(_ path: String) -> FileResult {
+        do {
+            let (fd, st, fs) = try openManaged(path, [.readWrite])
+            defer { fd.close() }
+            return try locks.withLock(st.inodeKey) { try releaseLocked(fd, st, fs) }
+        } catch let r as Refusal {
+            return r.result
+        } catch {
+            return FileResult(path: path, outcome: .failed, reason: "\(error)")
+        }
+    }
+
+    /// DESIGN invariant 2: ignore mark → lease → verify → marker → punch in chunks →
+    /// unmark → unlock. Only blocks whose bytes match the stored checksums are punched.
+    private func releaseLocked(_ fd: FileDescriptor, _ st: FileStat, _ fs: ManagedFilesystem) throws(Refusal) -> FileResult {
+        func fail(_ reason: String, _ state: HSMState? = nil) -> Refusal {
+            Refusal(result: FileResult(path: fd.path, outcome: .failed, reason: reason, state: state))
+        }
+        guard var marker = try readMarker(fd) else { throw fail("not archived; run hsmctl archive first (or hsmctl migrate)", .resident) }
+        if st.size != marker.size || st.mtimeNs != marker.mtimeNs { throw fail("dirty: changed since it was archived; archive it again", .dirty) }
+        let record: ObjectRecord
+        do { record = try fs.store.record(marker.object) } catch { throw fail("\(error)", .damaged) }
+        guard record.size == marker.size else { throw fail("object \(marker.object) does not match the marker (size)", .damaged) }
+        let candidates = (0..<marker.offline.count).filter { record.checksums[$0] != nil && !marker.offline[$0] }
+        if candidates.isEmpty {
+            return FileResult(path: fd.path, outcome: .done, reason: "already released", state: statusOf(fd.path, st, marker, fs).state, object: marker.object.hex)
+        }
+
+        do { try group.ignore(fileAt: fd.rawValue, path: fd.path) } catch { throw fail("\(error)") }
+        var leased = false
+        defer {
+            // Order matters: the ignore mark goes before the lease, so an opener waiting
+            // on the lease gets events (and recalls) for its reads.
+            try? group.stopIgnoring(fileAt: fd.rawValue, path: fd.path)
+            if leased { try? fd.releaseLease() }
+        }
+        do { try fd.setWriteLease(signal: Self.leaseSignal) } catch {
+            if [EAGAIN, EBUSY].contains(error.errno) { throw fail("busy: open by another process; nothing changed") }
+            throw fail("\(error)")
+        }
+        leased = true
+        let allocatedBefore = st.allocatedBytes
+        do {
+            let now = try fd.stat()
+            guard now.size == marker.size && now.mtimeNs == marker.mtimeNs else { throw fail("dirty: changed since it was archived", .dirty) }
+        } catch let r as Refusal { throw r } catch { throw fail("\(error)") }
+
+        // Verify every block against the stored checksums before anything is punched.
+        let layout = marker.layout
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(layout.blockSize), alignment: 4096)
+        defer { buffer.deallocate() }
+        for (i, b) in candidates.enumerated() {
+            if i % 64 == 0, (try? fd.lease()) != .write { throw fail("busy: opened by another process during release; nothing changed") }
+            let r = layout.range(ofBlock: b)
+            let len = Int(r.upperBound - r.lowerBound)
+            let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<len])
+            let n: Int
+            do { n = try fd.read(into: view, at: r.lowerBound) } catch { throw fail("\(error)") }
+            guard n == len, CRC32C.checksum(UnsafeRawBufferPointer(view)) == record.checksums[b] else {
+                throw fail("dirty: block \(b) differs from the stored copy; archive it again", .dirty)
+            }
+        }
+
+        // Marker first: from here on a crash leaves blocks that are offline by the marker
+        // but still allocated, which recall treats as already local (invariant 1).
+        var released = marker
+        for b in candidates { released.offline[b] = true }
+        released.releasedBlocks = UInt32(released.offline.setCount)
+        do { try fd.setXattr(Marker.xattrName, MarkerCodec.encode(released)) } catch { throw fail("writing the marker: \(error)") }
+
+        var punched = Set<Int>()
+        var interrupted = false, leaseBroken = false
+        outer: for run in consecutiveRuns(candidates) {
+            var b = run.lowerBound
+            while b < run.upperBound {
+                if (try? fd.lease()) != .write { interrupted = true; leaseBroken = true; break outer }
+                let chunkBlocks = max(1, Int(Self.punchChunk / layout.blockSize))
+                let end = min(run.upperBound, b + chunkBlocks)
+                // Whole blocks, even past EOF: a punch ending mid-page zeroes that page
+                // instead of freeing it, and recall (which fills holes only) would then
+                // leave those zeros in place.
+                let start = layout.range(ofBlock: b).lowerBound, length = Int64(end - b) * layout.blockSize
+                do { try fd.punchHole(offset: start, length: length) } catch {
+                    log.error("punching \(fd.path) failed: \(error)")
+                    interrupted = true
+                    break outer
+                }
+                punched.formUnion(b..<end)
+                b = end
+            }
+        }
+        // Trust, but verify: every punched block must now be a hole, or recall would skip it.
+        var keptLocal = Set<Int>()
+        for b in punched.sorted() {
+            let r = layout.range(ofBlock: b)
+            if let extents = try? fd.dataExtents(in: r), extents.isEmpty { continue }
+            keptLocal.insert(b)
+        }
+        if !keptLocal.isEmpty {
+            log.error("\(fd.path): \(keptLocal.count) block(s) still allocated after punching; rewriting them from the store and keeping them local")
+            do { try rewriteFromStore(fd, blocks: keptLocal.sorted(), record: record, store: fs.store, buffer: buffer) } catch {
+                // The marker still lists them offline and they are not holes: refuse access
+                // rather than serve zeros.
+                log.critical("\(fd.path): could not rewrite blocks from the store: \(error)")
+                return FileResult(path: fd.path, outcome: .failed, reason: "blocks left allocated after punching and could not be restored: \(error)", state: .damaged)
+            }
+            punched.subtract(keptLocal)
+            interrupted = true
+        }
+        if interrupted {
+            for b in candidates where !punched.contains(b) { released.offline[b] = false }
+            released.releasedBlocks = UInt32(released.offline.setCount)
+            try? fd.setXattr(Marker.xattrName, MarkerCodec.encode(released))
+        }
+        // Punching changes the mtime; the file's content did not change.
+        try? fd.setModificationTime(marker.mtimeNs)
+        marker = released
+        let freed = max(0, allocatedBefore - ((try? fd.stat().allocatedBytes) ?? allocatedBefore))
+        if interrupted {
+            let why = leaseBroken ? "busy: opened by another process during release" : "could not punch every block"
+            log.notice("release of \(fd.path) stopped early: \(why) (\(punched.count) of \(candidates.count) blocks released)")
+            return FileResult(path: fd.path, outcome: .failed, reason: "\(why); \(punched.count) of \(candidates.count) blocks released",
+                              state: punched.isEmpty ? .archived : .partial, object: marker.object.hex, bytesFreed: freed)
+        }
+        log.info("released \(fd.path) (\(Units.formatBytes(freed)) freed)")
+        return FileResult(path: fd.path, outcome: .done, state: .released, object: marker.object.hex, bytesFreed: freed)
+    }
+
+    /// Overwrites whole blocks with their verified stored bytes.
+    private func rewriteFromStore(_ fd: FileDescriptor, blocks: [Int], record: ObjectRecord, store: any ObjectStore,
+                                  buffer: UnsafeMutableRawBufferPointer) throws {
+        let reader = try store.reader(for: record)
+        defer { reader.close() }
+        for b in blocks {
+            let n = try reader.read(block: b, into: buffer)
+            try fd.write(UnsafeRawBufferPointer(rebasing: buffer[0..<n]), at: record.layout.range(ofBlock: b).lowerBound)
+        }
+    }
+
+    // MARK: Recall
+
+    func recall(_ path: String, range: Range<Int64>?) -> FileResult {
+        do {
+            let (fd, st, fs) = try openManaged(path, [.readWrite])
+            defer { fd.close() }
+            return try locks.withLock(st.inodeKey) { () throws(Refusal) -> FileResult in
+                let bytes: Int64
+                do { bytes = try engine.recall(fd, range: range ?? 0..<max(st.size, 1), key: st.inodeKey, store: fs.store, readahead: false) } catch {
+                    log.error("recall of \(fd.path) failed: \(error)")
+                    throw Refusal(result: FileResult(path: fd.path, outcome: .failed, reason: "\(error)", state: .damaged))
+                }
+                let now = (try? fd.stat()) ?? st
+                let status = statusOf(fd.path, now, try readMarker(fd), fs)
+                return FileResult(path: fd.path, outcome: .done, state: status.state, object: status.object?.hex, bytesRecalled: bytes)
+            }
+        } catch let r as Refusal {
+            return r.result
+        } catch {
+            return FileResult(path: path, outcome: .failed, reason: "\(error)")
+        }
+    }
+
+    // MARK: Status
+
+    private func statusOf(_ path: String, _ st: FileStat, _ marker: Marker?, _ fs: ManagedFilesystem) -> FileStatus {
+        FileStatus.derive(stat: st, markerBytes: marker.flatMap { try? MarkerCodec.encode($0) }, objectExists: { fs.store.contains($0) })
+    }
+
+    /// One row per regular file; directories are walked.
+    func status(_ path: String) -> (rows: [StatusRow], problems: [FileResult]) {
+        let lst: FileStat
+        do { lst = try FileStat.of(path: path) } catch {
+            return ([], [FileResult(path: path, outcome: .failed, reason: error.errno == ENOENT ? "no such file or directory" : "\(error)")])
+        }
+        if lst.fileType == .directory {
+            var rows: [StatusRow] = [], problems: [FileResult] = []
+            TreeWalker.walk(path, device: lst.device) { p, st in
+                if st.fileType == .regular { rows += status(p).rows }
+            }
+            if filesystems.filesystem(device: lst.device) == nil {
+                problems.append(FileResult(path: path, outcome: .failed, reason: "not on a managed filesystem (managed: \(filesystems.pathsDescription))"))
+            }
+            return (rows, problems)
+        }
+        guard lst.fileType == .regular else {
+            return ([], [FileResult(path: path, outcome: .skipped, reason: "\(lst.fileType.rawValue): not a regular file")])
+        }
+        guard let fs = filesystems.filesystem(device: lst.device) else {
+            return ([], [FileResult(path: path, outcome: .failed, reason: "not on a managed filesystem (managed: \(filesystems.pathsDescription))")])
+        }
+        let raw: [UInt8]?
+        do { raw = try Xattr.get(path: path, Marker.xattrName) } catch {
+            return ([], [FileResult(path: path, outcome: .failed, reason: "\(error)")])
+        }
+        let s = FileStatus.derive(stat: lst, markerBytes: raw, objectExists: { fs.store.contains($0) })
+        return ([StatusRow(path: path, state: s.state, size: lst.size, offlineBytes: s.offlineBytes, object: s.object?.hex, detail: s.detail)], [])
+    }
+}

@@ -1,0 +1,100 @@
+import Foundation
+import Glibc
+import HSMCore
+import HSMKernel
+import Logging
+import Synchronization
+
+/// Serves hsmctl on a root-only Unix socket: one request line in, progress lines and one
+/// result line out. Each connection gets its own thread; long operations never block
+/// event handling.
+final class ControlServer: Sendable {
+    let listener: UnixListener
+    let archiver: Archiver
+    let log: Logger
+    let info: @Sendable () -> [String: String]
+
+    init(socketPath: String, archiver: Archiver, log: Logger, info: @escaping @Sendable () -> [String: String]) throws(SystemError) {
+        listener = try UnixListener.listen(socketPath, mode: 0o600)
+        self.archiver = archiver
+        self.log = log
+        self.info = info
+    }
+
+    func start() {
+        startThread("hsmd-control") {
+            while let conn = self.listener.accept() {
+                let fd = conn.fd
+                startThread("hsmd-client") { self.serve(LineChannel(fd: fd)) }
+            }
+        }
+    }
+
+    func stop() { listener.shutdown() }
+
+    private func serve(_ conn: LineChannel) {
+        defer { conn.close() }
+        func reply(_ r: ControlReply) { try? conn.writeLine(ControlCodec.encode(r)) }
+        guard let line = try? conn.readLine() else { return }
+        let request: ControlRequest
+        do { request = try ControlCodec.decode(ControlRequest.self, line) } catch {
+            reply(ControlReply(type: .error, message: "malformed request: \(error)"))
+            return
+        }
+        let uid = (try? conn.peerUID()) ?? UInt32.max
+        if uid != 0 && request.op != .ping {
+            reply(ControlReply(type: .error, message: "permission denied: \(request.op.rawValue) needs root (caller uid \(uid))"))
+            return
+        }
+        if let bad = request.paths.first(where: { !$0.hasPrefix("/") }) {
+            reply(ControlReply(type: .error, message: "path \(bad) is not absolute"))
+            return
+        }
+        if request.op != .ping {
+            log.info("\(request.op.rawValue) requested for \(request.paths.count) path(s) by uid \(uid)")
+        }
+        switch request.op {
+        case .ping:
+            reply(ControlReply(type: .result, info: info()))
+        case .archive:
+            reply(ControlReply(type: .result, files: request.paths.map(archiver.archive)))
+        case .release:
+            reply(ControlReply(type: .result, files: request.paths.map(archiver.release)))
+        case .recall:
+            var range: Range<Int64>?
+            if let r = request.range {
+                guard r.count == 2, r[0] >= 0, r[1] > 0 else {
+                    reply(ControlReply(type: .error, message: "range must be OFFSET:LENGTH with LENGTH > 0"))
+                    return
+                }
+                range = r[0]..<(r[0] + r[1])
+            }
+            reply(ControlReply(type: .result, files: request.paths.map { archiver.recall($0, range: range) }))
+        case .status:
+            var rows: [StatusRow] = [], problems: [FileResult] = []
+            for p in request.paths {
+                let s = archiver.status(p)
+                rows += s.rows
+                problems += s.problems
+            }
+            reply(ControlReply(type: .result, files: problems, status: rows))
+        case .migrate:
+            let lastSent = Mutex<UInt64>(0)
+            let sendProgress = request.progress
+            let writer = LineWriter(fd: conn.fd)
+            let files = Migrator(archiver: archiver).run(request) { p in
+                guard sendProgress else { return }
+                let now = monotonicNanos()
+                let due = lastSent.withLock { last -> Bool in
+                    guard now - last > 250_000_000 else { return false }
+                    last = now
+                    return true
+                }
+                if due { try? writer.writeLine(ControlCodec.encode(ControlReply(type: .progress, progress: p))) }
+            }
+            let done = files.filter { $0.outcome == .done }
+            log.info("migrate: \(done.count) files, \(Units.formatBytes(files.reduce(0) { $0 + $1.bytesArchived })) archived, \(Units.formatBytes(files.reduce(0) { $0 + $1.bytesFreed })) freed, \(files.filter { $0.outcome == .failed }.count) not done")
+            reply(ControlReply(type: .result, files: files))
+        }
+    }
+}

@@ -1,0 +1,304 @@
+import Dispatch
+import Glibc
+import HSMCore
+import HSMKernel
+import Logging
+import Synchronization
+
+/// Why a recall failed, and the errno the accessing program gets.
+enum RecallError: Error, CustomStringConvertible {
+    case damagedMarker(String)
+    case store(StoreError)
+    case system(SystemError)
+    case timedOut
+
+    var errno: Int32 {
+        switch self {
+        case .damagedMarker: return EIO
+        case .store(let e): return e.errno
+        case .system(let e): return [ENOSPC, EDQUOT].contains(e.errno) ? e.errno : EIO
+        case .timedOut: return ETIMEDOUT
+        }
+    }
+
+    var description: String {
+        switch self {
+        case .damagedMarker(let d): return "damaged marker: \(d)"
+        case .store(let e): return e.description
+        case .system(let e): return e.description
+        case .timedOut: return "recall timed out"
+        }
+    }
+}
+
+/// A pre-access event waiting for its answer. Exactly one answer is sent: by the worker
+/// that recalls its range, or by the timeout sweep, whichever comes first.
+final class PendingEvent: Sendable {
+    let fd: Int32
+    let pid: Int32
+    let range: Range<Int64>
+    let received: UInt64
+    private let answered = Atomic<Bool>(false)
+
+    init(fd: Int32, pid: Int32, range: Range<Int64>) {
+        self.fd = fd
+        self.pid = pid
+        self.range = range
+        received = monotonicNanos()
+    }
+
+    var isAnswered: Bool { answered.load(ordering: .acquiring) }
+
+    /// Sends the answer unless one was sent already; true when this call sent it.
+    @discardableResult
+    func answer(_ response: FanotifyResponse, group: FanotifyGroup) -> Bool {
+        guard answered.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else { return false }
+        try? group.respond(to: fd, response)
+        return true
+    }
+}
+
+/// Brings offline blocks back from the stores.
+///
+/// Events for one inode queue behind each other and one worker drains them under the
+/// inode lock, so overlapping requests coalesce: the second finds its blocks resident.
+/// Different inodes recall in parallel on a fixed pool of threads hsmd owns.
+final class RecallEngine: Sendable {
+    private struct Readahead {
+        var nextBlock: Int
+        var window: Int
+    }
+
+    private struct State {
+        var queues: [InodeKey: [PendingEvent]] = [:]
+        var scheduled: Set<InodeKey> = []
+        var ready: [InodeKey] = []
+        var outstanding: [Int32: PendingEvent] = [:]
+        var readahead: [InodeKey: Readahead] = [:]
+        var stopping = false
+    }
+
+    let group: FanotifyGroup
+    let filesystems: ManagedFilesystems
+    let locks: InodeLocks
+    let log: Logger
+    private let timeoutNanos: UInt64
+    private let readaheadMaxBytes: Int64
+    private let threads: Int
+    private let state = Mutex(State())
+    private let work = DispatchSemaphore(value: 0)
+
+    init(group: FanotifyGroup, filesystems: ManagedFilesystems, locks: InodeLocks, config: Config, log: Logger) {
+        self.group = group
+        self.filesystems = filesystems
+        self.locks = locks
+        self.log = log
+        timeoutNanos = UInt64(config.recallTimeoutSeconds) * 1_000_000_000
+        readaheadMaxBytes = config.readaheadMaxBytes
+        threads = config.recallThreads
+    }
+
+    func start() {
+        for i in 0..<threads { startThread("hsmd-recall\(i)") { self.workerLoop() } }
+        startThread("hsmd-timeouts") { self.timeoutLoop() }
+    }
+
+    func stop() {
+        state.withLock { $0.stopping = true }
+        for _ in 0..<threads { work.signal() }
+    }
+
+    /// Called by the event thread; never blocks on I/O.
+    func submit(_ event: PendingEvent, key: InodeKey) {
+        let wake = state.withLock { s -> Bool in
+            s.outstanding[event.fd] = event
+            s.queues[key, default: []].append(event)
+            guard !s.scheduled.contains(key) else { return false }
+            s.scheduled.insert(key)
+            s.ready.append(key)
+            return true
+        }
+        if wake { work.signal() }
+    }
+
+    private func workerLoop() {
+        while true {
+            work.wait()
+            let next = state.withLock { s -> (InodeKey?, Bool) in
+                (s.ready.isEmpty ? nil : s.ready.removeFirst(), s.stopping)
+            }
+            if let key = next.0 { drain(key) } else if next.1 { return }
+        }
+    }
+
+    /// Answers every queued event of one inode, then gives the inode up.
+    private func drain(_ key: InodeKey) {
+        while true {
+            let batch = state.withLock { s -> [PendingEvent] in
+                let b = s.queues.removeValue(forKey: key) ?? []
+                if b.isEmpty { s.scheduled.remove(key) }
+                return b
+            }
+            if batch.isEmpty { return }
+            locks.withLock(key) {
+                for event in batch { handle(event, key: key) }
+            }
+            state.withLock { s in for e in batch { s.outstanding.removeValue(forKey: e.fd) } }
+            for e in batch { close(e.fd) }
+        }
+    }
+
+    private func handle(_ event: PendingEvent, key: InodeKey) {
+        if event.isAnswered { return }
+        let fd = FileDescriptor(rawValue: event.fd, path: FileDescriptor.currentPath(of: event.fd))
+        guard let fs = filesystems.filesystem(device: key.device) else {
+            event.answer(.allow, group: group)
+            return
+        }
+        do {
+            let started = monotonicNanos()
+            let bytes = try recall(fd, range: event.range, key: key, store: fs.store, readahead: true)
+            if event.answer(.allow, group: group), bytes > 0 {
+                let ms = Double(monotonicNanos() - started) / 1e6
+                log.debug("recalled \(Units.formatBytes(bytes)) of \(fd.path) for pid \(event.pid) in \(String(format: "%.1f", ms)) ms")
+            }
+        } catch {
+            if event.answer(.deny(errno: error.errno), group: group) {
+                log.error("recall failed for \(fd.path) (pid \(event.pid), bytes \(event.range.lowerBound)..<\(event.range.upperBound)): \(error); the access fails with \(String(cString: strerror(error.errno)))")
+            }
+        }
+    }
+
+    /// Answers events that waited longer than recall_timeout with ETIMEDOUT, so no
+    /// program hangs on a store that does not answer.
+    private func timeoutLoop() {
+        while !state.withLock({ $0.stopping }) {
+            usleep(500_000)
+            let now = monotonicNanos()
+            let late = state.withLock { s in s.outstanding.values.filter { now - $0.received > timeoutNanos } }
+            for e in late where e.answer(.deny(errno: ETIMEDOUT), group: group) {
+                log.error("recall of \(FileDescriptor.currentPath(of: e.fd)) for pid \(e.pid) did not finish in \(timeoutNanos / 1_000_000_000) s; the access fails with ETIMEDOUT")
+            }
+        }
+    }
+
+    // MARK: The recall itself
+
+    /// Recalls the offline blocks `range` needs (plus read-ahead) into `fd`, filling holes
+    /// only (DESIGN invariant 1), then persists the marker. The caller holds the inode
+    /// lock. Returns the bytes written.
+    func recall(_ fd: FileDescriptor, range: Range<Int64>, key: InodeKey, store: any ObjectStore,
+                readahead: Bool) throws(RecallError) -> Int64 {
+        let st: FileStat
+        let raw: [UInt8]?
+        do {
+            st = try fd.stat()
+            raw = try fd.xattr(Marker.xattrName)
+        } catch { throw .system(error) }
+        guard let raw else { return 0 }
+        var marker: Marker
+        do { marker = try MarkerCodec.decode(raw) } catch { throw .damagedMarker("\(error)") }
+        let layout = marker.layout
+        var markerChanged = false
+
+        // Blocks wholly past the current end of file were truncated away: never recall
+        // into them, or a later extension would resurrect old data.
+        let liveBlocks = layout.blocks(covering: 0..<st.size).upperBound
+        if !marker.offline.setIndices(in: liveBlocks..<marker.offline.count).isEmpty {
+            marker.offline.clear(from: liveBlocks)
+            markerChanged = true
+        }
+        var wanted = marker.offline.setIndices(in: layout.blocks(covering: range))
+        if readahead, let first = wanted.first, let last = wanted.last {
+            let window = nextWindow(key: key, first: first, blockSize: layout.blockSize)
+            if window > 0 {
+                wanted += marker.offline.setIndices(in: (last + 1)..<min(last + 1 + window, liveBlocks))
+            }
+            state.withLock { s in
+                s.readahead[key, default: Readahead(nextBlock: 0, window: 0)].nextBlock = (wanted.last ?? last) + 1
+            }
+        }
+        if wanted.isEmpty {
+            if markerChanged { try persist(marker, fd) }
+            return 0
+        }
+
+        let record: ObjectRecord
+        let reader: any ObjectReader
+        do {
+            record = try store.record(marker.object)
+            reader = try store.reader(for: record)
+        } catch {
+            try markDamaged(&marker, fd, error)
+            throw .store(error)
+        }
+        defer { reader.close() }
+        let wasClean = st.size == marker.size && st.mtimeNs == marker.mtimeNs
+        let objectData = record.dataExtents
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(layout.blockSize), alignment: 4096)
+        defer { buffer.deallocate() }
+        var written: Int64 = 0
+        for b in wanted {
+            do { _ = try reader.read(block: b, into: buffer) } catch {
+                if case .corrupt = error { try markDamaged(&marker, fd, error) }
+                throw .store(error)
+            }
+            let block = layout.range(ofBlock: b)
+            let live = block.lowerBound..<min(block.upperBound, st.size)
+            do {
+                let holes = subtract(try fd.dataExtents(in: live), from: live)
+                for hole in holes {
+                    for piece in intersect(hole, objectData) {
+                        let from = Int(piece.lowerBound - block.lowerBound), to = Int(piece.upperBound - block.lowerBound)
+                        try fd.write(UnsafeRawBufferPointer(rebasing: buffer[from..<to]), at: piece.lowerBound)
+                        written += piece.upperBound - piece.lowerBound
+                    }
+                }
+            } catch { throw .system(error) }
+            marker.offline[b] = false
+        }
+        marker.flags.remove(.objectDamaged)
+        do {
+            // Recall is not a modification: keep the mtime the file had, so it stays
+            // clean. A file already dirty keeps its own new mtime.
+            if wasClean && written > 0 { try fd.setModificationTime(marker.mtimeNs) }
+        } catch { throw .system(error) }
+        try persist(marker, fd)
+        if marker.offline.isEmpty { try? group.ignore(fileAt: fd.rawValue, path: fd.path) }
+        return written
+    }
+
+    /// Sequential readers get a window that doubles up to readahead_max; a jump resets it.
+    private func nextWindow(key: InodeKey, first: Int, blockSize: Int64) -> Int {
+        let maxBlocks = max(Int(readaheadMaxBytes / blockSize), 0)
+        return state.withLock { s in
+            if s.readahead.count > 65536 { s.readahead.removeAll() }
+            var r = s.readahead[key] ?? Readahead(nextBlock: -1, window: 0)
+            r.window = first == r.nextBlock ? min(max(r.window * 2, 1), maxBlocks) : 0
+            s.readahead[key] = r
+            return r.window
+        }
+    }
+
+    private func persist(_ marker: Marker, _ fd: FileDescriptor) throws(RecallError) {
+        do {
+            try fd.setXattr(Marker.xattrName, MarkerCodec.encode(marker))
+        } catch let e as SystemError {
+            throw .system(e)
+        } catch {
+            throw .damagedMarker("\(error)")
+        }
+    }
+
+    /// Records in the marker that the object failed, so `status` shows `damaged`.
+    private func markDamaged(_ marker: inout Marker, _ fd: FileDescriptor, _ error: StoreError) throws(RecallError) {
+        switch error {
+        case .objectMissing, .corrupt, .badRecord:
+            if !marker.flags.contains(.objectDamaged) {
+                marker.flags.insert(.objectDamaged)
+                try? persist(marker, fd)
+            }
+        default: break
+        }
+    }
+}

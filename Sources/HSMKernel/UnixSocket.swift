@@ -1,0 +1,110 @@
+import CHSMKernel
+import Glibc
+import Synchronization
+
+/// A connected Unix stream socket carrying one JSON object per line.
+public final class LineChannel {
+    public let fd: Int32
+    private var pending: [UInt8] = []
+
+    public init(fd: Int32) { self.fd = fd }
+
+    public static func connect(_ path: String) throws(SystemError) -> LineChannel {
+        LineChannel(fd: try SystemError.check(chsm_unix_connect(path), "connect", path))
+    }
+
+    /// The next line without its newline, or nil at end of stream.
+    public func readLine(limit: Int = 16 << 20) throws(SystemError) -> [UInt8]? {
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            if let nl = pending.firstIndex(of: UInt8(ascii: "\n")) {
+                let line = Array(pending[..<nl])
+                pending.removeSubrange(...nl)
+                return line
+            }
+            if pending.count > limit { throw SystemError(errno: EMSGSIZE, operation: "read control line") }
+            let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw SystemError(errno: errno, operation: "read control socket")
+            }
+            if n == 0 {
+                if pending.isEmpty { return nil }
+                defer { pending = [] }
+                return pending
+            }
+            pending += chunk[0..<n]
+        }
+    }
+
+    public func writeLine(_ bytes: [UInt8]) throws(SystemError) {
+        try LineWriter(fd: fd).writeLine(bytes)
+    }
+
+    /// uid of the connected peer (SO_PEERCRED).
+    public func peerUID() throws(SystemError) -> UInt32 {
+        var pid: Int32 = 0, uid: UInt32 = 0, gid: UInt32 = 0
+        try SystemError.check(chsm_peer_cred(fd, &pid, &uid, &gid), "getsockopt(SO_PEERCRED)")
+        return uid
+    }
+
+    public func close() { _ = Glibc.close(fd) }
+}
+
+/// A listening Unix socket, root-only unless told otherwise.
+public struct UnixListener: Sendable {
+    public let fd: Int32
+    public let path: String
+
+    public static func listen(_ path: String, mode: UInt32 = 0o600) throws(SystemError) -> UnixListener {
+        UnixListener(fd: try SystemError.check(chsm_unix_listen(path, mode), "listen", path), path: path)
+    }
+
+    /// Blocks for the next connection; nil once the listener is shut down.
+    public func accept() -> LineChannel? {
+        while true {
+            let c = chsm_accept(fd)
+            if c >= 0 { return LineChannel(fd: c) }
+            if c == -EINTR || c == -ECONNABORTED { continue }
+            return nil
+        }
+    }
+
+    /// Wakes a thread blocked in accept and removes the socket file.
+    public func shutdown() {
+        _ = Glibc.shutdown(fd, Int32(SHUT_RDWR))
+        unlink(path)
+    }
+}
+
+public enum SystemdNotify {
+    /// READY=1, STOPPING=1, WATCHDOG=1, STATUS=…; a no-op without $NOTIFY_SOCKET.
+    @discardableResult
+    public static func send(_ state: String) -> Bool { chsm_sd_notify(state) == 0 }
+}
+
+/// Writes whole lines to a socket; lines from different threads never interleave.
+public final class LineWriter: Sendable {
+    public let fd: Int32
+    private let lock = Mutex(())
+
+    public init(fd: Int32) { self.fd = fd }
+
+    public func writeLine(_ bytes: [UInt8]) throws(SystemError) {
+        var out = bytes
+        out.append(UInt8(ascii: "\n"))
+        let failure: Int32? = lock.withLock { _ in
+            var done = 0
+            while done < out.count {
+                let n = out.withUnsafeBytes { send(fd, $0.baseAddress! + done, $0.count - done, Int32(MSG_NOSIGNAL)) }
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    return errno
+                }
+                done += n
+            }
+            return nil
+        }
+        if let failure { throw SystemError(errno: failure, operation: "write control socket") }
+    }
+}

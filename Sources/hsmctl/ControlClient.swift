@@ -1,0 +1,53 @@
+import Foundation
+import Glibc
+import HSMCore
+import HSMKernel
+
+/// hsmctl's side of the control socket.
+struct ControlClient {
+    let socket: String
+
+    static let defaultSocket = "/run/hsmd/hsmd.sock"
+
+    static func resolveSocket(_ option: String?) -> String {
+        option ?? ProcessInfo.processInfo.environment["HSMD_SOCKET"] ?? defaultSocket
+    }
+
+    /// Sends one request; calls `onProgress` for progress lines; returns the result.
+    func send(_ request: ControlRequest, onProgress: (ProgressReport) -> Void = { _ in }) throws(CLIError) -> ControlReply {
+        let conn: LineChannel
+        do { conn = try LineChannel.connect(socket) } catch {
+            switch error.errno {
+            case ENOENT, ECONNREFUSED:
+                throw .unreachable("hsmd is not running (nothing listens on \(socket)); start it (systemctl start hsmd) or point --socket / HSMD_SOCKET at its socket")
+            case EACCES, EPERM:
+                throw .unreachable("permission denied on \(socket): hsmd's control socket is root-only; run hsmctl as root")
+            default:
+                throw .unreachable("cannot reach hsmd at \(socket): \(error)")
+            }
+        }
+        defer { conn.close() }
+        do { try conn.writeLine(ControlCodec.encode(request)) } catch { throw .unreachable("sending to hsmd: \(error)") }
+        while true {
+            let line: [UInt8]?
+            do { line = try conn.readLine() } catch { throw .unreachable("reading from hsmd: \(error)") }
+            guard let line else { throw .unreachable("hsmd closed the connection without an answer (did it stop?)") }
+            let reply: ControlReply
+            do { reply = try ControlCodec.decode(ControlReply.self, line) } catch {
+                throw .unreachable("hsmd sent a malformed reply: \(error)")
+            }
+            switch reply.type {
+            case .progress: if let p = reply.progress { onProgress(p) }
+            case .error: throw .refused(reply.message ?? "hsmd refused the request")
+            case .result: return reply
+            }
+        }
+    }
+}
+
+enum CLIError: Error {
+    /// hsmd could not be reached: exit 2.
+    case unreachable(String)
+    /// hsmd refused the request as a whole: exit 2.
+    case refused(String)
+}
