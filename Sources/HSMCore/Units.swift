@@ -29,6 +29,14 @@ public enum Units {
         return n
     }
 
+    /// 2592000 → "30d", 5400 → "90m"; the largest unit that divides exactly.
+    public static func formatDuration(_ seconds: Int64) -> String {
+        for (unit, n) in [("w", Int64(604800)), ("d", 86400), ("h", 3600), ("m", 60)] where seconds >= n && seconds % n == 0 {
+            return "\(seconds / n)\(unit)"
+        }
+        return "\(seconds)s"
+    }
+
     /// 1536 → "1.5 KiB".
     public static func formatBytes(_ n: Int64) -> String {
         let units = ["B", "KiB", "MiB", "GiB", "TiB"]

@@ -34,7 +34,8 @@ struct Archiver: Sendable {
         case .directory:
             throw Refusal(result: FileResult(path: path, outcome: .failed, reason: "is a directory; name files, or use hsmctl migrate to walk a tree"))
         default:
-            throw Refusal(result: FileResult(path: path, outcome: .skipped, reason: "\(lst.fileType.rawValue): not a regular file, skipped"))
+            // Named explicitly, so not done (exit 1); migrate's walks skip these quietly.
+            throw Refusal(result: FileResult(path: path, outcome: .failed, reason: "\(lst.fileType.rawValue): not a regular file, skipped"))
         }
         guard let fs = filesystems.filesystem(device: lst.device) else {
             throw Refusal(result: FileResult(path: path, outcome: .failed, reason: "not on a managed filesystem (managed: \(filesystems.pathsDescription))"))

@@ -164,6 +164,7 @@ struct Migrate: ParsableCommand {
     @Option(help: "Skip files matching this glob (repeatable; with a '/' it matches the whole path).") var exclude: [String] = []
     @Flag(help: "Only report what would migrate.") var dryRun = false
     @Option(help: "Files to migrate in parallel.") var jobs: Int = 2
+    @Flag(name: .shortAndLong, help: "Print a line for every file migrated.") var verbose = false
     @Flag(help: "Print a JSON result.") var json = false
     @Argument(help: "Files and directories.") var paths: [String] = []
 
@@ -193,7 +194,9 @@ struct Migrate: ParsableCommand {
             let notDone = files.filter { $0.outcome == .failed }
             var skipped: [String: Int] = [:]
             for f in files where f.outcome == .skipped { skipped[f.reason ?? "skipped", default: 0] += 1 }
-            for f in done { print("\(f.path): \(dryRun ? "would migrate" : (f.state?.rawValue ?? "done"))") }
+            if verbose || dryRun {
+                for f in done { print("\(f.path): \(dryRun ? "would migrate" : (f.state?.rawValue ?? "done"))") }
+            }
             for f in notDone { FileHandle.standardError.write(Data("hsmctl: migrate \(f.path): \(f.reason ?? "failed")\n".utf8)) }
             let moved = files.reduce(Int64(0)) { $0 + $1.bytesArchived }, freed = files.reduce(Int64(0)) { $0 + $1.bytesFreed }
             print(dryRun ? "dry run: \(done.count) file(s) would migrate, \(Units.formatBytes(moved))"

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what hsmd's build, demo and tests need on a fresh Debian machine. Idempotent:
+# installs only what is missing, and runs `apt-get update` only then.
+set -euo pipefail
+[ "$(id -u)" -eq 0 ] || { echo "setup.sh: run as root (apt-get, loop devices, fanotify)" >&2; exit 2; }
+
+need_apt=()
+command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)
+command -v setfattr >/dev/null || need_apt+=(attr)
+command -v losetup >/dev/null || need_apt+=(mount)
+command -v tar >/dev/null || need_apt+=(tar)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+python3 -c 'import pytest' 2>/dev/null || python3 -m pip install -q pytest
+command -v swift >/dev/null || export PATH="/opt/swift/usr/bin:$PATH"
+command -v swift >/dev/null || { echo "setup.sh: no Swift toolchain found (expected /opt/swift)" >&2; exit 2; }
