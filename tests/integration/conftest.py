@@ -1,0 +1,200 @@
+"""Fixtures for hsmd's integration tests.
+
+Each test gets its own loop-mounted ext4 image and posix store under a temporary folder,
+and its own hsmd process. Everything is torn down (hsmd stopped by pid, filesystem
+unmounted, folder removed) even when the test fails. Only filesystems created here are
+ever marked by hsmd.
+"""
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(os.environ.get("HSMD_BIN_DIR", ROOT / ".build" / "debug"))
+HSMD = BIN / "hsmd"
+HSMCTL = BIN / "hsmctl"
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def allocated_bytes(path):
+    return os.stat(path).st_blocks * 512
+
+
+def drop_caches():
+    subprocess.run(["sync"], check=True)
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+class HSM:
+    """One managed filesystem, one store, one hsmd."""
+
+    def __init__(self, base: Path, image_size="1G"):
+        self.base = base
+        self.image = base / "fs.img"
+        self.mnt = base / "mnt"
+        self.store = base / "store"
+        self.state_dir = base / "state"
+        self.socket = base / "hsmd.sock"
+        self.config = base / "hsmd.toml"
+        self.log = base / "hsmd.log"
+        self.proc = None
+        self.mounted = False
+        self.mnt.mkdir()
+        self.store.mkdir()
+        subprocess.run(["truncate", "-s", image_size, str(self.image)], check=True)
+        subprocess.run(["mkfs.ext4", "-q", "-F", str(self.image)], check=True)
+        subprocess.run(["mount", "-o", "loop", str(self.image), str(self.mnt)], check=True)
+        self.mounted = True
+        self.write_config()
+
+    def write_config(self, extra="", store_path=None):
+        self.config.write_text(
+            f'socket = "{self.socket}"\n'
+            f'state_dir = "{self.state_dir}"\n'
+            'log_level = "debug"\n'
+            f"{extra}\n"
+            "[[store]]\n"
+            'name = "tier1"\n'
+            'type = "posix"\n'
+            f'path = "{store_path or self.store}"\n'
+            "[[filesystem]]\n"
+            f'path = "{self.mnt}"\n'
+            'store = "tier1"\n'
+        )
+
+    # --- hsmd process -------------------------------------------------------------
+
+    def start(self, timeout=20):
+        assert self.proc is None
+        self.logfile = open(self.log, "ab")
+        self.proc = subprocess.Popen([str(HSMD), "--config", str(self.config)],
+                                     stdout=self.logfile, stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"hsmd exited with {self.proc.returncode}:\n{self.log_text()}")
+            if self.socket.exists() and self.ctl("doctor", check=False).returncode == 0:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"hsmd did not become ready:\n{self.log_text()}")
+
+    def stop(self, sig=signal.SIGTERM, timeout=20):
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self.proc = None
+        self.logfile.close()
+        return code
+
+    def log_text(self):
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    # --- hsmctl ---------------------------------------------------------------------
+
+    def ctl(self, *args, check=True, user=None, timeout=300):
+        cmd = [str(HSMCTL), *map(str, args)]
+        if user is not None:
+            cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
+        env = dict(os.environ, HSMD_SOCKET=str(self.socket))
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+        if check and r.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} exited {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}\nhsmd log tail:\n{self.log_text()[-3000:]}")
+        return r
+
+    def status(self, path):
+        """The --json status row of one file."""
+        rows = json.loads(self.ctl("status", "--json", path).stdout)
+        assert len(rows) == 1, rows
+        return rows[0]
+
+    def state(self, path):
+        return self.status(path)["state"]
+
+    def migrate(self, path):
+        """archive + release one file, asserting it ends up released."""
+        self.ctl("archive", path)
+        self.ctl("release", path)
+        assert self.state(path) == "released"
+
+    # --- files ------------------------------------------------------------------------
+
+    def write(self, name, size=None, data=None):
+        """Creates mnt/name with `data` or `size` random bytes; returns (path, sha256)."""
+        p = self.mnt / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if data is None:
+            data = os.urandom(size)
+        p.write_bytes(data)
+        return p, hashlib.sha256(data).hexdigest()
+
+    def object_files(self):
+        return sorted((self.store / "objects").glob("*/*.data"))
+
+    # --- teardown -----------------------------------------------------------------
+
+    def cleanup(self):
+        try:
+            self.stop()
+        finally:
+            if self.mounted:
+                for _ in range(50):
+                    if subprocess.run(["umount", str(self.mnt)], capture_output=True).returncode == 0:
+                        break
+                    time.sleep(0.2)
+                else:
+                    subprocess.run(["umount", "-l", str(self.mnt)])
+                self.mounted = False
+            shutil.rmtree(self.base, ignore_errors=True)
+
+
+@pytest.fixture
+def hsm():
+    """A running hsmd managing a fresh 1 GiB ext4 filesystem."""
+    base = Path(tempfile.mkdtemp(prefix="hsmd-test-"))
+    h = None
+    try:
+        h = HSM(base)
+        h.start()
+        yield h
+    finally:
+        if h is not None:
+            h.cleanup()
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def hsm_stopped():
+    """Like `hsm`, but hsmd is not started: for tests of startup and config."""
+    base = Path(tempfile.mkdtemp(prefix="hsmd-test-"))
+    h = None
+    try:
+        h = HSM(base)
+        yield h
+    finally:
+        if h is not None:
+            h.cleanup()
+        else:
+            shutil.rmtree(base, ignore_errors=True)
