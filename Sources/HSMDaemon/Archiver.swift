@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 import HSMCore
 import HSMKernel
@@ -16,6 +17,9 @@ struct Archiver: Sendable {
     static let leaseSignal = SIGIO
     /// Punch at most this much between lease checks, so an opener waits little.
     static let punchChunk: Int64 = 64 << 20
+    /// Test-only: pause between punch chunks so a test can open the file mid-release.
+    static let punchPauseMicros: UInt32 = ProcessInfo.processInfo.environment["HSMD_TEST_PUNCH_PAUSE_MS"]
+        .flatMap { UInt32($0) }.map { $0 * 1000 } ?? 0
 
     private struct Refusal: Error {
         let result: FileResult
@@ -214,6 +218,7 @@ struct Archiver: Sendable {
         outer: for run in consecutiveRuns(candidates) {
             var b = run.lowerBound
             while b < run.upperBound {
+                if Self.punchPauseMicros > 0 && b != candidates[0] { usleep(Self.punchPauseMicros) }
                 if (try? fd.lease()) != .write { interrupted = true; leaseBroken = true; break outer }
                 let chunkBlocks = max(1, Int(Self.punchChunk / layout.blockSize))
                 let end = min(run.upperBound, b + chunkBlocks)

@@ -66,7 +66,9 @@ final class EventLoop: Sendable {
             return
         }
         if e.fd < 0 {
-            // FAN_REPORT_FD_ERROR: the kernel could not open the file for us.
+            // FAN_REPORT_FD_ERROR: the kernel could not open the file for us (e.g.
+            // ETXTBSY for a running executable, EROFS through a read-only mount). It
+            // denies such a permission event itself; there is nothing to answer.
             log.error("pre-access event for pid \(e.pid) without a file: \(String(cString: strerror(-e.fd)))")
             return
         }

@@ -79,11 +79,12 @@ class HSM:
 
     # --- hsmd process -------------------------------------------------------------
 
-    def start(self, timeout=20):
+    def start(self, timeout=20, env=None):
         assert self.proc is None
         self.logfile = open(self.log, "ab")
         self.proc = subprocess.Popen([str(HSMD), "--config", str(self.config)],
-                                     stdout=self.logfile, stderr=subprocess.STDOUT)
+                                     stdout=self.logfile, stderr=subprocess.STDOUT,
+                                     env=dict(os.environ, **(env or {})))
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
