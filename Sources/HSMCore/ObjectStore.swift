@@ -48,7 +48,8 @@ public enum StoreError: Error, CustomStringConvertible {
     /// The errno a program's access gets when recall fails with this error.
     public var errno: Int32 {
         switch self {
-        case .io(let e) where [ENOSPC, EDQUOT, ETIMEDOUT].contains(e.errno): return e.errno
+        // Only errnos the kernel accepts in FAN_DENY_ERRNO (docs/KERNEL-FACTS.md).
+        case .io(let e) where [ENOSPC, EDQUOT].contains(e.errno): return e.errno
         default: return EIO
         }
     }

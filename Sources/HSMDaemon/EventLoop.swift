@@ -118,8 +118,8 @@ final class EventLoop: Sendable {
     }
 
     private func answer(_ e: FanotifyEvent, _ r: FanotifyResponse) {
-        do { try group.respond(to: e.fd, r) } catch {
-            log.error("fanotify response failed: \(error)")
+        if group.respondOrFallBack(to: e.fd, r) == nil {
+            log.error("fanotify response for pid \(e.pid) failed: \(String(cString: strerror(errno)))")
         }
         close(e.fd)
     }

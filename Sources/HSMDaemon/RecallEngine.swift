@@ -1,4 +1,5 @@
 import Dispatch
+import Foundation
 import Glibc
 import HSMCore
 import HSMKernel
@@ -17,7 +18,8 @@ enum RecallError: Error, CustomStringConvertible {
         case .damagedMarker: return EIO
         case .store(let e): return e.errno
         case .system(let e): return [ENOSPC, EDQUOT].contains(e.errno) ? e.errno : EIO
-        case .timedOut: return ETIMEDOUT
+        // The kernel refuses ETIMEDOUT in FAN_DENY_ERRNO (docs/KERNEL-FACTS.md).
+        case .timedOut: return EIO
         }
     }
 
@@ -53,7 +55,7 @@ final class PendingEvent: Sendable {
     @discardableResult
     func answer(_ response: FanotifyResponse, group: FanotifyGroup) -> Bool {
         guard answered.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else { return false }
-        try? group.respond(to: fd, response)
+        group.respondOrFallBack(to: fd, response)
         return true
     }
 }
@@ -86,6 +88,9 @@ final class RecallEngine: Sendable {
     private let readaheadMaxBytes: Int64
     private let threads: Int
     private let state = Mutex(State())
+    /// Test-only: a store that answers this slowly, to exercise recall_timeout.
+    static let testStoreDelayMicros: UInt32 = ProcessInfo.processInfo.environment["HSMD_TEST_STORE_DELAY_MS"]
+        .flatMap { UInt32($0) }.map { $0 * 1000 } ?? 0
     private let work = DispatchSemaphore(value: 0)
 
     init(group: FanotifyGroup, filesystems: ManagedFilesystems, locks: InodeLocks, config: Config, log: Logger) {
@@ -169,15 +174,15 @@ final class RecallEngine: Sendable {
         }
     }
 
-    /// Answers events that waited longer than recall_timeout with ETIMEDOUT, so no
+    /// Answers events that waited longer than recall_timeout with EIO, so no
     /// program hangs on a store that does not answer.
     private func timeoutLoop() {
         while !state.withLock({ $0.stopping }) {
             usleep(500_000)
             let now = monotonicNanos()
             let late = state.withLock { s in s.outstanding.values.filter { now - $0.received > timeoutNanos } }
-            for e in late where e.answer(.deny(errno: ETIMEDOUT), group: group) {
-                log.error("recall of \(FileDescriptor.currentPath(of: e.fd)) for pid \(e.pid) did not finish in \(timeoutNanos / 1_000_000_000) s; the access fails with ETIMEDOUT")
+            for e in late where e.answer(.deny(errno: RecallError.timedOut.errno), group: group) {
+                log.error("recall of \(FileDescriptor.currentPath(of: e.fd)) for pid \(e.pid) timed out after \(timeoutNanos / 1_000_000_000) s (recall_timeout); the access fails with EIO")
             }
         }
     }
@@ -223,6 +228,7 @@ final class RecallEngine: Sendable {
             return 0
         }
 
+        if Self.testStoreDelayMicros > 0 { usleep(Self.testStoreDelayMicros) }
         let record: ObjectRecord
         let reader: any ObjectReader
         do {
@@ -238,26 +244,39 @@ final class RecallEngine: Sendable {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(layout.blockSize), alignment: 4096)
         defer { buffer.deallocate() }
         var written: Int64 = 0
-        for b in wanted {
-            do { _ = try reader.read(block: b, into: buffer) } catch {
-                if case .corrupt = error { try markDamaged(&marker, fd, error) }
-                throw .store(error)
-            }
-            let block = layout.range(ofBlock: b)
-            let live = block.lowerBound..<min(block.upperBound, st.size)
-            do {
-                let holes = subtract(try fd.dataExtents(in: live), from: live)
-                for hole in holes {
-                    for piece in intersect(hole, objectData) {
-                        let from = Int(piece.lowerBound - block.lowerBound), to = Int(piece.upperBound - block.lowerBound)
-                        try fd.write(UnsafeRawBufferPointer(rebasing: buffer[from..<to]), at: piece.lowerBound)
-                        written += piece.upperBound - piece.lowerBound
-                    }
+        do {
+            for b in wanted {
+                do { _ = try reader.read(block: b, into: buffer) } catch {
+                    if case .corrupt = error { try markDamaged(&marker, fd, error) }
+                    throw RecallError.store(error)
                 }
-            } catch { throw .system(error) }
-            marker.offline[b] = false
+                let block = layout.range(ofBlock: b)
+                let live = block.lowerBound..<min(block.upperBound, st.size)
+                var filled: [Range<Int64>] = []
+                do {
+                    let holes = subtract(try fd.dataExtents(in: live), from: live)
+                    for hole in holes {
+                        for piece in intersect(hole, objectData) {
+                            filled.append(piece)
+                            let from = Int(piece.lowerBound - block.lowerBound), to = Int(piece.upperBound - block.lowerBound)
+                            try fd.write(UnsafeRawBufferPointer(rebasing: buffer[from..<to]), at: piece.lowerBound)
+                            written += piece.upperBound - piece.lowerBound
+                        }
+                    }
+                } catch {
+                    reopenHoles(filled, fd, fileSize: st.size, object: marker.object)
+                    throw RecallError.system(error)
+                }
+                marker.offline[b] = false
+            }
+            marker.flags.remove(.objectDamaged)
+        } catch {
+            // Keep what came back, and do not let a failed recall make the file look
+            // modified (a partly written block stays offline: recall fills holes only).
+            if wasClean && written > 0 { try? fd.setModificationTime(marker.mtimeNs) }
+            try? persist(marker, fd)
+            throw error as! RecallError
         }
-        marker.flags.remove(.objectDamaged)
         do {
             // Recall is not a modification: keep the mtime the file had, so it stays
             // clean. A file already dirty keeps its own new mtime.
@@ -266,6 +285,19 @@ final class RecallEngine: Sendable {
         try persist(marker, fd)
         if marker.offline.isEmpty { try? group.ignore(fileAt: fd.rawValue, path: fd.path) }
         return written
+    }
+
+    /// A failed write (ENOSPC) can leave pages allocated but never filled; recall fills
+    /// holes only, so those zeros would later pass for data. Punch back what this attempt
+    /// was filling. At EOF the punch runs past the end: one ending mid-page zeroes
+    /// instead of freeing.
+    private func reopenHoles(_ ranges: [Range<Int64>], _ fd: FileDescriptor, fileSize: Int64, object: ObjectID) {
+        for r in ranges {
+            let end = r.upperBound >= fileSize ? (r.upperBound + 4095) / 4096 * 4096 : r.upperBound
+            do { try fd.punchHole(offset: r.lowerBound, length: end - r.lowerBound) } catch {
+                log.critical("\(fd.path): after a failed recall write, bytes \(r.lowerBound)..<\(end) could not be punched back to a hole (\(error)); they may read as zeros; restore them by hand from object \(object)")
+            }
+        }
     }
 
     /// Sequential readers get a window that doubles up to readahead_max; a jump resets it.

@@ -74,6 +74,20 @@ public struct FanotifyGroup: Sendable {
         try SystemError.check(chsm_fanotify_respond(fd, eventFD, response.raw), "fanotify response")
     }
 
+    /// Answers, and if the kernel refuses the errno of a denial (it accepts only a few:
+    /// see README, kernel facts), denies with EIO instead: an unanswered event would
+    /// hang the program forever. Returns the response actually sent, nil if none was.
+    @discardableResult
+    public func respondOrFallBack(to eventFD: Int32, _ response: FanotifyResponse) -> FanotifyResponse? {
+        do {
+            try respond(to: eventFD, response)
+            return response
+        } catch {
+            guard case .deny(let e) = response, e != EIO, error.errno == EINVAL else { return nil }
+            return (try? respond(to: eventFD, .deny(errno: EIO))) != nil ? .deny(errno: EIO) : nil
+        }
+    }
+
     public func close() { _ = Glibc.close(fd) }
 }
 

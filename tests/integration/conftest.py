@@ -109,6 +109,16 @@ class HSM:
         self.logfile.close()
         return code
 
+    def wait_for_log(self, *needles, timeout=10):
+        """True once every needle appears in hsmd's log (it is written just after events)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            text = self.log_text()
+            if all(n in text for n in needles):
+                return True
+            time.sleep(0.05)
+        return False
+
     def log_text(self):
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
