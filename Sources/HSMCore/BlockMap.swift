@@ -8,8 +8,15 @@ public struct BlockLayout: Equatable, Sendable {
         self.fileSize = fileSize
     }
 
+    /// Largest block shift: 1 GiB blocks, so the biggest file a marker can describe is
+    /// `MarkerCodec.maxBlocks` GiB (about 27 TiB) and a recall buffer stays bounded.
+    public static let maxShift: UInt8 = 30
+
     public var blockSize: Int64 { 1 << Int64(shift) }
-    public var blockCount: Int { Int((fileSize + blockSize - 1) >> Int64(shift)) }
+    /// Written so that no file size, however large, overflows.
+    public var blockCount: Int {
+        Int((fileSize >> Int64(shift)) + (fileSize & (blockSize - 1) != 0 ? 1 : 0))
+    }
 
     /// Byte range of block `i`, clipped to the file size.
     public func range(ofBlock i: Int) -> Range<Int64> {
@@ -25,10 +32,14 @@ public struct BlockLayout: Equatable, Sendable {
         return Int(lo >> Int64(shift))..<Int((hi - 1) >> Int64(shift)) + 1
     }
 
-    /// The smallest shift (≥ 1 MiB blocks) whose bitmap of `size` fits in `maxBits`.
-    public static func shift(forFileSize size: Int64, maxBits: Int, minimumShift: UInt8 = 20) -> UInt8 {
+    /// The smallest shift (≥ 1 MiB blocks) whose bitmap of `size` fits in `maxBits`, or
+    /// nil when even `maxShift` does not.
+    public static func shift(forFileSize size: Int64, maxBits: Int, minimumShift: UInt8 = 20) -> UInt8? {
         var s = minimumShift
-        while (size + (Int64(1) << Int64(s)) - 1) >> Int64(s) > Int64(maxBits) { s += 1 }
+        while BlockLayout(shift: s, fileSize: size).blockCount > maxBits {
+            if s >= maxShift { return nil }
+            s += 1
+        }
         return s
     }
 }
@@ -60,7 +71,10 @@ public struct BlockBitmap: Equatable, Sendable {
     public var isEmpty: Bool { bytes.allSatisfy { $0 == 0 } }
 
     public func setIndices(in range: Range<Int>? = nil) -> [Int] {
-        let r = range.map { max($0.lowerBound, 0)..<min($0.upperBound, count) } ?? 0..<count
+        let r = range.map { r -> Range<Int> in
+            let lo = min(max(r.lowerBound, 0), count)
+            return lo..<max(lo, min(r.upperBound, count))
+        } ?? 0..<count
         var out: [Int] = []
         var i = r.lowerBound
         while i < r.upperBound {

@@ -69,7 +69,9 @@ public struct Config: Equatable, Sendable {
                 c.recallThreads = n
             case "recall_timeout":
                 c.recallTimeoutSeconds = try duration(value, key)
-                guard c.recallTimeoutSeconds > 0 else { throw Error("recall_timeout: must be positive") }
+                guard (1...86400).contains(c.recallTimeoutSeconds) else {
+                    throw Error("recall_timeout: \(c.recallTimeoutSeconds) s is out of range (1 s to 1 day)")
+                }
             case "readahead_max":
                 let s = try string(value, key)
                 guard let n = Units.parseSize(s), n >= 1 << 20 else { throw Error("readahead_max: \"\(s)\" is not a size of at least 1M (e.g. \"64M\")") }

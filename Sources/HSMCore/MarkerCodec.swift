@@ -2,7 +2,7 @@ import HSMKernel
 
 /// The binary form of `Marker`, version 1, little-endian:
 ///
-///     0  magic "HSMK"        4  version (1)       5  block shift (12...40)
+///     0  magic "HSMK"        4  version (1)       5  block shift (12...30)
 ///     6  flags u16           8  size u64          16 mtime ns i64
 ///     24 object id [16]      40 released blocks u32
 ///     44 block count u32     48 bitmap [(count+7)/8]   …  crc32c u32 of all before
@@ -76,7 +76,7 @@ public enum MarkerCodec {
         guard Array(b[0..<4]) == magic else { throw .badMagic }
         guard b[4] == version else { throw .unsupportedVersion(b[4]) }
         let shift = b[5]
-        guard (12...40).contains(shift) else { throw .badBlockShift(shift) }
+        guard (12...BlockLayout.maxShift).contains(shift) else { throw .badBlockShift(shift) }
         let flags = Marker.Flags(rawValue: read(b, 6, as: UInt16.self))
         guard Marker.Flags.known.isSuperset(of: flags) else { throw .unknownFlags(flags.rawValue) }
         let size = Int64(bitPattern: read(b, 8, as: UInt64.self))

@@ -25,7 +25,7 @@ public struct MigrationPolicy: Sendable, Equatable {
         if let minSize, stat.size < minSize { return "smaller than \(Units.formatBytes(minSize))" }
         if let olderThanSeconds {
             let last = max(stat.atimeNs, stat.mtimeNs)
-            if nowNs - last < olderThanSeconds * 1_000_000_000 { return "used in the last \(Units.formatDuration(olderThanSeconds))" }
+            if (nowNs - last) / 1_000_000_000 < olderThanSeconds { return "used in the last \(Units.formatDuration(olderThanSeconds))" }
         }
         return nil
     }

@@ -2,8 +2,16 @@ import Foundation
 
 /// Parsing of the human-sized values hsmctl and the config accept.
 public enum Units {
-    /// "90" (seconds), "45s", "30m", "12h", "30d", "2w".
+    /// Longest duration accepted: 100 years.
+    public static let maxDuration: Int64 = 100 * 366 * 86400
+
+    /// "90" (seconds), "45s", "30m", "12h", "30d", "2w"; at most `maxDuration`.
     public static func parseDuration(_ text: String) -> Int64? {
+        guard let d = parseDurationUnbounded(text), d <= maxDuration else { return nil }
+        return d
+    }
+
+    private static func parseDurationUnbounded(_ text: String) -> Int64? {
         let t = text.trimmingCharacters(in: .whitespaces).lowercased()
         guard let last = t.last else { return nil }
         let table: [Character: Int64] = ["s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800]

@@ -106,7 +106,9 @@ struct Archiver: Sendable {
             }
         }
         let xattrs = ownXattrs(fd)
-        let shift = BlockLayout.shift(forFileSize: st.size, maxBits: MarkerCodec.maxBlocks)
+        guard let shift = BlockLayout.shift(forFileSize: st.size, maxBits: MarkerCodec.maxBlocks) else {
+            throw Refusal(result: FileResult(path: fd.path, outcome: .failed, reason: "too large: hsmd archives files up to \(MarkerCodec.maxBlocks) GiB"))
+        }
         let record: ObjectRecord
         do { record = try fs.store.put(fd, stat: st, blockShift: shift, originalPath: fd.path, xattrs: xattrs) } catch {
             log.error("archive of \(fd.path) to store \(fs.store.name) failed: \(error)")

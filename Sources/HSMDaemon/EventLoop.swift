@@ -98,17 +98,21 @@ final class EventLoop: Sendable {
             answer(e, .allow)
             return
         }
-        let range = e.range ?? 0..<Int64.max
-        if marker.offline.setIndices(in: marker.layout.blocks(covering: range)).isEmpty {
-            answer(e, .allow)
-            return
-        }
-        let key: InodeKey
-        do { key = try FileDescriptor(rawValue: e.fd, path: "").stat().inodeKey } catch {
+        let st: FileStat
+        do { st = try FileDescriptor(rawValue: e.fd, path: "").stat() } catch {
             answer(e, .deny(errno: EIO))
             return
         }
-        engine.submit(PendingEvent(fd: e.fd, pid: e.pid, range: range), key: key)
+        let range = e.range ?? 0..<Int64.max
+        // A file cut below its archived size has offline bits past its end: the engine
+        // must drop them before anything (this access may extend the file) lets the old
+        // data come back into what are now real holes.
+        let truncated = st.size < marker.size && !marker.offline.setIndices(in: Int(st.size >> Int64(marker.blockShift))..<marker.offline.count).isEmpty
+        if !truncated && marker.offline.setIndices(in: marker.layout.blocks(covering: range)).isEmpty {
+            answer(e, .allow)
+            return
+        }
+        engine.submit(PendingEvent(fd: e.fd, pid: e.pid, range: range), key: st.inodeKey)
     }
 
     /// Resident inodes get an evictable ignore mark: their later accesses cost no trip

@@ -207,13 +207,19 @@ final class RecallEngine: Sendable {
         var markerChanged = false
 
         // Blocks wholly past the current end of file were truncated away: never recall
-        // into them, or a later extension would resurrect old data.
+        // into them, or a later extension would resurrect old data. The block holding
+        // the end comes back now (up to the end only), so that past the end there are
+        // only real holes.
         let liveBlocks = layout.blocks(covering: 0..<st.size).upperBound
-        if !marker.offline.setIndices(in: liveBlocks..<marker.offline.count).isEmpty {
-            marker.offline.clear(from: liveBlocks)
-            markerChanged = true
+        var eofBlock: [Int] = []
+        if st.size < marker.size {
+            if !marker.offline.setIndices(in: liveBlocks..<marker.offline.count).isEmpty {
+                marker.offline.clear(from: liveBlocks)
+                markerChanged = true
+            }
+            if st.size % layout.blockSize != 0 && marker.offline[liveBlocks - 1] { eofBlock = [liveBlocks - 1] }
         }
-        var wanted = marker.offline.setIndices(in: layout.blocks(covering: range))
+        var wanted = Array(Set(marker.offline.setIndices(in: layout.blocks(covering: range)) + eofBlock)).sorted()
         if readahead, let first = wanted.first, let last = wanted.last {
             let window = nextWindow(key: key, first: first, blockSize: layout.blockSize)
             if window > 0 {

@@ -276,4 +276,15 @@ struct Doctor: ParsableCommand {
     }
 }
 
-HSMCtl.main()
+// Usage errors exit 2 (the parser's default is 64, EX_USAGE); help and version exit 0.
+do {
+    var command = try HSMCtl.parseAsRoot()
+    try command.run()
+} catch {
+    let code = HSMCtl.exitCode(for: error)
+    if code == .validationFailure {
+        FileHandle.standardError.write(Data((HSMCtl.fullMessage(for: error) + "\n").utf8))
+        exit(2)
+    }
+    HSMCtl.exit(withError: error)
+}
