@@ -24,6 +24,10 @@ public struct Config: Equatable, Sendable {
     public var recallTimeoutSeconds: Int64 = 120
     /// Largest read-ahead window a sequential reader grows to.
     public var readaheadMaxBytes: Int64 = 64 << 20
+    /// Programs that get a released file's whole data back when they open it: they probe
+    /// holes with lseek(SEEK_DATA) (which raises no event) or compare ctime before and
+    /// after reading, and would otherwise copy zeros or warn.
+    public var fullRecallPrograms: [String] = ["cp", "mv", "tar", "bsdtar", "cpio", "install"]
     public var stores: [Store] = []
     public var filesystems: [Filesystem] = []
 
@@ -76,6 +80,16 @@ public struct Config: Equatable, Sendable {
                 let s = try string(value, key)
                 guard let n = Units.parseSize(s), n >= 1 << 20 else { throw Error("readahead_max: \"\(s)\" is not a size of at least 1M (e.g. \"64M\")") }
                 c.readaheadMaxBytes = n
+            case "full_recall_programs":
+                guard let a = value.array else { throw Error("full_recall_programs: expected an array of program names") }
+                var names: [String] = []
+                for (i, v) in a.enumerated() {
+                    guard let n = v.string, !n.isEmpty, n.utf8.count <= 15, !n.contains("/") else {
+                        throw Error("full_recall_programs[\(i)]: expected a program name as the kernel shows it (at most 15 characters, no '/')")
+                    }
+                    names.append(n)
+                }
+                c.fullRecallPrograms = names
             case "store":
                 for (i, entry) in try arrayOfTables(value, key).enumerated() {
                     c.stores.append(try parseStore(entry, "store[\(i)]"))
@@ -85,7 +99,7 @@ public struct Config: Equatable, Sendable {
                     c.filesystems.append(try parseFilesystem(entry, "filesystem[\(i)]"))
                 }
             default:
-                throw Error("unknown key \"\(key)\" (known: socket, state_dir, log_level, recall_threads, recall_timeout, readahead_max, [[store]], [[filesystem]])")
+                throw Error("unknown key \"\(key)\" (known: socket, state_dir, log_level, recall_threads, recall_timeout, readahead_max, full_recall_programs, [[store]], [[filesystem]])")
             }
         }
         try c.validate()

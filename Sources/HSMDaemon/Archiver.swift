@@ -173,7 +173,12 @@ struct Archiver: Sendable {
             return FileResult(path: fd.path, outcome: .done, reason: "already released", state: statusOf(fd.path, st, marker, fs).state, object: marker.object.hex)
         }
 
-        do { try group.ignore(fileAt: fd.rawValue, path: fd.path) } catch { throw fail("\(error)") }
+        // Ignore accesses (hsmd's own reads and punches must raise no event) but not
+        // opens: an opener that needs the whole file must still be seen.
+        do {
+            try group.stopIgnoring(fileAt: fd.rawValue, path: fd.path)
+            try group.ignore(fileAt: fd.rawValue, path: fd.path, mask: FanotifyGroup.preAccess)
+        } catch { throw fail("\(error)") }
         var leased = false
         defer {
             // Order matters: the ignore mark goes before the lease, so an opener waiting
@@ -181,9 +186,19 @@ struct Archiver: Sendable {
             try? group.stopIgnoring(fileAt: fd.rawValue, path: fd.path)
             if leased { try? fd.releaseLease() }
         }
-        do { try fd.setWriteLease(signal: Self.leaseSignal) } catch {
-            if [EAGAIN, EBUSY].contains(error.errno) { throw fail("busy: open by another process; nothing changed") }
-            throw fail("\(error)")
+        // A few short retries ride out opens that are just ending (a reader closing, the
+        // kernel's fd for an event hsmd is answering); a file really in use stays busy.
+        var attempt = 0
+        while true {
+            do {
+                try fd.setWriteLease(signal: Self.leaseSignal)
+                break
+            } catch {
+                guard [EAGAIN, EBUSY].contains(error.errno) else { throw fail("\(error)") }
+                attempt += 1
+                if attempt >= 5 { throw fail("busy: open by another process; nothing changed") }
+                usleep(20_000)
+            }
         }
         leased = true
         let allocatedBefore = st.allocatedBytes

@@ -72,7 +72,7 @@ final class EventLoop: Sendable {
             log.error("pre-access event for pid \(e.pid) without a file: \(String(cString: strerror(-e.fd)))")
             return
         }
-        if e.pid == ownPid || !e.isPreAccess {
+        if e.pid == ownPid || !(e.isPreAccess || e.isOpenPermission) {
             answer(e, .allow)
             return
         }
@@ -101,6 +101,12 @@ final class EventLoop: Sendable {
         let st: FileStat
         do { st = try FileDescriptor(rawValue: e.fd, path: "").stat() } catch {
             answer(e, .deny(errno: EIO))
+            return
+        }
+        if e.isOpenPermission {
+            // Opening a file with offline blocks: the engine decides (by program) whether
+            // the whole file must come back before the open returns.
+            engine.submit(PendingEvent(fd: e.fd, pid: e.pid, range: 0..<Int64.max, atOpen: true), key: st.inodeKey)
             return
         }
         let range = e.range ?? 0..<Int64.max

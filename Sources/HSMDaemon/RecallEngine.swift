@@ -39,13 +39,16 @@ final class PendingEvent: Sendable {
     let fd: Int32
     let pid: Int32
     let range: Range<Int64>
+    /// A FAN_OPEN_PERM event rather than an access.
+    let atOpen: Bool
     let received: UInt64
     private let answered = Atomic<Bool>(false)
 
-    init(fd: Int32, pid: Int32, range: Range<Int64>) {
+    init(fd: Int32, pid: Int32, range: Range<Int64>, atOpen: Bool = false) {
         self.fd = fd
         self.pid = pid
         self.range = range
+        self.atOpen = atOpen
         received = monotonicNanos()
     }
 
@@ -86,6 +89,7 @@ final class RecallEngine: Sendable {
     let log: Logger
     private let timeoutNanos: UInt64
     private let readaheadMaxBytes: Int64
+    private let fullRecallPrograms: Set<String>
     private let threads: Int
     private let state = Mutex(State())
     /// Test-only: a store that answers this slowly, to exercise recall_timeout.
@@ -100,6 +104,7 @@ final class RecallEngine: Sendable {
         self.log = log
         timeoutNanos = UInt64(config.recallTimeoutSeconds) * 1_000_000_000
         readaheadMaxBytes = config.readaheadMaxBytes
+        fullRecallPrograms = Set(config.fullRecallPrograms)
         threads = config.recallThreads
     }
 
@@ -146,10 +151,14 @@ final class RecallEngine: Sendable {
             }
             if batch.isEmpty { return }
             locks.withLock(key) {
-                for event in batch { handle(event, key: key) }
+                for event in batch {
+                    handle(event, key: key)
+                    // Close at once: a lingering event fd counts as an open file and
+                    // would make a release that follows the access report "busy".
+                    state.withLock { _ = $0.outstanding.removeValue(forKey: event.fd) }
+                    close(event.fd)
+                }
             }
-            state.withLock { s in for e in batch { s.outstanding.removeValue(forKey: e.fd) } }
-            for e in batch { close(e.fd) }
         }
     }
 
@@ -160,9 +169,21 @@ final class RecallEngine: Sendable {
             event.answer(.allow, group: group)
             return
         }
+        var range = event.range
+        if event.atOpen {
+            // Sparse-aware copiers probe holes with lseek(SEEK_DATA), which raises no
+            // event: a released file would look empty to them. Bring it all back first.
+            let program = Self.programName(pid: event.pid)
+            guard fullRecallPrograms.contains(program) else {
+                event.answer(.allow, group: group)
+                return
+            }
+            log.info("\(program) (pid \(event.pid)) opens released file \(fd.path): recalling all of it first")
+            range = 0..<Int64.max
+        }
         do {
             let started = monotonicNanos()
-            let bytes = try recall(fd, range: event.range, key: key, store: fs.store, readahead: true)
+            let bytes = try recall(fd, range: range, key: key, store: fs.store, readahead: !event.atOpen)
             if event.answer(.allow, group: group), bytes > 0 {
                 let ms = Double(monotonicNanos() - started) / 1e6
                 log.debug("recalled \(Units.formatBytes(bytes)) of \(fd.path) for pid \(event.pid) in \(String(format: "%.1f", ms)) ms")
@@ -172,6 +193,14 @@ final class RecallEngine: Sendable {
                 log.error("recall failed for \(fd.path) (pid \(event.pid), bytes \(event.range.lowerBound)..<\(event.range.upperBound)): \(error); the access fails with \(String(cString: strerror(error.errno)))")
             }
         }
+    }
+
+    /// The kernel's name for a process (/proc/PID/comm, at most 15 characters).
+    static func programName(pid: Int32) -> String {
+        guard let fd = try? FileDescriptor.open("/proc/\(pid)/comm", [.readOnly]) else { return "" }
+        defer { fd.close() }
+        let bytes = (try? fd.readAll(limit: 64)) ?? []
+        return String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     /// Answers events that waited longer than recall_timeout with EIO, so no

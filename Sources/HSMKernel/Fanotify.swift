@@ -11,6 +11,7 @@ public struct FanotifyEvent: Sendable {
 
     public var isOverflow: Bool { mask & UInt64(FAN_Q_OVERFLOW) != 0 }
     public var isPreAccess: Bool { mask & UInt64(FAN_PRE_ACCESS) != 0 }
+    public var isOpenPermission: Bool { mask & UInt64(FAN_OPEN_PERM) != 0 }
 }
 
 /// The answer to a permission event.
@@ -32,6 +33,9 @@ public struct FanotifyGroup: Sendable {
     public let fd: Int32
 
     public static let preAccess: UInt64 = UInt64(FAN_PRE_ACCESS)
+    public static let openPermission: UInt64 = UInt64(FAN_OPEN_PERM)
+    /// Everything hsmd listens for.
+    public static let allEvents: UInt64 = preAccess | openPermission
 
     /// A pre-content group: permission events carrying fds opened read-write, so recall
     /// writes go through the event fd and raise no new events.
@@ -44,28 +48,28 @@ public struct FanotifyGroup: Sendable {
 
     public init(fd: Int32) { self.fd = fd }
 
-    /// Marks the whole filesystem holding `path` for pre-access events.
+    /// Marks the whole filesystem holding `path` for pre-access and open events.
     public func markFilesystem(_ path: String) throws(SystemError) {
-        let r = chsm_fanotify_mark(fd, UInt32(FAN_MARK_ADD | FAN_MARK_FILESYSTEM), Self.preAccess, AT_FDCWD, path)
+        let r = chsm_fanotify_mark(fd, UInt32(FAN_MARK_ADD | FAN_MARK_FILESYSTEM), Self.allEvents, AT_FDCWD, path)
         try SystemError.check(r, "fanotify_mark(FAN_MARK_FILESYSTEM)", path)
     }
 
     public func unmarkFilesystem(_ path: String) {
-        _ = chsm_fanotify_mark(fd, UInt32(FAN_MARK_REMOVE | FAN_MARK_FILESYSTEM), Self.preAccess, AT_FDCWD, path)
+        _ = chsm_fanotify_mark(fd, UInt32(FAN_MARK_REMOVE | FAN_MARK_FILESYSTEM), Self.allEvents, AT_FDCWD, path)
     }
 
-    /// Adds an evictable inode ignore mark: the kernel stops sending pre-access events for
-    /// this inode until the mark is removed or the inode leaves the cache.
-    public func ignore(fileAt fileFD: Int32, path: String) throws(SystemError) {
+    /// Adds an evictable inode ignore mark: the kernel stops sending the events in `mask`
+    /// for this inode until the mark is removed or the inode leaves the cache.
+    public func ignore(fileAt fileFD: Int32, path: String, mask: UInt64 = allEvents) throws(SystemError) {
         let flags = UInt32(FAN_MARK_ADD | FAN_MARK_IGNORE | FAN_MARK_IGNORED_SURV_MODIFY | FAN_MARK_EVICTABLE)
-        let r = chsm_fanotify_mark(fd, flags, Self.preAccess, fileFD, nil)
+        let r = chsm_fanotify_mark(fd, flags, mask, fileFD, nil)
         try SystemError.check(r, "fanotify_mark(FAN_MARK_IGNORE)", path)
     }
 
     /// Removes the inode ignore mark; absent marks are not an error.
     public func stopIgnoring(fileAt fileFD: Int32, path: String) throws(SystemError) {
         let flags = UInt32(FAN_MARK_REMOVE | FAN_MARK_IGNORE | FAN_MARK_IGNORED_SURV_MODIFY)
-        let r = chsm_fanotify_mark(fd, flags, Self.preAccess, fileFD, nil)
+        let r = chsm_fanotify_mark(fd, flags, Self.allEvents, fileFD, nil)
         if r == -ENOENT { return }
         try SystemError.check(r, "fanotify_mark(FAN_MARK_REMOVE|FAN_MARK_IGNORE)", path)
     }

@@ -1,0 +1,50 @@
+"""Whole-file recall at open for programs that probe holes (full_recall_programs)."""
+import os
+import subprocess
+
+from conftest import allocated_bytes, drop_caches, sha256
+
+MiB = 1 << 20
+
+
+def test_without_the_list_cp_copies_zeros_because_seek_data_raises_no_event(hsm_stopped):
+    # The kernel fact behind full_recall_programs: lseek(SEEK_DATA) on a released file
+    # finds only holes and raises no pre-content event.
+    hsm = hsm_stopped
+    hsm.write_config(extra="full_recall_programs = []")
+    hsm.start()
+    p, digest = hsm.write("a.bin", size=3 * MiB)
+    hsm.migrate(p)
+    copy = hsm.mnt / "copy.bin"
+    subprocess.run(["cp", str(p), str(copy)], check=True)
+    assert copy.read_bytes() == b"\0" * (3 * MiB)
+    assert hsm.state(p) == "released"
+    assert sha256(p) == digest
+
+
+def test_cp_gets_the_whole_file_back_at_open_and_a_plain_reader_does_not(hsm):
+    p, digest = hsm.write("a.bin", size=12 * MiB)
+    hsm.migrate(p)
+    drop_caches()
+    # python3 is not in the list: opening and reading 4 KiB brings back about one block.
+    with open(p, "rb") as f:
+        f.seek(5 * MiB)
+        f.read(4096)
+    assert allocated_bytes(p) <= 2 * MiB
+    assert hsm.state(p) == "partial"
+    copy = hsm.base / "copy.bin"
+    subprocess.run(["cp", str(p), str(copy)], check=True)
+    assert sha256(copy) == digest
+    assert hsm.state(p) == "archived"
+    assert hsm.wait_for_log("cp (pid", "recalling all of it first")
+
+
+def test_full_recall_programs_is_validated(hsm_stopped):
+    from conftest import HSMD
+    for bad, key in [('full_recall_programs = "cp"', "full_recall_programs"),
+                     ('full_recall_programs = ["/bin/cp"]', "full_recall_programs[0]"),
+                     ('full_recall_programs = ["a-very-long-program-name"]', "full_recall_programs[0]")]:
+        hsm_stopped.write_config(extra=bad)
+        r = subprocess.run([str(HSMD), "--config", str(hsm_stopped.config), "--check-config"],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode != 0 and key in r.stderr, (bad, r.stderr)
