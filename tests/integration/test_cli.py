@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -413,3 +414,10 @@ def test_doctor_exit_codes(hsm):
     r = hsm.ctl("doctor", check=False)
     assert r.returncode == 2, r
     assert "not running" in r.stdout + r.stderr, (r.stdout, r.stderr)
+
+
+def test_the_example_config_is_valid():
+    """Config/hsmd.toml documents every key; it must stay acceptable to hsmd."""
+    example = Path(__file__).resolve().parents[2] / "Config" / "hsmd.toml"
+    r = subprocess.run([str(HSMD), "--config", str(example), "--check-config"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
