@@ -288,3 +288,7 @@ ssize_t chsm_lgetxattr(const char *path, const char *name, void *buf, size_t len
     ssize_t r = lgetxattr(path, name, buf, len);
     return r < 0 ? -errno : r;
 }
+
+int chsm_syncfs(int fd) {
+    return syncfs(fd) < 0 ? -errno : 0;
+}

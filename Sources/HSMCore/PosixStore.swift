@@ -35,7 +35,7 @@ public final class PosixStore: ObjectStore {
     // MARK: put
 
     public func put(_ source: FileDescriptor, stat: FileStat, blockShift: UInt8, originalPath: String,
-                    xattrs: [String: [UInt8]]) throws(StoreError) -> ObjectRecord {
+                    xattrs: [String: [UInt8]], durable: Bool) throws(StoreError) -> ObjectRecord {
         if let problem = healthProblem() {
             throw .io(SystemError(errno: ENOENT, operation: "archive to \(problem)", path: nil))
         }
@@ -80,7 +80,7 @@ public final class PosixStore: ObjectStore {
                 checksums.append(CRC32C.checksum(UnsafeRawBufferPointer(view)))
                 stored += data.reduce(0) { $0 + $1.upperBound - $1.lowerBound }
             }
-            try dest.sync()
+            if durable { try dest.sync() }
         } catch let e as StoreError {
             throw e
         } catch let e as SystemError {
@@ -95,8 +95,8 @@ public final class PosixStore: ObjectStore {
             extents: extents.map { [$0.lowerBound, $0.upperBound] },
             xattrs: xattrs.mapValues { Data($0).base64EncodedString() }, storedBytes: stored)
         try renameIntoPlace(partial, dataPath(id))
-        try writeRecord(record)
-        try syncDirectory(dir)
+        try writeRecord(record, durable: durable)
+        if durable { try syncDirectory(dir) }
         finished = true
         records.withLock { $0[id] = record }
         return record
@@ -120,7 +120,15 @@ public final class PosixStore: ObjectStore {
         return true
     }
 
-    private func writeRecord(_ record: ObjectRecord) throws(StoreError) {
+    public func makeDurable() throws(StoreError) {
+        do {
+            let fd = try FileDescriptor.open(root, [.directory])
+            defer { fd.close() }
+            try fd.syncFilesystem()
+        } catch { throw .io(error) }
+    }
+
+    private func writeRecord(_ record: ObjectRecord, durable: Bool) throws(StoreError) {
         let encoder = JSONEncoder()
         encoder.keyEncodingStrategy = .convertToSnakeCase
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -130,7 +138,7 @@ public final class PosixStore: ObjectStore {
             let fd = try FileDescriptor.open(partial, [.writeOnly, .create, .truncate], mode: 0o600)
             defer { fd.close() }
             try fd.write(bytes, at: 0)
-            try fd.sync()
+            if durable { try fd.sync() }
         } catch let e as SystemError {
             throw .io(e)
         } catch {

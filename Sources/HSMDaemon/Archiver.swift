@@ -75,26 +75,51 @@ struct Archiver: Sendable {
 
     // MARK: Archive
 
+    /// An object written for a file whose marker is not set yet: the first half of an
+    /// archive. Staging many files and then making their objects durable with one flush
+    /// is what makes migrate fast; the marker still never names a non-durable object.
+    struct StagedArchive: Sendable {
+        let path: String
+        let stat: FileStat
+        let record: ObjectRecord
+        let previous: ObjectID?
+        let fs: ManagedFilesystem
+    }
+
+    enum Staging: Sendable {
+        case staged(StagedArchive)
+        case finished(FileResult)
+    }
+
+    /// Archives one file durably: stage, flush, commit.
     func archive(_ path: String) -> FileResult {
-        do {
-            let (fd, st, fs) = try openManaged(path, [.readWrite, .noAccessTime])
-            defer { fd.close() }
-            return try locks.withLock(st.inodeKey) { try archiveLocked(fd, st, fs) }
-        } catch let r as Refusal {
-            return r.result
-        } catch {
-            return FileResult(path: path, outcome: .failed, reason: "\(error)")
+        switch stage(path, durable: true) {
+        case .finished(let r): return r
+        case .staged(let s): return commit(s)
         }
     }
 
-    private func archiveLocked(_ fd: FileDescriptor, _ initial: FileStat, _ fs: ManagedFilesystem) throws(Refusal) -> FileResult {
+    /// Copies the file into its store (recalling a dirty file's offline part first).
+    func stage(_ path: String, durable: Bool) -> Staging {
+        do {
+            let (fd, st, fs) = try openManaged(path, [.readWrite, .noAccessTime])
+            defer { fd.close() }
+            return try locks.withLock(st.inodeKey) { try stageLocked(fd, st, fs, durable: durable) }
+        } catch let r as Refusal {
+            return .finished(r.result)
+        } catch {
+            return .finished(FileResult(path: path, outcome: .failed, reason: "\(error)"))
+        }
+    }
+
+    private func stageLocked(_ fd: FileDescriptor, _ initial: FileStat, _ fs: ManagedFilesystem, durable: Bool) throws(Refusal) -> Staging {
         var st = initial
         let old = try readMarker(fd)
         if let old {
             let clean = st.size == old.size && st.mtimeNs == old.mtimeNs && !old.flags.contains(.objectDamaged)
             if clean {
                 let status = statusOf(fd.path, st, old, fs)
-                return FileResult(path: fd.path, outcome: .done, reason: "already archived", state: status.state, object: old.object.hex)
+                return .finished(FileResult(path: fd.path, outcome: .done, reason: "already archived", state: status.state, object: old.object.hex))
             }
             // Dirty: bring back whatever is still offline before reading it, so the new
             // copy never contains holes where data belongs.
@@ -105,33 +130,94 @@ struct Archiver: Sendable {
                 do { st = try fd.stat() } catch { throw Refusal(result: FileResult(path: fd.path, outcome: .failed, reason: "\(error)")) }
             }
         }
-        let xattrs = ownXattrs(fd)
         guard let shift = BlockLayout.shift(forFileSize: st.size, maxBits: MarkerCodec.maxBlocks) else {
             throw Refusal(result: FileResult(path: fd.path, outcome: .failed, reason: "too large: hsmd archives files up to \(MarkerCodec.maxBlocks) GiB"))
         }
         let record: ObjectRecord
-        do { record = try fs.store.put(fd, stat: st, blockShift: shift, originalPath: fd.path, xattrs: xattrs) } catch {
+        do {
+            record = try fs.store.put(fd, stat: st, blockShift: shift, originalPath: fd.path, xattrs: ownXattrs(fd), durable: durable)
+        } catch {
             log.error("archive of \(fd.path) to store \(fs.store.name) failed: \(error)")
             throw Refusal(result: FileResult(path: fd.path, outcome: .failed, reason: "store \(fs.store.name): \(error)"))
         }
-        let marker = Marker(object: record.object, size: st.size, mtimeNs: st.mtimeNs, blockShift: shift)
+        return .staged(StagedArchive(path: fd.path, stat: st, record: record, previous: old?.object, fs: fs))
+    }
+
+    /// Sets the marker of a staged file whose object is durable, if the file is still
+    /// exactly what was copied; otherwise drops the object.
+    func commit(_ s: StagedArchive) -> FileResult {
+        func fail(_ reason: String) -> FileResult {
+            try? s.fs.store.delete(s.record.object)
+            return FileResult(path: s.path, outcome: .failed, reason: reason)
+        }
+        let fd: FileDescriptor
+        do { fd = try FileDescriptor.open(s.path, [.readOnly, .noFollow, .nonBlocking]) } catch { return fail("\(error)") }
+        defer { fd.close() }
         do {
-            let after = try fd.stat()
-            guard after.size == st.size && after.mtimeNs == st.mtimeNs else {
-                throw StoreError.changedDuringArchive(path: fd.path)
+            return try locks.withLock(s.stat.inodeKey) { () throws -> FileResult in
+                let now = try fd.stat()
+                let marker = try fd.xattr(Marker.xattrName).map { try MarkerCodec.decode($0) }
+                guard now.inodeKey == s.stat.inodeKey, now.size == s.stat.size, now.mtimeNs == s.stat.mtimeNs,
+                      marker?.object == s.previous else {
+                    return fail(StoreError.changedDuringArchive(path: s.path).description)
+                }
+                let m = Marker(object: s.record.object, size: s.stat.size, mtimeNs: s.stat.mtimeNs, blockShift: s.record.blockShift)
+                try fd.setXattr(Marker.xattrName, MarkerCodec.encode(m))
+                if let previous = s.previous {
+                    do { try s.fs.store.delete(previous) } catch {
+                        log.warning("could not delete the stale object \(previous) of \(s.path): \(error)")
+                    }
+                }
+                log.info("archived \(s.path) as object \(s.record.object) (\(Units.formatBytes(s.record.storedBytes)))")
+                return FileResult(path: s.path, outcome: .done, state: .archived, object: s.record.object.hex, bytesArchived: s.record.storedBytes)
             }
-            try fd.setXattr(Marker.xattrName, MarkerCodec.encode(marker))
         } catch {
-            try? fs.store.delete(record.object)
-            throw Refusal(result: FileResult(path: fd.path, outcome: .failed, reason: "\(error)"))
+            return fail("\(error)")
         }
-        if let old {
-            do { try fs.store.delete(old.object) } catch {
-                log.warning("could not delete the stale object \(old.object) of \(fd.path): \(error)")
+    }
+
+    /// Archives (and optionally releases) many files: stage a chunk on `jobs` threads,
+    /// make the chunk's objects durable with one flush per store, then commit and release.
+    func archiveMany(_ paths: [String], jobs: Int, release: Bool, chunk: Int = 256,
+                     onResult: @escaping @Sendable (FileResult) -> Void = { _ in }) -> [FileResult] {
+        var results: [FileResult] = []
+        var start = 0
+        while start < paths.count {
+            let part = Array(paths[start..<min(start + chunk, paths.count)])
+            start += part.count
+            let staged = parallelMap(part, jobs: jobs) { stage($0, durable: false) }
+            var stores: [String: any ObjectStore] = [:]
+            for case .staged(let s) in staged { stores[s.fs.store.name] = s.fs.store }
+            var flushFailed: [String: String] = [:]
+            for (name, store) in stores {
+                do { try store.makeDurable() } catch { flushFailed[name] = "\(error)" }
+            }
+            let failures = flushFailed
+            results += parallelMap(staged, jobs: jobs) { st -> FileResult in
+                var r: FileResult
+                switch st {
+                case .finished(let f): r = f
+                case .staged(let s):
+                    if let why = failures[s.fs.store.name] {
+                        try? s.fs.store.delete(s.record.object)
+                        r = FileResult(path: s.path, outcome: .failed, reason: "store \(s.fs.store.name): \(why)")
+                    } else {
+                        r = commit(s)
+                    }
+                }
+                if release && r.outcome == .done {
+                    let archived = r
+                    r = self.release(archived.path)
+                    r.bytesArchived = archived.bytesArchived
+                    if r.outcome == .done && archived.reason == "already archived" && r.reason == "already released" {
+                        r.outcome = .skipped
+                    }
+                }
+                onResult(r)
+                return r
             }
         }
-        log.info("archived \(fd.path) as object \(record.object) (\(Units.formatBytes(record.storedBytes)))")
-        return FileResult(path: fd.path, outcome: .done, state: .archived, object: record.object.hex, bytesArchived: record.storedBytes)
+        return results
     }
 
     /// The file's own xattrs, to keep beside the object (hsmd's marker excluded).

@@ -50,14 +50,14 @@ final class ControlServer: Sendable {
             reply(ControlReply(type: .error, message: "path \(bad) is not absolute"))
             return
         }
-        if request.op != .ping {
-            log.info("\(request.op.rawValue) requested for \(request.paths.count) path(s) by uid \(uid)")
-        }
+        // Requests that change files are worth an operator's line; lookups are not.
+        let level: Logger.Level = [.ping, .status].contains(request.op) ? .debug : .info
+        log.log(level: level, "\(request.op.rawValue) requested for \(request.paths.count) path(s) by uid \(uid)")
         switch request.op {
         case .ping:
             reply(ControlReply(type: .result, info: info()))
         case .archive:
-            reply(ControlReply(type: .result, files: request.paths.map(archiver.archive)))
+            reply(ControlReply(type: .result, files: archiver.archiveMany(request.paths, jobs: max(1, min(request.jobs, 64)), release: false)))
         case .release:
             reply(ControlReply(type: .result, files: request.paths.map(archiver.release)))
         case .recall:

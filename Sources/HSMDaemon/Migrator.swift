@@ -48,52 +48,34 @@ struct Migrator: Sendable {
             }
         }
 
-        let next = Atomic<Int>(0)
-        let done = Mutex<[FileResult]>([])
-        let jobs = max(1, min(request.jobs, 64))
-        let work = candidates
-        let group = DispatchGroup()
-        for i in 0..<jobs {
-            group.enter()
-            startThread("hsmd-migrate\(i)") {
-                defer { group.leave() }
-                while true {
-                    let k = next.add(1, ordering: .relaxed).oldValue
-                    guard k < work.count else { return }
-                    let r = request.dryRun ? dryRun(work[k]) : migrate(work[k])
-                    done.withLock { $0.append(r) }
-                    let snapshot = report.withLock { p -> ProgressReport in
-                        switch r.outcome {
-                        case .done: p.done += 1
-                        case .skipped: p.skipped += 1
-                        case .failed: p.failed += 1
-                        }
-                        p.bytesArchived += r.bytesArchived
-                        p.bytesFreed += r.bytesFreed
-                        return p
-                    }
-                    progress(snapshot)
+        let record: @Sendable (FileResult) -> Void = { r in
+            let snapshot = report.withLock { p -> ProgressReport in
+                switch r.outcome {
+                case .done: p.done += 1
+                case .skipped: p.skipped += 1
+                case .failed: p.failed += 1
                 }
+                p.bytesArchived += r.bytesArchived
+                p.bytesFreed += r.bytesFreed
+                return p
             }
+            progress(snapshot)
         }
-        group.wait()
-        results += done.withLock { $0 }
+        let jobs = max(1, min(request.jobs, 64))
+        if request.dryRun {
+            results += candidates.map { p in
+                let r = dryRun(p)
+                record(r)
+                return r
+            }
+        } else {
+            results += archiver.archiveMany(candidates, jobs: jobs, release: true, onResult: record)
+        }
         return results.sorted { $0.path < $1.path }
     }
 
     private func dryRun(_ path: String) -> FileResult {
         let size = (try? FileStat.of(path: path).size) ?? 0
         return FileResult(path: path, outcome: .done, reason: "dry run: would migrate", bytesArchived: size)
-    }
-
-    private func migrate(_ path: String) -> FileResult {
-        let a = archiver.archive(path)
-        guard a.outcome == .done else { return a }
-        var r = archiver.release(path)
-        r.bytesArchived = a.bytesArchived
-        if r.outcome == .done && a.reason == "already archived" && r.reason == "already released" {
-            r.outcome = .skipped
-        }
-        return r
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Synchronization
 
 /// Starts a dedicated OS thread. Blocking syscalls (fanotify reads, store I/O, accept)
 /// run on threads like these, never on Swift's cooperative pool.
@@ -19,4 +20,26 @@ func monotonicNanos() -> UInt64 {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
+
+/// Runs `body` over `items` on up to `jobs` threads of their own; results keep order.
+func parallelMap<T: Sendable, R: Sendable>(_ items: [T], jobs: Int, _ body: @escaping @Sendable (T) -> R) -> [R] {
+    if items.isEmpty { return [] }
+    let next = Atomic<Int>(0)
+    let results = Mutex<[Int: R]>([:])
+    let group = DispatchGroup()
+    for i in 0..<max(1, min(jobs, items.count)) {
+        group.enter()
+        startThread("hsmd-work\(i)") {
+            defer { group.leave() }
+            while true {
+                let k = next.add(1, ordering: .relaxed).oldValue
+                guard k < items.count else { return }
+                let r = body(items[k])
+                results.withLock { $0[k] = r }
+            }
+        }
+    }
+    group.wait()
+    return results.withLock { r in (0..<items.count).map { r[$0]! } }
 }

@@ -121,6 +121,11 @@ public struct FileDescriptor: Sendable, Hashable {
         if ftruncate(rawValue, off_t(size)) < 0 { throw SystemError(errno: errno, operation: "ftruncate", path: path) }
     }
 
+    /// syncfs: everything written on this fd's filesystem reaches the disk.
+    public func syncFilesystem() throws(SystemError) {
+        try SystemError.check(chsm_syncfs(rawValue), "syncfs", path)
+    }
+
     public func sync() throws(SystemError) {
         if fsync(rawValue) < 0 { throw SystemError(errno: errno, operation: "fsync", path: path) }
     }

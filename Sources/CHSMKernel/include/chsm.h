@@ -97,6 +97,9 @@ uint32_t chsm_crc32c(uint32_t crc, const void *data, size_t len);
 /// Filesystem magic of the filesystem holding path (statfs f_type), or -errno.
 int64_t chsm_fs_type(const char *path);
 
+/// syncfs; 0 or -errno.
+int chsm_syncfs(int fd);
+
 #endif
 
 /// Unix stream sockets for the control channel. Return fd or -errno.

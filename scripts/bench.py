@@ -1,0 +1,394 @@
+#!/usr/bin/env python3
+"""hsmd benchmarks: each case measured side by side with its baseline in one run.
+
+Run through scripts/bench.sh (which builds hsmd in release mode first). Creates its own
+loop-mounted ext4 filesystem and posix store under a temporary folder, never touches
+anything else, and removes everything at the end. Prints a table and writes JSON.
+"""
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+def sh(*cmd, **kw):
+    return subprocess.run([str(c) for c in cmd], check=True, **kw)
+
+
+def drop_caches():
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def timed(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def stats(xs):
+    xs = sorted(xs)
+    return {"median": statistics.median(xs), "min": xs[0], "max": xs[-1], "n": len(xs)}
+
+
+def percentile(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def write_random(path, size, chunk=8 * MiB):
+    with open(path, "wb") as f:
+        left = size
+        block = os.urandom(min(chunk, max(size, 1)))
+        while left > 0:
+            n = min(left, len(block))
+            f.write(block[:n])
+            left -= n
+            # Vary the data a little so blocks differ.
+            block = block[1:] + block[:1]
+
+
+class Bench:
+    def __init__(self, bindir, quick, runs, image_size):
+        self.bindir = Path(bindir)
+        self.quick = quick
+        self.runs = runs
+        self.base = Path(tempfile.mkdtemp(prefix="hsmd-bench-"))
+        self.mnt = self.base / "mnt"
+        self.store = self.base / "store"
+        self.sock = self.base / "hsmd.sock"
+        self.mnt.mkdir()
+        self.store.mkdir()
+        self.proc = None
+        self.peak_rss_kib = 0
+        sh("truncate", "-s", image_size, self.base / "fs.img")
+        sh("mkfs.ext4", "-q", "-F", self.base / "fs.img")
+        sh("mount", "-o", "loop", self.base / "fs.img", self.mnt)
+        (self.base / "hsmd.toml").write_text(
+            f'socket = "{self.sock}"\nstate_dir = "{self.base}/state"\nlog_level = "warning"\n'
+            f'[[store]]\nname = "bench"\ntype = "posix"\npath = "{self.store}"\n'
+            f'[[filesystem]]\npath = "{self.mnt}"\nstore = "bench"\n')
+        self.results = {}
+
+    # --- hsmd --------------------------------------------------------------------------
+
+    def start(self):
+        self.proc = subprocess.Popen([self.bindir / "hsmd", "--config", self.base / "hsmd.toml"],
+                                     stderr=open(self.base / "hsmd.log", "ab"))
+        for _ in range(200):
+            if self.ctl("doctor", check=False).returncode == 0:
+                return
+            time.sleep(0.05)
+        raise RuntimeError("hsmd did not start:\n" + (self.base / "hsmd.log").read_text())
+
+    def sample_rss(self):
+        if self.proc and self.proc.poll() is None:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    self.peak_rss_kib = max(self.peak_rss_kib, int(line.split()[1]))
+
+    def stop(self):
+        if self.proc:
+            self.sample_rss()
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(60)
+            self.proc = None
+
+    def ctl(self, *args, check=True):
+        env = dict(os.environ, HSMD_SOCKET=str(self.sock))
+        return subprocess.run([self.bindir / "hsmctl", *map(str, args)], env=env, check=check,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def release(self, path):
+        """Leave `path` released: archive if needed, then punch."""
+        self.ctl("archive", path)
+        self.ctl("release", path)
+
+    def object_path(self, path):
+        rows = json.loads(self.ctl("status", "--json", path).stdout)
+        oid = rows[0]["object"]
+        return self.store / "objects" / oid[:2] / f"{oid}.data"
+
+    def cleanup(self):
+        try:
+            self.stop()
+        finally:
+            subprocess.run(["umount", str(self.mnt)])
+            shutil.rmtree(self.base, ignore_errors=True)
+
+    # --- cases -------------------------------------------------------------------------
+
+    def record(self, case, **values):
+        self.results[case] = values
+        self.sample_rss()
+        print(f"  {case}: " + ", ".join(f"{k}={v}" for k, v in values.items() if not isinstance(v, (dict, list))), flush=True)
+
+    def make_tree(self, root, count, sizes, seed):
+        rng = random.Random(seed)
+        blob = os.urandom(2 * MiB)
+        total = 0
+        for i in range(count):
+            d = root / f"d{i % 64:02d}"
+            d.mkdir(parents=True, exist_ok=True)
+            size = sizes(rng)
+            off = rng.randrange(0, MiB)
+            (d / f"f{i:06d}").write_bytes(blob[off:off + size])
+            total += size
+        return total
+
+    @staticmethod
+    def read_tree(root):
+        # find | xargs cat: real programs, few process spawns.
+        sh("sh", "-c", f"find '{root}' -type f -print0 | xargs -0 cat > /dev/null")
+
+    def case1_resident_tree(self):
+        n = 2000 if self.quick else 20000
+        root = self.mnt / "tree"
+        total = self.make_tree(root, n, lambda r: int(4096 * (256 ** r.random())), 1)
+        os.sync()
+        self.read_tree(root)  # warm the page cache once; all passes read from memory
+        base, first, second = [], [], []
+        for _ in range(self.runs):
+            self.stop()
+            base.append(timed(lambda: self.read_tree(root)))
+            self.start()
+            first.append(timed(lambda: self.read_tree(root)))
+            second.append(timed(lambda: self.read_tree(root)))
+        b, f, s = stats(base), stats(first), stats(second)
+        self.record("1 resident tree read", files=n, bytes=total, no_hsmd_s=b, first_pass_s=f, second_pass_s=s,
+                    first_ratio=round(f["median"] / b["median"], 3), second_ratio=round(s["median"] / b["median"], 3),
+                    cache="warm (page cache), all passes")
+        shutil.rmtree(root)
+
+    def case2_sequential_released(self):
+        size = 256 * MiB if self.quick else 2 * GiB
+        p = self.mnt / "seq.bin"
+        write_random(p, size)
+        self.release(p)
+        obj = self.object_path(p)
+        direct, recall = [], []
+        for _ in range(self.runs):
+            drop_caches()
+            direct.append(timed(lambda: sh("dd", f"if={obj}", "of=/dev/null", "bs=1M", stderr=subprocess.DEVNULL)))
+            self.ctl("release", p)
+            drop_caches()
+            recall.append(timed(lambda: sh("dd", f"if={p}", "of=/dev/null", "bs=1M", stderr=subprocess.DEVNULL)))
+        d, r = stats(direct), stats(recall)
+        self.record("2 sequential read, released", bytes=size, store_object_direct_s=d, released_file_s=r,
+                    ratio=round(r["median"] / d["median"], 3),
+                    released_MBps=round(size / r["median"] / 1e6), direct_MBps=round(size / d["median"] / 1e6),
+                    cache="cold (drop_caches before each read)")
+        p.unlink()
+
+    def ttfb(self, p, runs):
+        times = []
+        for _ in range(runs):
+            self.ctl("release", p)
+            drop_caches()
+            t = time.perf_counter()
+            with open(p, "rb", buffering=0) as f:
+                f.read(1)
+            times.append((time.perf_counter() - t) * 1000)
+        return times
+
+    def case3_ttfb(self):
+        big_size = 512 * MiB if self.quick else 4 * GiB
+        big, small = self.mnt / "ttfb-big.bin", self.mnt / "ttfb-small.bin"
+        write_random(big, big_size)
+        write_random(small, 8 * MiB)
+        self.release(big)
+        self.release(small)
+        runs = max(self.runs, 7)
+        b, s = self.ttfb(big, runs), self.ttfb(small, runs)
+        self.record("3 time to first byte", big_bytes=big_size, big_ms=stats(b), small_8MiB_ms=stats(s),
+                    big_median_ms=round(statistics.median(b), 2), small_median_ms=round(statistics.median(s), 2),
+                    cache="cold")
+        big.unlink()
+        small.unlink()
+
+    def case4_random_reads(self):
+        size = 256 * MiB if self.quick else GiB
+        p = self.mnt / "random.bin"
+        write_random(p, size)
+        self.release(p)
+        drop_caches()
+        rng = random.Random(4)
+        lat = []
+        reads = 200 if self.quick else 500
+        with open(p, "rb", buffering=0) as f:
+            for _ in range(reads):
+                off = rng.randrange(0, size // 4096) * 4096
+                t = time.perf_counter()
+                os.pread(f.fileno(), 4096, off)
+                lat.append((time.perf_counter() - t) * 1000)
+        allocated = os.stat(p).st_blocks * 512
+        self.record("4 random 4 KiB reads, released", bytes=size, reads=reads,
+                    p50_ms=round(percentile(lat, 50), 3), p99_ms=round(percentile(lat, 99), 3),
+                    recalled_over_read=round(allocated / (reads * 4096), 1), cache="cold")
+        p.unlink()
+
+    def case5_tar(self):
+        n = 2000 if self.quick else 10000
+        root = self.mnt / "tartree"
+        self.make_tree(root, n, lambda r: 16384, 5)
+        os.sync()
+        resident, released = [], []
+        tar = f"tar cf - -C '{root}' . | wc -c > /dev/null"
+        for _ in range(self.runs):
+            drop_caches()
+            resident.append(timed(lambda: sh("sh", "-c", tar)))
+        self.ctl("migrate", root, "--jobs", "2")
+        for _ in range(self.runs):
+            drop_caches()
+            released.append(timed(lambda: sh("sh", "-c", tar)))
+            self.ctl("migrate", root, "--jobs", "2")
+        a, b = stats(resident), stats(released)
+        self.record("5 tar of 16 KiB files", files=n, resident_s=a, released_s=b,
+                    resident_files_per_s=round(n / a["median"]), released_files_per_s=round(n / b["median"]),
+                    ratio=round(b["median"] / a["median"], 2), cache="cold")
+        shutil.rmtree(root)
+
+    def case6_migrate(self):
+        n = 2000 if self.quick else 10000
+        big = 256 * MiB if self.quick else 2 * GiB
+        tmpl = self.mnt / "mig-template"
+        small_bytes = self.make_tree(tmpl, n, lambda r: int(4096 * (16 ** r.random())), 6)
+        write_random(tmpl / "big.bin", big)
+        total = small_bytes + big
+        os.sync()
+        cp_times, mig_times = [], []
+        for i in range(self.runs):
+            dst = self.store / f"cp-{i}"
+            drop_caches()
+            cp_times.append(timed(lambda: (sh("cp", "-a", tmpl, dst), os.sync())))
+            shutil.rmtree(dst)
+            work = self.mnt / f"mig-{i}"
+            sh("cp", "-a", "--reflink=never", tmpl, work)
+            drop_caches()
+            mig_times.append(timed(lambda: self.ctl("migrate", work, "--jobs", "2")))
+            shutil.rmtree(work)
+            shutil.rmtree(self.store / "objects", ignore_errors=True)
+        c, m = stats(cp_times), stats(mig_times)
+        self.record("6 migrate small files + one big file", files=n + 1, bytes=total, cp_a_sync_s=c, migrate_s=m,
+                    migrate_files_per_s=round((n + 1) / m["median"]), migrate_MBps=round(total / m["median"] / 1e6),
+                    ratio=round(m["median"] / c["median"], 2), cache="cold sources")
+        shutil.rmtree(tmpl)
+
+    def case7_concurrent(self):
+        size = 64 * MiB if self.quick else 256 * MiB
+        files = [self.mnt / f"conc{i}.bin" for i in range(8)]
+        for p in files:
+            write_random(p, size)
+            self.release(p)
+        one, eight = [], []
+        for _ in range(self.runs):
+            for p in files:
+                self.ctl("release", p)
+            drop_caches()
+            one.append(timed(lambda: sh("dd", f"if={files[0]}", "of=/dev/null", "bs=1M", stderr=subprocess.DEVNULL)))
+            for p in files:
+                self.ctl("release", p)
+            drop_caches()
+            procs = []
+            t = time.perf_counter()
+            for p in files:
+                procs.append(subprocess.Popen(["dd", f"if={p}", "of=/dev/null", "bs=1M"], stderr=subprocess.DEVNULL))
+            for pr in procs:
+                pr.wait()
+            eight.append(time.perf_counter() - t)
+        o, e = stats(one), stats(eight)
+        one_mbps = size / o["median"] / 1e6
+        eight_mbps = 8 * size / e["median"] / 1e6
+        self.record("7 concurrent readers of released files", bytes_each=size, one_reader_MBps=round(one_mbps),
+                    eight_readers_MBps=round(eight_mbps), scaling=round(eight_mbps / one_mbps, 2), cache="cold")
+        for p in files:
+            p.unlink()
+
+    def case8_reads_during_migrate(self):
+        big = 512 * MiB if self.quick else 4 * GiB
+        n = 500
+        root = self.mnt / "hot"
+        self.make_tree(root, n, lambda r: 8192, 8)
+        paths = sorted(root.rglob("f*"))
+        p = self.mnt / "migrating.bin"
+        write_random(p, big)
+        os.sync()
+
+        def probe(stop_when):
+            lat = []
+            rng = random.Random(8)
+            while not stop_when():
+                q = paths[rng.randrange(len(paths))]
+                t = time.perf_counter()
+                with open(q, "rb") as f:
+                    f.read()
+                lat.append((time.perf_counter() - t) * 1000)
+                time.sleep(0.005)
+            return lat
+
+        drop_caches()
+        deadline = time.time() + (5 if self.quick else 15)
+        quiet = probe(lambda: time.time() > deadline)
+        drop_caches()
+        done = threading.Event()
+        th = threading.Thread(target=lambda: (self.ctl("migrate", p), done.set()))
+        t0 = time.time()
+        th.start()
+        busy = probe(done.is_set)
+        th.join()
+        migrate_s = time.time() - t0
+        self.record("8 reads of resident files during a big migrate", migrate_bytes=big, migrate_s=round(migrate_s, 1),
+                    quiet_p99_ms=round(percentile(quiet, 99), 2), quiet_max_ms=round(max(quiet), 2),
+                    busy_p99_ms=round(percentile(busy, 99), 2), busy_max_ms=round(max(busy), 2),
+                    busy_samples=len(busy), cache="cold")
+        p.unlink()
+        shutil.rmtree(root)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bindir", required=True)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--runs", type=int, default=None)
+    ap.add_argument("--json", default="bench-results.json")
+    ap.add_argument("--cases", default="1,2,3,4,5,6,7,8")
+    a = ap.parse_args()
+    runs = a.runs or (3 if a.quick else 5)
+    b = Bench(a.bindir, a.quick, runs, "8G" if a.quick else "24G")
+    started = time.time()
+    try:
+        b.start()
+        for c in a.cases.split(","):
+            fn = {"1": b.case1_resident_tree, "2": b.case2_sequential_released, "3": b.case3_ttfb,
+                  "4": b.case4_random_reads, "5": b.case5_tar, "6": b.case6_migrate, "7": b.case7_concurrent,
+                  "8": b.case8_reads_during_migrate}[c]
+            if b.proc is None:
+                b.start()
+            fn()
+        b.sample_rss()
+        b.results["9 hsmd peak RSS"] = {"peak_rss_MiB": round(b.peak_rss_kib / 1024, 1)}
+        print(f"  9 hsmd peak RSS: {b.peak_rss_kib / 1024:.1f} MiB")
+    finally:
+        b.cleanup()
+    machine = {"nproc": os.cpu_count(), "kernel": os.uname().release,
+               "mem_GiB": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB, 1),
+               "quick": a.quick, "runs": runs, "seconds": round(time.time() - started)}
+    out = {"machine": machine, "results": b.results}
+    Path(a.json).write_text(json.dumps(out, indent=2))
+    print(f"\nwrote {a.json} ({machine['seconds']} s)")
+
+
+if __name__ == "__main__":
+    main()
