@@ -16,6 +16,8 @@ let package = Package(
     targets: [
         // Kernel constants the system headers lack, and the syscalls that need _GNU_SOURCE.
         .target(name: "CHSMKernel"),
+        // The system's SQLite, for the change journal (small and quick to build).
+        .systemLibrary(name: "CSQLite", path: "Sources/CSQLite"),
         // Thin Swift wrappers: file descriptors, fanotify, leases, xattrs, holes. All unsafe
         // pointer work lives here.
         .target(name: "HSMKernel", dependencies: ["CHSMKernel"]),
@@ -27,7 +29,7 @@ let package = Package(
         ]),
         // The daemon's machinery: event loop, recall engine, archive/release, control server.
         .target(name: "HSMDaemon", dependencies: [
-            "HSMCore", "HSMKernel",
+            "HSMCore", "HSMKernel", "CSQLite",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "hsmd", dependencies: [

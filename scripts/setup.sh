@@ -9,6 +9,7 @@ command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)
 command -v setfattr >/dev/null || need_apt+=(attr)
 command -v losetup >/dev/null || need_apt+=(mount)
 command -v tar >/dev/null || need_apt+=(tar)
+[ -f /usr/include/sqlite3.h ] || need_apt+=(libsqlite3-dev)   # the change journal's database
 if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null

@@ -292,3 +292,116 @@ ssize_t chsm_lgetxattr(const char *path, const char *name, void *buf, size_t len
 int chsm_syncfs(int fd) {
     return syncfs(fd) < 0 ? -errno : 0;
 }
+
+// ---- Change journal ------------------------------------------------------------------
+
+#include <sys/ioctl.h>
+
+static void copy_fid_handle(const struct fanotify_event_info_fid *fid, const char *end, chsm_handle *out) {
+    const struct file_handle *fh = (const struct file_handle *)fid->handle;
+    memset(out, 0, sizeof *out);
+    if ((const char *)fh + sizeof *fh > end) return;
+    uint32_t n = fh->handle_bytes;
+    if (n > CHSM_HANDLE_MAX || (const char *)fh->f_handle + n > end) return;
+    out->type = fh->handle_type;
+    out->bytes = n;
+    memcpy(out->data, fh->f_handle, n);
+}
+
+int chsm_fanotify_read_fid(int group, void *buf, size_t buflen, chsm_fid_event *out, int maxout) {
+    ssize_t len;
+    do { len = read(group, buf, buflen); } while (len < 0 && errno == EINTR);
+    if (len < 0) return -errno;
+    int n = 0;
+    struct fanotify_event_metadata *md = buf;
+    while (FAN_EVENT_OK(md, len) && n < maxout) {
+        chsm_fid_event *e = &out[n++];
+        e->mask = md->mask;
+        e->pid = md->pid;
+        e->ndirs = 0;
+        e->has_object = 0;
+        // A FID group never opens fds; FAN_NOFD is expected. Close one defensively.
+        if (md->fd >= 0) close(md->fd);
+        char *p = (char *)md + md->metadata_len;
+        char *end = (char *)md + md->event_len;
+        while (p + sizeof(struct fanotify_event_info_header) <= end) {
+            struct fanotify_event_info_header *h = (void *)p;
+            if (h->len < sizeof *h || p + h->len > end) break;
+            switch (h->info_type) {
+            case FAN_EVENT_INFO_TYPE_DFID_NAME:
+            case FAN_EVENT_INFO_TYPE_DFID:
+            case FAN_EVENT_INFO_TYPE_OLD_DFID_NAME:
+            case FAN_EVENT_INFO_TYPE_NEW_DFID_NAME:
+                if (e->ndirs < 2 && h->len >= sizeof(struct fanotify_event_info_fid) + sizeof(struct file_handle)) {
+                    copy_fid_handle((const struct fanotify_event_info_fid *)p, p + h->len, &e->dirs[e->ndirs]);
+                    if (e->dirs[e->ndirs].bytes > 0) e->ndirs++;
+                }
+                break;
+            case FAN_EVENT_INFO_TYPE_FID:
+                if (h->len >= sizeof(struct fanotify_event_info_fid) + sizeof(struct file_handle)) {
+                    copy_fid_handle((const struct fanotify_event_info_fid *)p, p + h->len, &e->object);
+                    e->has_object = e->object.bytes > 0;
+                }
+                break;
+            default:
+                break;
+            }
+            p += h->len;
+        }
+        md = FAN_EVENT_NEXT(md, len);
+    }
+    return n;
+}
+
+int chsm_fanotify_queued(int group) {
+    int n = 0;
+    return ioctl(group, FIONREAD, &n) < 0 ? -errno : n;
+}
+
+int chsm_name_to_handle(int dirfd, const char *path, int flags, chsm_handle *out) {
+    if (flags == CHSM_EMPTY_PATH) flags = AT_EMPTY_PATH;
+    struct {
+        struct file_handle fh;
+        unsigned char data[CHSM_HANDLE_MAX];
+    } h;
+    int mount_id;
+    h.fh.handle_bytes = CHSM_HANDLE_MAX;
+    if (name_to_handle_at(dirfd, path, &h.fh, &mount_id, flags) < 0) return -errno;
+    memset(out, 0, sizeof *out);
+    out->type = h.fh.handle_type;
+    out->bytes = h.fh.handle_bytes;
+    memcpy(out->data, h.fh.f_handle, h.fh.handle_bytes);
+    return 0;
+}
+
+int chsm_open_by_handle(int mount_fd, const chsm_handle *in, int flags) {
+    if (flags == CHSM_OPEN_PATH_DIR) flags = O_PATH | O_DIRECTORY;
+    struct {
+        struct file_handle fh;
+        unsigned char data[CHSM_HANDLE_MAX];
+    } h;
+    if (in->bytes > CHSM_HANDLE_MAX) return -EINVAL;
+    h.fh.handle_bytes = in->bytes;
+    h.fh.handle_type = in->type;
+    memcpy(h.fh.f_handle, in->data, in->bytes);
+    int fd;
+    do { fd = open_by_handle_at(mount_fd, &h.fh, flags | O_CLOEXEC); } while (fd < 0 && errno == EINTR);
+    return fd < 0 ? -errno : fd;
+}
+
+int chsm_openat(int dirfd, const char *path, int flags) {
+    int fd;
+    if (flags == CHSM_OPEN_PATH_DIR) flags = O_PATH | O_DIRECTORY;
+    do { fd = openat(dirfd, path, flags | O_CLOEXEC); } while (fd < 0 && errno == EINTR);
+    return fd < 0 ? -errno : fd;
+}
+
+int chsm_fsid(const char *path, uint64_t *out) {
+    struct statfs s;
+    if (statfs(path, &s) < 0) return -errno;
+    uint32_t a, b;
+    memcpy(&a, &s.f_fsid, 4);
+    memcpy(&b, (char *)&s.f_fsid + 4, 4);
+    *out = ((uint64_t)a << 32) | b;
+    return 0;
+}

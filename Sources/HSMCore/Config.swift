@@ -28,6 +28,8 @@ public struct Config: Equatable, Sendable {
     /// holes with lseek(SEEK_DATA) (which raises no event) or compare ctime before and
     /// after reading, and would otherwise copy zeros or warn.
     public var fullRecallPrograms: [String] = ["cp", "mv", "tar", "bsdtar", "cpio", "install"]
+    /// The change journal (a second fanotify group recording changed directories per epoch).
+    public var journal: Bool = true
     public var stores: [Store] = []
     public var filesystems: [Filesystem] = []
 
@@ -90,6 +92,9 @@ public struct Config: Equatable, Sendable {
                     names.append(n)
                 }
                 c.fullRecallPrograms = names
+            case "journal":
+                guard let b = value.bool else { throw Error("journal: expected true or false, found \(value.type)") }
+                c.journal = b
             case "store":
                 for (i, entry) in try arrayOfTables(value, key).enumerated() {
                     c.stores.append(try parseStore(entry, "store[\(i)]"))
@@ -99,7 +104,7 @@ public struct Config: Equatable, Sendable {
                     c.filesystems.append(try parseFilesystem(entry, "filesystem[\(i)]"))
                 }
             default:
-                throw Error("unknown key \"\(key)\" (known: socket, state_dir, log_level, recall_threads, recall_timeout, readahead_max, full_recall_programs, [[store]], [[filesystem]])")
+                throw Error("unknown key \"\(key)\" (known: socket, state_dir, log_level, recall_threads, recall_timeout, readahead_max, full_recall_programs, journal, [[store]], [[filesystem]])")
             }
         }
         try c.validate()

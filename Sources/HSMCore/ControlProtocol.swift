@@ -5,6 +5,8 @@ import Foundation
 public struct ControlRequest: Codable, Sendable, Equatable {
     public enum Operation: String, Codable, Sendable {
         case ping, archive, release, migrate, recall, status
+        case journalStatus = "journal_status", journalSnapshot = "journal_snapshot"
+        case journalList = "journal_list", journalChanged = "journal_changed"
     }
 
     public var op: Operation
@@ -17,11 +19,17 @@ public struct ControlRequest: Codable, Sendable, Equatable {
     public var dryRun: Bool
     public var jobs: Int
     public var progress: Bool
+    /// journal list/changed: the first epoch of the range (default: the current one).
+    public var since: Int64?
+    /// migrate: scan only directories the change journal lists since the last run.
+    public var incremental: Bool?
 
     public init(op: Operation, paths: [String] = [], range: [Int64]? = nil, olderThanSeconds: Int64? = nil,
-                minSize: Int64? = nil, exclude: [String] = [], dryRun: Bool = false, jobs: Int = 1, progress: Bool = false) {
+                minSize: Int64? = nil, exclude: [String] = [], dryRun: Bool = false, jobs: Int = 1, progress: Bool = false,
+                since: Int64? = nil, incremental: Bool? = nil) {
         self.op = op; self.paths = paths; self.range = range; self.olderThanSeconds = olderThanSeconds
         self.minSize = minSize; self.exclude = exclude; self.dryRun = dryRun; self.jobs = jobs; self.progress = progress
+        self.since = since; self.incremental = incremental
     }
 }
 
@@ -83,11 +91,21 @@ public struct ControlReply: Codable, Sendable {
     public var status: [StatusRow]?
     public var progress: ProgressReport?
     public var info: [String: String]?
+    /// Lines for the operator (e.g. migrate --incremental falling back to a full scan).
+    public var notes: [String]?
+    /// journal status, and journal snapshot (the filesystems and their new epochs).
+    public var journal: [JournalFilesystemStatus]?
+    /// journal list.
+    public var changes: [JournalEntry]?
+    /// journal changed.
+    public var verdict: JournalVerdict?
 
     public init(type: Kind, message: String? = nil, files: [FileResult]? = nil, status: [StatusRow]? = nil,
-                progress: ProgressReport? = nil, info: [String: String]? = nil) {
+                progress: ProgressReport? = nil, info: [String: String]? = nil, notes: [String]? = nil,
+                journal: [JournalFilesystemStatus]? = nil, changes: [JournalEntry]? = nil, verdict: JournalVerdict? = nil) {
         self.type = type; self.message = message; self.files = files; self.status = status
-        self.progress = progress; self.info = info
+        self.progress = progress; self.info = info; self.notes = notes
+        self.journal = journal; self.changes = changes; self.verdict = verdict
     }
 }
 

@@ -11,12 +11,14 @@ import Synchronization
 final class ControlServer: Sendable {
     let listener: UnixListener
     let archiver: Archiver
+    let journal: Journal?
     let log: Logger
     let info: @Sendable () -> [String: String]
 
-    init(socketPath: String, archiver: Archiver, log: Logger, info: @escaping @Sendable () -> [String: String]) throws(SystemError) {
+    init(socketPath: String, archiver: Archiver, journal: Journal? = nil, log: Logger, info: @escaping @Sendable () -> [String: String]) throws(SystemError) {
         listener = try UnixListener.listen(socketPath, mode: 0o600)
         self.archiver = archiver
+        self.journal = journal
         self.log = log
         self.info = info
     }
@@ -51,7 +53,7 @@ final class ControlServer: Sendable {
             return
         }
         // Requests that change files are worth an operator's line; lookups are not.
-        let level: Logger.Level = [.ping, .status].contains(request.op) ? .debug : .info
+        let level: Logger.Level = [.ping, .status, .journalStatus, .journalList, .journalChanged].contains(request.op) ? .debug : .info
         log.log(level: level, "\(request.op.rawValue) requested for \(request.paths.count) path(s) by uid \(uid)")
         switch request.op {
         case .ping:
@@ -82,7 +84,8 @@ final class ControlServer: Sendable {
             let lastSent = Mutex<UInt64>(0)
             let sendProgress = request.progress
             let writer = LineWriter(fd: conn.fd)
-            let files = Migrator(archiver: archiver).run(request) { p in
+            var notes: [String] = []
+            let files = Migrator(archiver: archiver, journal: journal).run(request, notes: &notes) { p in
                 guard sendProgress else { return }
                 let now = monotonicNanos()
                 let due = lastSent.withLock { last -> Bool in
@@ -94,7 +97,13 @@ final class ControlServer: Sendable {
             }
             let done = files.filter { $0.outcome == .done }
             log.info("migrate: \(done.count) files, \(Units.formatBytes(files.reduce(0) { $0 + $1.bytesArchived })) archived, \(Units.formatBytes(files.reduce(0) { $0 + $1.bytesFreed })) freed, \(files.filter { $0.outcome == .failed }.count) not done")
-            reply(ControlReply(type: .result, files: files))
+            reply(ControlReply(type: .result, files: files, notes: notes.isEmpty ? nil : notes))
+        case .journalStatus, .journalSnapshot, .journalList, .journalChanged:
+            guard let journal else {
+                reply(ControlReply(type: .error, message: "the change journal is off (journal = false in hsmd's config)"))
+                return
+            }
+            reply(JournalRequests(journal: journal).serve(request))
         }
     }
 }

@@ -47,6 +47,19 @@ public enum Daemon {
             return 1
         }
 
+        // The change journal: its own notification group and database (README, "Change journal").
+        let journal: Journal?
+        if config.journal {
+            do { journal = try Journal(stateDir: config.stateDir, filesystems: filesystems.all, log: log) } catch {
+                log.critical("hsmd cannot start: \(error)")
+                group.close()
+                return 1
+            }
+        } else {
+            Journal.markUnwatched(stateDir: config.stateDir, log: log)
+            journal = nil
+        }
+
         let locks = InodeLocks()
         let engine = RecallEngine(group: group, filesystems: filesystems, locks: locks, config: config, log: log)
         let events = EventLoop(group: group, engine: engine, log: log)
@@ -54,10 +67,11 @@ public enum Daemon {
         let fsList = filesystems.all.map { "\($0.path) (\($0.type), store \($0.store.name))" }.joined(separator: "; ")
         let server: ControlServer
         do {
-            server = try ControlServer(socketPath: config.socket, archiver: archiver, log: log) {
+            server = try ControlServer(socketPath: config.socket, archiver: archiver, journal: journal, log: log) {
                 ["version": version, "pid": "\(getpid())", "filesystems": fsList,
                  "uptime_seconds": "\(Int(Date().timeIntervalSince(started)))",
-                 "events": "\(events.eventsSeen.load(ordering: .relaxed))"]
+                 "events": "\(events.eventsSeen.load(ordering: .relaxed))",
+                 "journal": journal.map { "on, \($0.eventsRead.load(ordering: .relaxed)) events, \($0.transactions.load(ordering: .relaxed)) transactions" } ?? "off"]
             }
         } catch {
             log.critical("hsmd cannot start: control socket: \(error)")
@@ -65,6 +79,7 @@ public enum Daemon {
             return 1
         }
         engine.start()
+        journal?.start()
         events.start()
         server.start()
         startWatchdog(events, log: log)
@@ -79,6 +94,7 @@ public enum Daemon {
         server.stop()
         events.stop()
         engine.stop()
+        journal?.stop()
         // Closing the group makes the kernel allow whatever is still queued, and files
         // released meanwhile read as holes: see README, "When hsmd is not running".
         for fs in filesystems.all { group.unmarkFilesystem(fs.path) }

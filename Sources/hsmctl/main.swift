@@ -13,7 +13,7 @@ struct HSMCtl: ParsableCommand {
             2 usage error, hsmd unreachable, or not root.
             """,
         version: "0.1.0",
-        subcommands: [Archive.self, Release.self, Migrate.self, Recall.self, Status.self, Doctor.self])
+        subcommands: [Archive.self, Release.self, Migrate.self, Recall.self, Status.self, JournalCommand.self, Doctor.self])
 }
 
 struct Connection: ParsableArguments {
@@ -163,6 +163,7 @@ struct Migrate: ParsableCommand {
     @Option(help: "Only files at least this big (e.g. 64k, 1M).") var minSize: String?
     @Option(help: "Skip files matching this glob (repeatable; with a '/' it matches the whole path).") var exclude: [String] = []
     @Flag(help: "Only report what would migrate.") var dryRun = false
+    @Flag(help: "Scan only directories the change journal lists as changed since the last incremental run (full scan when unknown).") var incremental = false
     @Option(help: "Files to migrate in parallel.") var jobs: Int = 2
     @Flag(name: .shortAndLong, help: "Print a line for every file migrated.") var verbose = false
     @Flag(help: "Print a JSON result.") var json = false
@@ -182,13 +183,17 @@ struct Migrate: ParsableCommand {
         guard (1...64).contains(jobs) else { throw fail("--jobs \(jobs): expected 1 to 64") }
         let tty = isatty(STDERR_FILENO) == 1 && !json
         let request = ControlRequest(op: .migrate, paths: try checkPaths(paths), olderThanSeconds: age, minSize: size,
-                                     exclude: exclude, dryRun: dryRun, jobs: jobs, progress: tty)
+                                     exclude: exclude, dryRun: dryRun, jobs: jobs, progress: tty, incremental: incremental ? true : nil)
         let reply = try send(connection.client, request) { p in
             let line = "\rscanned \(p.scanned), migrated \(p.done), not done \(p.failed), \(Units.formatBytes(p.bytesArchived)) archived, \(Units.formatBytes(p.bytesFreed)) freed "
             FileHandle.standardError.write(Data(line.utf8))
         }
         if tty { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
         let files = reply.files ?? []
+        // What the scan was (incremental, or full and why): stdout for people, stderr with --json.
+        for n in reply.notes ?? [] {
+            if json { FileHandle.standardError.write(Data("hsmctl: \(n)\n".utf8)) } else { print(n) }
+        }
         if !json {
             let done = files.filter { $0.outcome == .done }
             let notDone = files.filter { $0.outcome == .failed }

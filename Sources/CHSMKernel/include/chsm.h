@@ -112,3 +112,76 @@ int chsm_sd_notify(const char *state);
 int chsm_accept(int listener);
 /// lgetxattr by path; length or -errno.
 ssize_t chsm_lgetxattr(const char *path, const char *name, void *buf, size_t len);
+
+// ---- Change journal: a notification group reporting directory file handles ----------
+// (FAN_REPORT_DFID_NAME | FAN_REPORT_FID). Constants newer than some system headers.
+#ifndef FAN_RENAME
+#define FAN_RENAME 0x10000000
+#endif
+#ifndef FAN_REPORT_DIR_FID
+#define FAN_REPORT_DIR_FID 0x00000400
+#endif
+#ifndef FAN_REPORT_NAME
+#define FAN_REPORT_NAME 0x00000800
+#endif
+#ifndef FAN_REPORT_DFID_NAME
+#define FAN_REPORT_DFID_NAME (FAN_REPORT_DIR_FID | FAN_REPORT_NAME)
+#endif
+#ifndef FAN_REPORT_TARGET_FID
+#define FAN_REPORT_TARGET_FID 0x00001000
+#endif
+#ifndef FAN_EVENT_INFO_TYPE_FID
+#define FAN_EVENT_INFO_TYPE_FID 1
+#endif
+#ifndef FAN_EVENT_INFO_TYPE_DFID_NAME
+#define FAN_EVENT_INFO_TYPE_DFID_NAME 2
+#endif
+#ifndef FAN_EVENT_INFO_TYPE_DFID
+#define FAN_EVENT_INFO_TYPE_DFID 3
+#endif
+#ifndef FAN_EVENT_INFO_TYPE_OLD_DFID_NAME
+#define FAN_EVENT_INFO_TYPE_OLD_DFID_NAME 10
+#endif
+#ifndef FAN_EVENT_INFO_TYPE_NEW_DFID_NAME
+#define FAN_EVENT_INFO_TYPE_NEW_DFID_NAME 12
+#endif
+
+/// Flag stand-ins for O_PATH|O_DIRECTORY and AT_EMPTY_PATH, which need _GNU_SOURCE
+/// (kept out of this header): the C functions below translate them.
+#define CHSM_OPEN_PATH_DIR (-1)
+#define CHSM_EMPTY_PATH (-1)
+
+/// Largest file handle hsmd keeps (MAX_HANDLE_SZ in the kernel is 128).
+#define CHSM_HANDLE_MAX 128
+
+/// A file handle as name_to_handle_at and fanotify report it.
+typedef struct {
+    int32_t type;
+    uint32_t bytes;
+    uint8_t data[CHSM_HANDLE_MAX];
+} chsm_handle;
+
+/// One event of a FID-reporting group: the directories it names (the parent of the
+/// affected entry; for FAN_RENAME the old and the new parent). No fd is ever opened.
+typedef struct {
+    uint64_t mask;
+    int32_t pid;
+    int32_t ndirs;         // 0, 1 or 2
+    chsm_handle dirs[2];
+    int32_t has_object;    // 1 when a FAN_EVENT_INFO_TYPE_FID record (the entry itself) came
+    chsm_handle object;
+} chsm_fid_event;
+
+/// Reads one batch (blocking unless the group is non-blocking) and parses it.
+/// Returns the number of events, or -errno.
+int chsm_fanotify_read_fid(int group, void *buf, size_t buflen, chsm_fid_event *out, int maxout);
+/// Bytes waiting in a fanotify group's queue (FIONREAD), or -errno.
+int chsm_fanotify_queued(int group);
+/// name_to_handle_at(dirfd, path, flags). 0 or -errno.
+int chsm_name_to_handle(int dirfd, const char *path, int flags, chsm_handle *out);
+/// open_by_handle_at(mount_fd, handle, flags | O_CLOEXEC). fd or -errno (ESTALE: gone).
+int chsm_open_by_handle(int mount_fd, const chsm_handle *h, int flags);
+/// openat(dirfd, path, flags | O_CLOEXEC). fd or -errno.
+int chsm_openat(int dirfd, const char *path, int flags);
+/// statfs f_fsid of the filesystem holding path, as one integer. 0 or -errno.
+int chsm_fsid(const char *path, uint64_t *out);

@@ -1,0 +1,200 @@
+import CHSMKernel
+import Glibc
+
+/// A file handle (name_to_handle_at / fanotify FID): identifies an inode on one
+/// filesystem across renames, and tells a deleted one (ESTALE) from a live one.
+public struct InodeHandle: Hashable, Sendable, CustomStringConvertible {
+    public let type: Int32
+    public let bytes: [UInt8]
+
+    public init(type: Int32, bytes: [UInt8]) {
+        self.type = type
+        self.bytes = bytes
+    }
+
+    init(_ h: chsm_handle) {
+        type = h.type
+        bytes = withUnsafeBytes(of: h.data) { Array($0.prefix(Int(h.bytes))) }
+    }
+
+    /// Serialized as 4 bytes of type (little endian) then the handle bytes: the form
+    /// kept in the journal database.
+    public var encoded: [UInt8] {
+        withUnsafeBytes(of: type.littleEndian) { Array($0) } + bytes
+    }
+
+    public init?(encoded: [UInt8]) {
+        guard encoded.count > 4, encoded.count - 4 <= Int(CHSM_HANDLE_MAX) else { return nil }
+        type = encoded[0..<4].withUnsafeBytes { Int32(littleEndian: $0.loadUnaligned(as: Int32.self)) }
+        bytes = Array(encoded[4...])
+    }
+
+    public var description: String {
+        "\(type):" + bytes.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined()
+    }
+
+    private func withRaw<T>(_ body: (UnsafePointer<chsm_handle>) -> T) -> T {
+        var h = chsm_handle()
+        h.type = type
+        h.bytes = UInt32(bytes.count)
+        withUnsafeMutableBytes(of: &h.data) { dst in
+            bytes.withUnsafeBytes { src in dst.copyMemory(from: UnsafeRawBufferPointer(rebasing: src.prefix(dst.count))) }
+        }
+        return body(&h)
+    }
+
+    /// The handle of the inode `fd` refers to (an O_PATH fd is fine).
+    public static func of(fd: Int32, path: String) throws(SystemError) -> InodeHandle {
+        var h = chsm_handle()
+        try SystemError.check(chsm_name_to_handle(fd, "", CHSM_EMPTY_PATH, &h), "name_to_handle_at", path)
+        return InodeHandle(h)
+    }
+
+    /// The handle of `path` (symlinks not followed).
+    public static func of(path: String) throws(SystemError) -> InodeHandle {
+        var h = chsm_handle()
+        try SystemError.check(chsm_name_to_handle(AT_FDCWD, path, 0, &h), "name_to_handle_at", path)
+        return InodeHandle(h)
+    }
+
+    /// open_by_handle_at with O_PATH: an fd for the inode if it still exists (ESTALE when
+    /// it was deleted). `mountFD` is any fd on the handle's filesystem.
+    public func openPath(mountFD: Int32, what: String) throws(SystemError) -> Int32 {
+        let fd = withRaw { chsm_open_by_handle(mountFD, $0, CHSM_OPEN_PATH_DIR) }
+        return try SystemError.check(fd, "open_by_handle_at", what)
+    }
+}
+
+/// Opens `name` relative to a directory fd with O_PATH (for "..").
+public func openPathAt(_ dirFD: Int32, _ name: String, what: String) throws(SystemError) -> Int32 {
+    try SystemError.check(chsm_openat(dirFD, name, CHSM_OPEN_PATH_DIR), "openat(\(name))", what)
+}
+
+/// The filesystem id (statfs f_fsid) of the filesystem holding `path`.
+public func filesystemID(of path: String) throws(SystemError) -> UInt64 {
+    var v: UInt64 = 0
+    try SystemError.check(chsm_fsid(path, &v), "statfs", path)
+    return v
+}
+
+/// One event of a change-journal group: its mask, the process that caused it, and the
+/// directories it names (the entry's parent; for FAN_RENAME the old and the new parent).
+public struct DirectoryEvent: Sendable {
+    public let mask: UInt64
+    public let pid: Int32
+    public let directories: [InodeHandle]
+    /// The entry the event is about (FAN_REPORT_FID), when the kernel reported it.
+    public let object: InodeHandle?
+
+    public var isOverflow: Bool { mask & UInt64(FAN_Q_OVERFLOW) != 0 }
+    /// An event that a recorded directory's ignore mark suppresses when it is in place.
+    public var isSuppressedByIgnoreMark: Bool {
+        mask & DirectoryChangeGroup.ignoredOnRecordedDirectory != 0 && mask & UInt64(FAN_ONDIR) == 0
+    }
+    /// A directory was renamed or moved (its arrival in the new parent): `object` is
+    /// that directory.
+    public var isDirectoryRename: Bool {
+        mask & UInt64(FAN_MOVED_TO | FAN_RENAME) != 0 && mask & UInt64(FAN_ONDIR) != 0
+    }
+}
+
+/// A notification group that reports directory file handles instead of fds:
+/// FAN_CLASS_NOTIF | FAN_REPORT_DFID_NAME | FAN_REPORT_FID (| FAN_REPORT_TARGET_FID). Its queue is bounded (no
+/// FAN_UNLIMITED_QUEUE) on purpose: an overflow is reported and marks the journal's
+/// epoch incomplete, instead of hsmd's memory growing without limit.
+public struct DirectoryChangeGroup: Sendable {
+    public let fd: Int32
+
+    /// Everything that changes a directory's entries or an entry's data or metadata.
+    /// Moves as FAN_MOVED_FROM + FAN_MOVED_TO rather than FAN_RENAME: each of those is an
+    /// event of ONE directory, so an already-recorded directory's ignore mark can swallow
+    /// it while a move into a directory not yet recorded still arrives. A FAN_RENAME
+    /// event names both parents and is dropped when an ignore mark on either matches
+    /// (fanotify ORs the ignore masks of all marks involved), so it could never be
+    /// ignored, and a tree of renames would send every one of them to hsmd.
+    public static let events: UInt64 = UInt64(FAN_CREATE | FAN_DELETE | FAN_MOVED_FROM | FAN_MOVED_TO | FAN_MODIFY | FAN_ATTRIB | FAN_CLOSE_WRITE | FAN_ONDIR)
+    /// What an already-recorded directory's ignore mark suppresses: the events of its
+    /// non-directory entries. FAN_ONDIR is left out: with it, the parent's mark would also
+    /// swallow events of a subdirectory itself (chmod of the subdirectory is reported to
+    /// the parent's marks too), and that subdirectory may not be recorded yet; moves of
+    /// directories must also arrive (the moved tree is remembered).
+    public static let ignoredOnRecordedDirectory: UInt64 = UInt64(FAN_CREATE | FAN_DELETE | FAN_MOVED_FROM | FAN_MOVED_TO | FAN_MODIFY | FAN_ATTRIB | FAN_CLOSE_WRITE | FAN_EVENT_ON_CHILD)
+
+    public init(fd: Int32) { self.fd = fd }
+
+    public static func open() throws(SystemError) -> DirectoryChangeGroup {
+        // FAN_REPORT_TARGET_FID: without it the kernel leaves the entry's own handle out of
+        // directory-entry events (moves included), and a moved directory is needed by
+        // handle so its subtree can be walked at its new place.
+        let flags = UInt32(FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK | FAN_REPORT_DFID_NAME | FAN_REPORT_FID | FAN_REPORT_TARGET_FID)
+        let fd = chsm_fanotify_init(flags, UInt32(O_RDONLY | O_CLOEXEC))
+        try SystemError.check(fd, "fanotify_init(FAN_CLASS_NOTIF|FAN_REPORT_DFID_NAME|FAN_REPORT_FID|FAN_REPORT_TARGET_FID)")
+        return DirectoryChangeGroup(fd: fd)
+    }
+
+    public func markFilesystem(_ path: String) throws(SystemError) {
+        let r = chsm_fanotify_mark(fd, UInt32(FAN_MARK_ADD | FAN_MARK_FILESYSTEM), Self.events, AT_FDCWD, path)
+        try SystemError.check(r, "fanotify_mark(FAN_MARK_FILESYSTEM, journal events)", path)
+    }
+
+    /// An evictable ignore mark on a directory: the kernel stops sending the events of
+    /// its entries until the marks are flushed (next epoch) or the inode leaves the cache.
+    /// Directories need FAN_MARK_IGNORED_SURV_MODIFY with FAN_MARK_IGNORE (else EISDIR).
+    /// `dirFD` may be an O_PATH fd.
+    public func ignoreDirectory(fd dirFD: Int32, path: String) throws(SystemError) {
+        let flags = UInt32(FAN_MARK_ADD | FAN_MARK_IGNORE | FAN_MARK_IGNORED_SURV_MODIFY | FAN_MARK_EVICTABLE)
+        // Measured: an O_PATH fd with a NULL pathname is refused (EBADF); "." looked up
+        // relative to it names the same directory and is accepted.
+        let r = chsm_fanotify_mark(fd, flags, Self.ignoredOnRecordedDirectory, dirFD, ".")
+        try SystemError.check(r, "fanotify_mark(FAN_MARK_IGNORE, directory)", path)
+    }
+
+    /// Removes every inode mark of the group (the ignore marks), keeping the filesystem mark.
+    public func flushInodeMarks() throws(SystemError) {
+        try SystemError.check(chsm_fanotify_mark(fd, UInt32(FAN_MARK_FLUSH), 0, AT_FDCWD, nil), "fanotify_mark(FAN_MARK_FLUSH)")
+    }
+
+    /// Bytes of events waiting in the kernel queue.
+    public func queuedBytes() throws(SystemError) -> Int {
+        Int(try SystemError.check(chsm_fanotify_queued(fd), "ioctl(fanotify, FIONREAD)"))
+    }
+
+    public func close() { _ = Glibc.close(fd) }
+}
+
+/// Reads and parses batches of directory events; owns its buffers, one reader per thread.
+public final class DirectoryEventReader {
+    private let group: DirectoryChangeGroup
+    private let buffer: UnsafeMutableRawBufferPointer
+    private var parsed: [chsm_fid_event]
+
+    public init(group: DirectoryChangeGroup, bufferSize: Int = 64 * 1024) {
+        self.group = group
+        buffer = .allocate(byteCount: bufferSize, alignment: 8)
+        // The smallest event (metadata + one DFID record of an 8-byte handle) is > 40 bytes.
+        parsed = [chsm_fid_event](repeating: chsm_fid_event(), count: bufferSize / 40)
+    }
+
+    deinit { buffer.deallocate() }
+
+    /// The events queued now; [] when none (the group is non-blocking).
+    public func next() throws(SystemError) -> [DirectoryEvent] {
+        let max = Int32(parsed.count)
+        let n = parsed.withUnsafeMutableBufferPointer { p in
+            chsm_fanotify_read_fid(group.fd, buffer.baseAddress, buffer.count, p.baseAddress, max)
+        }
+        if n == -EAGAIN { return [] }
+        try SystemError.check(n, "read(fanotify journal group)")
+        var out: [DirectoryEvent] = []
+        out.reserveCapacity(Int(n))
+        for i in 0..<Int(n) {
+            let e = parsed[i]
+            var dirs: [InodeHandle] = []
+            if e.ndirs > 0 { dirs.append(InodeHandle(e.dirs.0)) }
+            if e.ndirs > 1 { dirs.append(InodeHandle(e.dirs.1)) }
+            out.append(DirectoryEvent(mask: e.mask, pid: e.pid, directories: dirs,
+                                      object: e.has_object != 0 ? InodeHandle(e.object) : nil))
+        }
+        return out
+    }
+}
