@@ -163,7 +163,7 @@ struct Migrate: ParsableCommand {
     @Option(help: "Only files at least this big (e.g. 64k, 1M).") var minSize: String?
     @Option(help: "Skip files matching this glob (repeatable; with a '/' it matches the whole path).") var exclude: [String] = []
     @Flag(help: "Only report what would migrate.") var dryRun = false
-    @Option(help: "Files to migrate in parallel.") var jobs: Int = 2
+    @Option(help: "Files to migrate in parallel.") var jobs: Int = 4
     @Flag(name: .shortAndLong, help: "Print a line for every file migrated.") var verbose = false
     @Flag(help: "Print a JSON result.") var json = false
     @Argument(help: "Files and directories.") var paths: [String] = []
