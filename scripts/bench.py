@@ -61,7 +61,8 @@ def write_random(path, size, chunk=8 * MiB):
 
 
 class Bench:
-    def __init__(self, bindir, quick, runs, image_size):
+    def __init__(self, bindir, quick, runs, image_size, jobs=4):
+        self.jobs = jobs
         self.bindir = Path(bindir)
         self.quick = quick
         self.runs = runs
@@ -277,13 +278,13 @@ class Bench:
             work = self.mnt / f"mig-{i}"
             sh("cp", "-a", "--reflink=never", tmpl, work)
             drop_caches()
-            mig_times.append(timed(lambda: self.ctl("migrate", work, "--jobs", "2")))
+            mig_times.append(timed(lambda: self.ctl("migrate", work, "--jobs", str(self.jobs))))
             shutil.rmtree(work)
             shutil.rmtree(self.store / "objects", ignore_errors=True)
         c, m = stats(cp_times), stats(mig_times)
         self.record("6 migrate small files + one big file", files=n + 1, bytes=total, cp_a_sync_s=c, migrate_s=m,
                     migrate_files_per_s=round((n + 1) / m["median"]), migrate_MBps=round(total / m["median"] / 1e6),
-                    ratio=round(m["median"] / c["median"], 2), cache="cold sources")
+                    ratio=round(m["median"] / c["median"], 2), jobs=self.jobs, cache="cold sources")
         shutil.rmtree(tmpl)
 
     def case7_concurrent(self):
@@ -364,9 +365,10 @@ def main():
     ap.add_argument("--runs", type=int, default=None)
     ap.add_argument("--json", default="bench-results.json")
     ap.add_argument("--cases", default="1,2,3,4,5,6,7,8")
+    ap.add_argument("--jobs", type=int, default=4, help="hsmctl migrate --jobs in case 6")
     a = ap.parse_args()
     runs = a.runs or (3 if a.quick else 5)
-    b = Bench(a.bindir, a.quick, runs, "8G" if a.quick else "24G")
+    b = Bench(a.bindir, a.quick, runs, "8G" if a.quick else "24G", jobs=a.jobs)
     started = time.time()
     try:
         b.start()

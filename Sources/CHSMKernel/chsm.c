@@ -78,7 +78,8 @@ int chsm_lease_signal_setup(int signo) {
 }
 
 int chsm_set_lease(int fd, int type, int signo) {
-    if (type != F_UNLCK && fcntl(fd, F_SETSIG, signo) < 0) return -errno;
+    // SIGIO is the default lease-break signal: no F_SETSIG needed for it.
+    if (type != F_UNLCK && signo != SIGIO && fcntl(fd, F_SETSIG, signo) < 0) return -errno;
     return fcntl(fd, F_SETLEASE, type) < 0 ? -errno : 0;
 }
 

@@ -60,6 +60,8 @@ public protocol ObjectReader {
     /// Fills `buffer` with block `index` (its length: the block's size clipped to the
     /// object) and verifies it. Returns the number of bytes.
     func read(block index: Int, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> Int
+    /// A hint that these blocks will be read soon (the store may start fetching them).
+    func prefetch(blocks: Range<Int>)
     func close()
 }
 

@@ -14,6 +14,10 @@ public final class PosixStore: ObjectStore {
     public let name: String
     public let root: String
     private let records = Mutex<[ObjectID: ObjectRecord]>([:])
+    /// Source devices copy_file_range cannot copy from into this store (EXDEV): asking
+    /// again for every file would cost a syscall each.
+    private let noKernelCopy = Mutex<Set<UInt64>>([])
+    private let madeDirectories = Mutex<Set<String>>([])
 
     public init(name: String, root: String) {
         self.name = name
@@ -44,7 +48,13 @@ public final class PosixStore: ObjectStore {
         try makeDirectory(dir)
         let partial = dataPath(id) + ".partial"
         let dest: FileDescriptor
-        do { dest = try FileDescriptor.open(partial, [.readWrite, .create, .exclusive], mode: 0o600) } catch { throw .io(error) }
+        do { dest = try FileDescriptor.open(partial, [.readWrite, .create, .exclusive], mode: 0o600) } catch {
+            // The directory was removed behind hsmd's back: make it again, once.
+            guard error.errno == ENOENT else { throw .io(error) }
+            madeDirectories.withLock { $0.removeAll() }
+            try makeDirectory(dir)
+            do { dest = try FileDescriptor.open(partial, [.readWrite, .create, .exclusive], mode: 0o600) } catch { throw .io(error) }
+        }
         var finished = false
         defer {
             dest.close()
@@ -59,14 +69,17 @@ public final class PosixStore: ObjectStore {
             extents = try source.dataExtents(in: 0..<stat.size)
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(layout.blockSize), alignment: 4096)
             defer { buffer.deallocate() }
-            var kernelCopy = true
+            var kernelCopy = !noKernelCopy.withLock { $0.contains(stat.device) }
             for b in 0..<layout.blockCount {
                 let range = layout.range(ofBlock: b)
                 let data = intersect(range, extents)
                 if data.isEmpty { checksums.append(nil); continue }
                 let len = Int(range.upperBound - range.lowerBound)
                 let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<len])
-                if kernelCopy { kernelCopy = try copyInKernel(data, from: source, to: dest) }
+                if kernelCopy {
+                    kernelCopy = try copyInKernel(data, from: source, to: dest)
+                    if !kernelCopy { noKernelCopy.withLock { _ = $0.insert(stat.device) } }
+                }
                 if kernelCopy {
                     // Checksum what the store now holds.
                     guard try dest.read(into: view, at: range.lowerBound) == len else { throw StoreError.changedDuringArchive(path: originalPath) }
@@ -152,9 +165,11 @@ public final class PosixStore: ObjectStore {
     }
 
     private func makeDirectory(_ dir: String) throws(StoreError) {
+        if madeDirectories.withLock({ $0.contains(dir) }) { return }
         for d in ["\(root)/objects", dir] where mkdir(d, 0o700) != 0 && errno != EEXIST {
             throw .io(SystemError(errno: errno, operation: "mkdir", path: d))
         }
+        madeDirectories.withLock { _ = $0.insert(dir) }
     }
 
     private func syncDirectory(_ dir: String) throws(StoreError) {
@@ -250,6 +265,12 @@ struct PosixObjectReader: ObjectReader {
             throw .corrupt(record.object, block: index, path: fd.path)
         }
         return len
+    }
+
+    func prefetch(blocks: Range<Int>) {
+        let start = record.layout.range(ofBlock: blocks.lowerBound).lowerBound
+        let end = record.layout.range(ofBlock: blocks.upperBound - 1).upperBound
+        fd.adviseWillNeed(start..<end)
     }
 
     func close() { fd.close() }

@@ -185,7 +185,9 @@ struct Archiver: Sendable {
         while start < paths.count {
             let part = Array(paths[start..<min(start + chunk, paths.count)])
             start += part.count
+            let t0 = monotonicNanos()
             let staged = parallelMap(part, jobs: jobs) { stage($0, durable: false) }
+            let t1 = monotonicNanos()
             var stores: [String: any ObjectStore] = [:]
             for case .staged(let s) in staged { stores[s.fs.store.name] = s.fs.store }
             var flushFailed: [String: String] = [:]
@@ -193,6 +195,12 @@ struct Archiver: Sendable {
                 do { try store.makeDurable() } catch { flushFailed[name] = "\(error)" }
             }
             let failures = flushFailed
+            let t2 = monotonicNanos()
+            defer {
+                let ms = { (a: UInt64, b: UInt64) in String(format: "%.0f", Double(b - a) / 1e6) }
+                let t3 = monotonicNanos()
+                log.debug("chunk of \(part.count) files: copy \(ms(t0, t1)) ms, flush \(ms(t1, t2)) ms, mark\(release ? " + release" : "") \(ms(t2, t3)) ms")
+            }
             results += parallelMap(staged, jobs: jobs) { st -> FileResult in
                 var r: FileResult
                 switch st {

@@ -181,16 +181,21 @@ final class RecallEngine: Sendable {
             log.info("\(program) (pid \(event.pid)) opens released file \(fd.path): recalling all of it first")
             range = 0..<Int64.max
         }
+        let started = monotonicNanos()
+        var allowed = false
         do {
-            let started = monotonicNanos()
-            let bytes = try recall(fd, range: range, key: key, store: fs.store, readahead: !event.atOpen)
-            if event.answer(.allow, group: group), bytes > 0 {
+            let bytes = try recall(fd, range: range, key: key, store: fs.store, readahead: !event.atOpen) {
+                allowed = event.answer(.allow, group: self.group)
+            }
+            if allowed && bytes > 0 {
                 let ms = Double(monotonicNanos() - started) / 1e6
                 log.debug("recalled \(Units.formatBytes(bytes)) of \(fd.path) for pid \(event.pid) in \(String(format: "%.1f", ms)) ms")
             }
         } catch {
             if event.answer(.deny(errno: error.errno), group: group) {
                 log.error("recall failed for \(fd.path) (pid \(event.pid), bytes \(event.range.lowerBound)..<\(event.range.upperBound)): \(error); the access fails with \(String(cString: strerror(error.errno)))")
+            } else if allowed {
+                log.warning("read-ahead of \(fd.path) failed after the access itself was served: \(error)")
             }
         }
     }
@@ -221,8 +226,10 @@ final class RecallEngine: Sendable {
     /// Recalls the offline blocks `range` needs (plus read-ahead) into `fd`, filling holes
     /// only (DESIGN invariant 1), then persists the marker. The caller holds the inode
     /// lock. Returns the bytes written.
+    /// `neededIsIn` is called once the blocks `range` needs are in and recorded, before
+    /// any read-ahead: the accessing program can be let go then.
     func recall(_ fd: FileDescriptor, range: Range<Int64>, key: InodeKey, store: any ObjectStore,
-                readahead: Bool) throws(RecallError) -> Int64 {
+                readahead: Bool, neededIsIn: (() -> Void)? = nil) throws(RecallError) -> Int64 {
         let st: FileStat
         let raw: [UInt8]?
         do {
@@ -248,18 +255,20 @@ final class RecallEngine: Sendable {
             }
             if st.size % layout.blockSize != 0 && marker.offline[liveBlocks - 1] { eofBlock = [liveBlocks - 1] }
         }
-        var wanted = Array(Set(marker.offline.setIndices(in: layout.blocks(covering: range)) + eofBlock)).sorted()
-        if readahead, let first = wanted.first, let last = wanted.last {
+        let needed = Array(Set(marker.offline.setIndices(in: layout.blocks(covering: range)) + eofBlock)).sorted()
+        var ahead: [Int] = []
+        if readahead, let first = needed.first, let last = needed.last {
             let window = nextWindow(key: key, first: first, blockSize: layout.blockSize)
             if window > 0 {
-                wanted += marker.offline.setIndices(in: (last + 1)..<min(last + 1 + window, liveBlocks))
+                ahead = marker.offline.setIndices(in: (last + 1)..<min(last + 1 + window, liveBlocks))
             }
             state.withLock { s in
-                s.readahead[key, default: Readahead(nextBlock: 0, window: 0)].nextBlock = (wanted.last ?? last) + 1
+                s.readahead[key, default: Readahead(nextBlock: 0, window: 0)].nextBlock = (ahead.last ?? last) + 1
             }
         }
-        if wanted.isEmpty {
+        if needed.isEmpty && ahead.isEmpty {
             if markerChanged { try persist(marker, fd) }
+            neededIsIn?()
             return 0
         }
 
@@ -279,45 +288,79 @@ final class RecallEngine: Sendable {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(layout.blockSize), alignment: 4096)
         defer { buffer.deallocate() }
         var written: Int64 = 0
-        do {
-            for b in wanted {
-                do { _ = try reader.read(block: b, into: buffer) } catch {
-                    if case .corrupt = error { try markDamaged(&marker, fd, error) }
-                    throw RecallError.store(error)
-                }
-                let block = layout.range(ofBlock: b)
-                let live = block.lowerBound..<min(block.upperBound, st.size)
-                var filled: [Range<Int64>] = []
-                do {
-                    let holes = subtract(try fd.dataExtents(in: live), from: live)
-                    for hole in holes {
-                        for piece in intersect(hole, objectData) {
-                            filled.append(piece)
-                            let from = Int(piece.lowerBound - block.lowerBound), to = Int(piece.upperBound - block.lowerBound)
-                            try fd.write(UnsafeRawBufferPointer(rebasing: buffer[from..<to]), at: piece.lowerBound)
-                            written += piece.upperBound - piece.lowerBound
-                        }
+
+        /// Writes one verified block into the holes of the file.
+        func place(_ b: Int, _ buffer: UnsafeMutableRawBufferPointer) throws(RecallError) {
+            let block = layout.range(ofBlock: b)
+            let live = block.lowerBound..<min(block.upperBound, st.size)
+            var filled: [Range<Int64>] = []
+            do {
+                let holes = subtract(try fd.dataExtents(in: live), from: live)
+                for hole in holes {
+                    for piece in intersect(hole, objectData) {
+                        filled.append(piece)
+                        let from = Int(piece.lowerBound - block.lowerBound), to = Int(piece.upperBound - block.lowerBound)
+                        try fd.write(UnsafeRawBufferPointer(rebasing: buffer[from..<to]), at: piece.lowerBound)
+                        written += piece.upperBound - piece.lowerBound
                     }
-                } catch {
-                    reopenHoles(filled, fd, fileSize: st.size, object: marker.object)
-                    throw RecallError.system(error)
                 }
-                marker.offline[b] = false
+            } catch {
+                reopenHoles(filled, fd, fileSize: st.size, object: marker.object)
+                throw RecallError.system(error)
             }
-            marker.flags.remove(.objectDamaged)
-        } catch {
-            // Keep what came back, and do not let a failed recall make the file look
-            // modified (a partly written block stays offline: recall fills holes only).
-            if wasClean && written > 0 { try? fd.setModificationTime(marker.mtimeNs) }
-            try? persist(marker, fd)
-            throw error as! RecallError
+            marker.offline[b] = false
         }
-        do {
-            // Recall is not a modification: keep the mtime the file had, so it stays
-            // clean. A file already dirty keeps its own new mtime.
-            if wasClean && written > 0 { try fd.setModificationTime(marker.mtimeNs) }
-        } catch { throw .system(error) }
-        try persist(marker, fd)
+
+        /// Copies blocks in, fills holes only, and leaves the file clean and the marker true.
+        func fill(_ blocks: [Int]) throws(RecallError) {
+            do {
+                if blocks.count > 1 {
+                    var placed = 0
+                    try BlockPipeline(blocks: blocks, reader: reader, blockSize: Int(layout.blockSize)).run { b, data in
+                        try place(b, data)
+                        // A sequential reader is usually waiting for the next block: let it
+                        // go now rather than after the whole window.
+                        placed += 1
+                        if placed % 8 == 0 { try? persist(marker, fd) }
+                        answerSatisfied(key, marker, fileSize: st.size)
+                    }
+                } else {
+                    for b in blocks {
+                        _ = try reader.read(block: b, into: buffer)
+                        try place(b, buffer)
+                    }
+                }
+                marker.flags.remove(.objectDamaged)
+            } catch {
+                let failure: RecallError
+                if let e = error as? StoreError {
+                    if case .corrupt = e { try? markDamaged(&marker, fd, e) }
+                    failure = .store(e)
+                } else {
+                    failure = error as! RecallError
+                }
+                // Keep what came back, and do not let a failed recall make the file look
+                // modified (a partly written block stays offline: recall fills holes only).
+                if wasClean && written > 0 { try? fd.setModificationTime(marker.mtimeNs) }
+                try? persist(marker, fd)
+                throw failure
+            }
+            do {
+                // Recall is not a modification: keep the mtime the file had, so it stays
+                // clean. A file already dirty keeps its own new mtime.
+                if wasClean && written > 0 { try fd.setModificationTime(marker.mtimeNs) }
+            } catch { throw .system(error) }
+            try persist(marker, fd)
+        }
+
+        // What the access needs first; the program goes on while the read-ahead follows.
+        try fill(needed)
+        neededIsIn?()
+        if let from = ahead.first, let to = ahead.last {
+            // After the answer: asking the kernel to read ahead submits I/O synchronously.
+            reader.prefetch(blocks: from..<to + 1)
+            try fill(ahead)
+        }
         if marker.offline.isEmpty { try? group.ignore(fileAt: fd.rawValue, path: fd.path) }
         return written
     }
@@ -333,6 +376,18 @@ final class RecallEngine: Sendable {
                 log.critical("\(fd.path): after a failed recall write, bytes \(r.lowerBound)..<\(end) could not be punched back to a hole (\(error)); they may read as zeros; restore them by hand from object \(object)")
             }
         }
+    }
+
+    /// Allows the queued accesses of `key` whose blocks are all in already. Only plain
+    /// accesses inside the file: anything reaching past its end waits for the worker.
+    private func answerSatisfied(_ key: InodeKey, _ marker: Marker, fileSize: Int64) {
+        let ready = state.withLock { s in
+            (s.queues[key] ?? []).filter { e in
+                !e.atOpen && !e.isAnswered && e.range.upperBound <= fileSize && fileSize >= marker.size
+                    && marker.offline.setIndices(in: marker.layout.blocks(covering: e.range)).isEmpty
+            }
+        }
+        for e in ready { e.answer(.allow, group: group) }
     }
 
     /// Sequential readers get a window that doubles up to readahead_max; a jump resets it.

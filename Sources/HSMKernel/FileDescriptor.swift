@@ -121,6 +121,11 @@ public struct FileDescriptor: Sendable, Hashable {
         if ftruncate(rawValue, off_t(size)) < 0 { throw SystemError(errno: errno, operation: "ftruncate", path: path) }
     }
 
+    /// Asks the kernel to start reading `range` into the page cache (a hint; errors ignored).
+    public func adviseWillNeed(_ range: Range<Int64>) {
+        _ = posix_fadvise(rawValue, off_t(range.lowerBound), off_t(range.upperBound - range.lowerBound), POSIX_FADV_WILLNEED)
+    }
+
     /// syncfs: everything written on this fd's filesystem reaches the disk.
     public func syncFilesystem() throws(SystemError) {
         try SystemError.check(chsm_syncfs(rawValue), "syncfs", path)

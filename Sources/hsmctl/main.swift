@@ -164,7 +164,7 @@ struct Migrate: ParsableCommand {
     @Option(help: "Skip files matching this glob (repeatable; with a '/' it matches the whole path).") var exclude: [String] = []
     @Flag(help: "Only report what would migrate.") var dryRun = false
     @Flag(help: "Scan only directories the change journal lists as changed since the last incremental run (full scan when unknown).") var incremental = false
-    @Option(help: "Files to migrate in parallel.") var jobs: Int = 2
+    @Option(help: "Files to migrate in parallel.") var jobs: Int = 4
     @Flag(name: .shortAndLong, help: "Print a line for every file migrated.") var verbose = false
     @Flag(help: "Print a JSON result.") var json = false
     @Argument(help: "Files and directories.") var paths: [String] = []
