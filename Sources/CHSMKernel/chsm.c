@@ -27,8 +27,8 @@ int chsm_fanotify_mark(int group, unsigned int flags, uint64_t mask, int dirfd, 
 }
 
 int chsm_fanotify_read(int group, void *buf, size_t buflen, chsm_event *out, int maxout) {
-    ssize_t len;
-    do { len = read(group, buf, buflen); } while (len < 0 && errno == EINTR);
+    // EINTR is returned, not retried: it is how hsmd wakes the reading thread to stop.
+    ssize_t len = read(group, buf, buflen);
     if (len < 0) return -errno;
     int n = 0;
     struct fanotify_event_metadata *md = buf;
@@ -310,8 +310,8 @@ static void copy_fid_handle(const struct fanotify_event_info_fid *fid, const cha
 }
 
 int chsm_fanotify_read_fid(int group, void *buf, size_t buflen, chsm_fid_event *out, int maxout) {
-    ssize_t len;
-    do { len = read(group, buf, buflen); } while (len < 0 && errno == EINTR);
+    // EINTR is returned, not retried: it is how hsmd wakes the reading thread to stop.
+    ssize_t len = read(group, buf, buflen);
     if (len < 0) return -errno;
     int n = 0;
     struct fanotify_event_metadata *md = buf;
@@ -405,4 +405,13 @@ int chsm_fsid(const char *path, uint64_t *out) {
     memcpy(&b, (char *)&s.f_fsid + 4, 4);
     *out = ((uint64_t)a << 32) | b;
     return 0;
+}
+
+int chsm_wakeup_signal_setup(int signo) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = chsm_lease_noop;
+    sa.sa_flags = SA_SIGINFO;   // no SA_RESTART: the blocked read returns EINTR
+    sigemptyset(&sa.sa_mask);
+    return sigaction(signo, &sa, NULL) < 0 ? -errno : 0;
 }

@@ -80,7 +80,10 @@ public enum Daemon {
         }
         engine.start()
         journal?.start()
-        events.start()
+        do { try events.start() } catch {
+            log.critical("hsmd cannot start: \(error)")
+            return 1
+        }
         server.start()
         startWatchdog(events, log: log)
         log.notice("hsmd \(version) ready: managing \(fsList); control socket \(config.socket)")

@@ -12,55 +12,60 @@ final class EventLoop: Sendable {
     let engine: RecallEngine
     let log: Logger
     private let ownPid = getpid()
-    private let stopPipe: (read: Int32, write: Int32)
-    /// Last time the loop was alive, for the systemd watchdog.
+    /// Last time the loop finished a batch, and whether it is waiting in read(): together
+    /// they tell the systemd watchdog whether the loop is alive.
     let heartbeat = Atomic<UInt64>(monotonicNanos())
+    let waiting = Atomic<Bool>(false)
     let eventsSeen = Atomic<UInt64>(0)
+    private let stopping = Atomic<Bool>(false)
+    private let thread = Atomic<UInt>(0)
+    /// Interrupts the blocking read on stop (handler installed without SA_RESTART).
+    static let wakeupSignal = SIGUSR2
 
     init(group: FanotifyGroup, engine: RecallEngine, log: Logger) {
         self.group = group
         self.engine = engine
         self.log = log
-        var fds: [Int32] = [0, 0]
-        _ = pipe(&fds)
-        for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-        stopPipe = (fds[0], fds[1])
     }
 
-    func start() {
+    func start() throws(SystemError) {
+        try FanotifyGroup.installWakeupHandler(signal: Self.wakeupSignal)
         startThread("hsmd-events") { self.run() }
     }
 
-    func stop() {
-        var b: UInt8 = 1
-        _ = write(stopPipe.write, &b, 1)
+    var isAlive: Bool {
+        waiting.load(ordering: .relaxed) || monotonicNanos() - heartbeat.load(ordering: .relaxed) < 10_000_000_000
     }
 
+    func stop() {
+        stopping.store(true, ordering: .releasing)
+        let t = thread.load(ordering: .acquiring)
+        if t != 0 { pthread_kill(pthread_t(t), Self.wakeupSignal) }
+    }
+
+    /// One blocking read per wake-up (no poll): this is the round trip every first
+    /// access of a file pays.
     private func run() {
+        thread.store(UInt(pthread_self()), ordering: .releasing)
         let reader = FanotifyReader(group: group)
-        var fds = [pollfd(fd: group.fd, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: stopPipe.read, events: Int16(POLLIN), revents: 0)]
-        while true {
-            heartbeat.store(monotonicNanos(), ordering: .relaxed)
-            let n = poll(&fds, 2, 1000)
-            if n < 0 && errno != EINTR {
-                log.critical("poll on the fanotify group failed: \(String(cString: strerror(errno)))")
-                return
-            }
-            if fds[1].revents != 0 { return }
-            if n <= 0 || fds[0].revents == 0 { continue }
+        var xattrBuffer = [UInt8](repeating: 0, count: 4096)
+        while !stopping.load(ordering: .acquiring) {
+            waiting.store(true, ordering: .relaxed)
             let events: [FanotifyEvent]
             do { events = try reader.next() } catch {
+                waiting.store(false, ordering: .relaxed)
                 if error.errno == EAGAIN || error.errno == EINTR { continue }
                 log.critical("reading the fanotify group failed: \(error)")
                 return
             }
+            waiting.store(false, ordering: .relaxed)
             eventsSeen.add(UInt64(events.count), ordering: .relaxed)
-            for e in events { dispatch(e) }
+            for e in events { dispatch(e, &xattrBuffer) }
+            heartbeat.store(monotonicNanos(), ordering: .relaxed)
         }
     }
 
-    private func dispatch(_ e: FanotifyEvent) {
+    private func dispatch(_ e: FanotifyEvent, _ xattrBuffer: inout [UInt8]) {
         if e.isOverflow {
             log.warning("fanotify queue overflowed")
             return
@@ -77,7 +82,9 @@ final class EventLoop: Sendable {
             return
         }
         let raw: [UInt8]?
-        do { raw = try FileDescriptor(rawValue: e.fd, path: "").xattr(Marker.xattrName) } catch {
+        do {
+            raw = try FileDescriptor(rawValue: e.fd, path: "").xattr(Marker.xattrName, into: &xattrBuffer).map { Array(xattrBuffer[0..<$0]) }
+        } catch {
             log.error("cannot read the marker of \(FileDescriptor.currentPath(of: e.fd)): \(error); the access fails with EIO")
             answer(e, .deny(errno: EIO))
             return

@@ -93,6 +93,12 @@ public struct FanotifyGroup: Sendable {
     }
 
     public func close() { _ = Glibc.close(fd) }
+
+    /// Installs a no-op handler for `signal` without SA_RESTART: sending it to the thread
+    /// blocked reading the group makes the read return EINTR.
+    public static func installWakeupHandler(signal: Int32) throws(SystemError) {
+        try SystemError.check(chsm_wakeup_signal_setup(signal), "sigaction(wake-up signal)")
+    }
 }
 
 /// Reads and parses batches of events; owns its buffer, so one reader per thread.

@@ -19,6 +19,14 @@ extension FileDescriptor {
         }
     }
 
+    /// Reads xattr `name` into `buffer` without allocating; the length, or nil when the
+    /// file has none. For the event thread's hot path.
+    public func xattr(_ name: String, into buffer: inout [UInt8]) throws(SystemError) -> Int? {
+        let n = chsm_fgetxattr(rawValue, name, &buffer, buffer.count)
+        if n == -Int(ENODATA) { return nil }
+        return Int(try SystemError.check(n, "fgetxattr \(name)", path))
+    }
+
     public func setXattr(_ name: String, _ value: [UInt8]) throws(SystemError) {
         try SystemError.check(chsm_fsetxattr(rawValue, name, value, value.count), "fsetxattr \(name)", path)
     }

@@ -100,7 +100,6 @@ int64_t chsm_fs_type(const char *path);
 /// syncfs; 0 or -errno.
 int chsm_syncfs(int fd);
 
-#endif
 
 /// Unix stream sockets for the control channel. Return fd or -errno.
 int chsm_unix_listen(const char *path, unsigned int mode);
@@ -185,3 +184,9 @@ int chsm_open_by_handle(int mount_fd, const chsm_handle *h, int flags);
 int chsm_openat(int dirfd, const char *path, int flags);
 /// statfs f_fsid of the filesystem holding path, as one integer. 0 or -errno.
 int chsm_fsid(const char *path, uint64_t *out);
+
+/// Installs a no-op handler for `signo` without SA_RESTART, so sending it to a thread
+/// interrupts that thread's blocking read with EINTR. 0 or -errno.
+int chsm_wakeup_signal_setup(int signo);
+
+#endif /* CHSM_H */
