@@ -132,8 +132,9 @@ class Bench:
     # --- cases -------------------------------------------------------------------------
 
     def record(self, case, **values):
-        self.results[case] = values
         self.sample_rss()
+        values["hsmd_peak_rss_MiB_so_far"] = round(self.peak_rss_kib / 1024, 1)
+        self.results[case] = values
         print(f"  {case}: " + ", ".join(f"{k}={v}" for k, v in values.items() if not isinstance(v, (dict, list))), flush=True)
 
     def make_tree(self, root, count, sizes, seed):

@@ -16,6 +16,7 @@
 #include <sys/vfs.h>
 #include <sys/xattr.h>
 #include <linux/falloc.h>
+#include <malloc.h>
 
 int chsm_fanotify_init(unsigned int flags, unsigned int event_f_flags) {
     int fd = fanotify_init(flags, event_f_flags);
@@ -414,4 +415,18 @@ int chsm_wakeup_signal_setup(int signo) {
     sa.sa_flags = SA_SIGINFO;   // no SA_RESTART: the blocked read returns EINTR
     sigemptyset(&sa.sa_mask);
     return sigaction(signo, &sa, NULL) < 0 ? -errno : 0;
+}
+
+void chsm_tune_malloc(void) {
+    // A fixed mmap threshold turns off glibc's dynamic one, which after the first freed
+    // 1 MiB recall buffer would serve later ones from per-thread arenas that keep freed
+    // memory (measured: 227 MiB peak RSS); two arenas are plenty for hsmd's few threads.
+    mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+    mallopt(M_ARENA_MAX, 2);
+}
+
+int chsm_sync_file_range(int fd, int64_t offset, int64_t length, int wait) {
+    unsigned int flags = SYNC_FILE_RANGE_WRITE;
+    if (wait) flags |= SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WAIT_AFTER;
+    return sync_file_range(fd, offset, length, flags) < 0 ? -errno : 0;
 }

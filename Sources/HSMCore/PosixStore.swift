@@ -13,6 +13,7 @@ import Synchronization
 public final class PosixStore: ObjectStore {
     public let name: String
     public let root: String
+    static let writeBackWindow: Int64 = 32 << 20
     private let records = Mutex<[ObjectID: ObjectRecord]>([:])
     /// Source devices copy_file_range cannot copy from into this store (EXDEV): asking
     /// again for every file would cost a syscall each.
@@ -70,6 +71,8 @@ public final class PosixStore: ObjectStore {
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(layout.blockSize), alignment: 4096)
             defer { buffer.deallocate() }
             var kernelCopy = !noKernelCopy.withLock { $0.contains(stat.device) }
+            var windowStart: Int64 = 0
+            var previousWindow: Range<Int64>?
             for b in 0..<layout.blockCount {
                 let range = layout.range(ofBlock: b)
                 let data = intersect(range, extents)
@@ -92,6 +95,14 @@ public final class PosixStore: ObjectStore {
                 }
                 checksums.append(CRC32C.checksum(UnsafeRawBufferPointer(view)))
                 stored += data.reduce(0) { $0 + $1.upperBound - $1.lowerBound }
+                // Every 32 MiB: start writing this window back and wait for the one before,
+                // so a big object never ends in a flush that stalls every other reader.
+                if range.upperBound - windowStart >= Self.writeBackWindow {
+                    try dest.writeBack(windowStart..<range.upperBound, wait: false)
+                    if let previous = previousWindow { try dest.writeBack(previous, wait: true) }
+                    previousWindow = windowStart..<range.upperBound
+                    windowStart = range.upperBound
+                }
             }
             if durable { try dest.sync() }
         } catch let e as StoreError {

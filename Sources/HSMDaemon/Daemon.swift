@@ -22,6 +22,7 @@ public enum Daemon {
         for s in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&waitSet, s) }
         pthread_sigmask(SIG_BLOCK, &waitSet, nil)
         signal(SIGPIPE, SIG_IGN)
+        Memory.keepResidentSetSmall()
 
         let started = Date()
         let filesystems: ManagedFilesystems

@@ -129,6 +129,11 @@ public final class FanotifyReader {
     }
 }
 
+public enum Memory {
+    /// Call once at start, before threads: see chsm_tune_malloc.
+    public static func keepResidentSetSmall() { chsm_tune_malloc() }
+}
+
 public enum KernelProbe {
     public enum Result { case ok, failed(String) }
 

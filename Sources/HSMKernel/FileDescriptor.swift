@@ -126,6 +126,13 @@ public struct FileDescriptor: Sendable, Hashable {
         _ = posix_fadvise(rawValue, off_t(range.lowerBound), off_t(range.upperBound - range.lowerBound), POSIX_FADV_WILLNEED)
     }
 
+    /// Starts writing `range` back to disk (and with `wait`, waits for it): streaming
+    /// writes stay bounded instead of ending in one flush that floods the device.
+    public func writeBack(_ range: Range<Int64>, wait: Bool) throws(SystemError) {
+        try SystemError.check(chsm_sync_file_range(rawValue, range.lowerBound, range.upperBound - range.lowerBound, wait ? 1 : 0),
+                              "sync_file_range", path)
+    }
+
     /// syncfs: everything written on this fd's filesystem reaches the disk.
     public func syncFilesystem() throws(SystemError) {
         try SystemError.check(chsm_syncfs(rawValue), "syncfs", path)

@@ -189,4 +189,10 @@ int chsm_fsid(const char *path, uint64_t *out);
 /// interrupts that thread's blocking read with EINTR. 0 or -errno.
 int chsm_wakeup_signal_setup(int signo);
 
+/// Keeps hsmd's resident memory bounded: large buffers go back to the kernel when freed.
+void chsm_tune_malloc(void);
+
+/// sync_file_range: start writeback of the range, and with `wait` also wait for it.
+int chsm_sync_file_range(int fd, int64_t offset, int64_t length, int wait);
+
 #endif /* CHSM_H */
