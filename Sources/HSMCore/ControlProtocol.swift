@@ -84,7 +84,8 @@ public struct ProgressReport: Codable, Sendable, Equatable {
 }
 
 public struct ControlReply: Codable, Sendable {
-    public enum Kind: String, Codable, Sendable { case progress, result, error }
+    /// `files` lines carry part of a long result, so no reply is one huge line.
+    public enum Kind: String, Codable, Sendable { case progress, files, result, error }
     public var type: Kind
     public var message: String?
     public var files: [FileResult]?

@@ -14,6 +14,7 @@ final class ControlServer: Sendable {
     let journal: Journal?
     let log: Logger
     let info: @Sendable () -> [String: String]
+    static let filesPerLine = 512
 
     init(socketPath: String, archiver: Archiver, journal: Journal? = nil, log: Logger, info: @escaping @Sendable () -> [String: String]) throws(SystemError) {
         listener = try UnixListener.listen(socketPath, mode: 0o600)
@@ -36,7 +37,21 @@ final class ControlServer: Sendable {
 
     private func serve(_ conn: LineChannel) {
         defer { conn.close() }
-        func reply(_ r: ControlReply) { try? conn.writeLine(ControlCodec.encode(r)) }
+        func reply(_ r: ControlReply) {
+            // Long file lists go out in parts: encoding 10,000 results in one go cost
+            // hsmd tens of MiB of transient memory.
+            var r = r
+            if let files = r.files, files.count > Self.filesPerLine {
+                var start = 0
+                while files.count - start > Self.filesPerLine {
+                    let part = Array(files[start..<start + Self.filesPerLine])
+                    try? conn.writeLine(ControlCodec.encode(ControlReply(type: .files, files: part)))
+                    start += Self.filesPerLine
+                }
+                r.files = Array(files[start...])
+            }
+            try? conn.writeLine(ControlCodec.encode(r))
+        }
         guard let line = try? conn.readLine() else { return }
         let request: ControlRequest
         do { request = try ControlCodec.decode(ControlRequest.self, line) } catch {

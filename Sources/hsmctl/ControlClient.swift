@@ -28,6 +28,7 @@ struct ControlClient {
         }
         defer { conn.close() }
         do { try conn.writeLine(ControlCodec.encode(request)) } catch { throw .unreachable("sending to hsmd: \(error)") }
+        var earlierFiles: [FileResult] = []
         while true {
             let line: [UInt8]?
             do { line = try conn.readLine() } catch { throw .unreachable("reading from hsmd: \(error)") }
@@ -38,8 +39,12 @@ struct ControlClient {
             }
             switch reply.type {
             case .progress: if let p = reply.progress { onProgress(p) }
+            case .files: earlierFiles += reply.files ?? []
             case .error: throw .refused(reply.message ?? "hsmd refused the request")
-            case .result: return reply
+            case .result:
+                var r = reply
+                if !earlierFiles.isEmpty { r.files = earlierFiles + (reply.files ?? []) }
+                return r
             }
         }
     }

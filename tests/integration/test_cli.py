@@ -421,3 +421,17 @@ def test_the_example_config_is_valid():
     example = Path(__file__).resolve().parents[2] / "Config" / "hsmd.toml"
     r = subprocess.run([str(HSMD), "--config", str(example), "--check-config"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
+
+
+def test_results_of_more_than_512_files_arrive_complete(hsm):
+    """hsmd sends long result lists in parts of 512; hsmctl must put them back together."""
+    d = hsm.mnt / "many"
+    d.mkdir()
+    for i in range(700):
+        (d / f"f{i:04d}").write_bytes(b"x" * 100)
+    r = hsm.ctl("migrate", "--json", d)
+    out = json.loads(r.stdout)
+    paths = sorted(f["path"] for f in out["files"])
+    assert paths == sorted(str(d / f"f{i:04d}") for i in range(700))
+    assert out["summary"]["done"] == 700
+    assert all(f["state"] == "released" for f in out["files"])
