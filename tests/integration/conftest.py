@@ -5,6 +5,7 @@ and its own hsmd process. Everything is torn down (hsmd stopped by pid, filesyst
 unmounted, folder removed) even when the test fails. Only filesystems created here are
 ever marked by hsmd.
 """
+import contextlib
 import hashlib
 import json
 import os
@@ -180,32 +181,32 @@ class HSM:
             shutil.rmtree(self.base, ignore_errors=True)
 
 
-@pytest.fixture
-def hsm():
-    """A running hsmd managing a fresh 1 GiB ext4 filesystem."""
+@contextlib.contextmanager
+def managed_filesystem(start):
+    """A fresh 1 GiB ext4 with its store (and hsmd if `start`), always torn down."""
     base = Path(tempfile.mkdtemp(prefix="hsmd-test-"))
     h = None
     try:
         h = HSM(base)
-        h.start()
+        if start:
+            h.start()
         yield h
     finally:
         if h is not None:
             h.cleanup()
         else:
             shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def hsm():
+    """A running hsmd managing a fresh 1 GiB ext4 filesystem."""
+    with managed_filesystem(start=True) as h:
+        yield h
 
 
 @pytest.fixture
 def hsm_stopped():
     """Like `hsm`, but hsmd is not started: for tests of startup and config."""
-    base = Path(tempfile.mkdtemp(prefix="hsmd-test-"))
-    h = None
-    try:
-        h = HSM(base)
+    with managed_filesystem(start=False) as h:
         yield h
-    finally:
-        if h is not None:
-            h.cleanup()
-        else:
-            shutil.rmtree(base, ignore_errors=True)
