@@ -26,10 +26,14 @@ public struct FileStatus: Sendable, Equatable {
     /// `objectExists` is asked only when blocks are offline.
     public static func derive(stat: FileStat, markerBytes: [UInt8]?, objectExists: (ObjectID) -> Bool) -> FileStatus {
         guard let bytes = markerBytes else { return FileStatus(state: .resident, offlineBytes: 0) }
-        let marker: Marker
-        do { marker = try MarkerCodec.decode(bytes) } catch {
+        do { return derive(stat: stat, marker: try MarkerCodec.decode(bytes), objectExists: objectExists) } catch {
             return FileStatus(state: .damaged, offlineBytes: 0, detail: "\(error)")
         }
+    }
+
+    /// The same, from a decoded marker (nil: no marker).
+    public static func derive(stat: FileStat, marker: Marker?, objectExists: (ObjectID) -> Bool) -> FileStatus {
+        guard let marker else { return FileStatus(state: .resident, offlineBytes: 0) }
         let offline = marker.offlineBytes(currentSize: stat.size)
         var s = FileStatus(state: .archived, offlineBytes: offline, object: marker.object)
         let offlineBlocks = marker.offline.setIndices().filter { marker.layout.range(ofBlock: $0).lowerBound < stat.size }

@@ -68,11 +68,10 @@ public protocol ObjectReader {
 /// One tier. Objects are immutable once put; a new archive of a file makes a new object.
 public protocol ObjectStore: Sendable {
     var name: String { get }
-    /// Copies the data ranges of `source` (fully resident) into a new object. With
-    /// `durable: false` the object is durable only after the next `makeDurable()`; no
-    /// marker may name it before then.
+    /// Copies the data ranges of `source` (fully resident) into a new object. It is
+    /// durable only after the next `makeDurable()`; no marker may name it before then.
     func put(_ source: FileDescriptor, stat: FileStat, blockShift: UInt8, originalPath: String,
-             xattrs: [String: [UInt8]], durable: Bool) throws(StoreError) -> ObjectRecord
+             xattrs: [String: [UInt8]]) throws(StoreError) -> ObjectRecord
     /// Makes every object put so far durable (one flush for many objects).
     func makeDurable() throws(StoreError)
     func record(_ id: ObjectID) throws(StoreError) -> ObjectRecord

@@ -40,7 +40,7 @@ public final class PosixStore: ObjectStore {
     // MARK: put
 
     public func put(_ source: FileDescriptor, stat: FileStat, blockShift: UInt8, originalPath: String,
-                    xattrs: [String: [UInt8]], durable: Bool) throws(StoreError) -> ObjectRecord {
+                    xattrs: [String: [UInt8]]) throws(StoreError) -> ObjectRecord {
         if let problem = healthProblem() {
             throw .io(SystemError(errno: ENOENT, operation: "archive to \(problem)", path: nil))
         }
@@ -104,7 +104,6 @@ public final class PosixStore: ObjectStore {
                     windowStart = range.upperBound
                 }
             }
-            if durable { try dest.sync() }
         } catch let e as StoreError {
             throw e
         } catch let e as SystemError {
@@ -119,8 +118,7 @@ public final class PosixStore: ObjectStore {
             extents: extents.map { [$0.lowerBound, $0.upperBound] },
             xattrs: xattrs.mapValues { Data($0).base64EncodedString() }, storedBytes: stored)
         try renameIntoPlace(partial, dataPath(id))
-        try writeRecord(record, durable: durable)
-        if durable { try syncDirectory(dir) }
+        try writeRecord(record)
         finished = true
         records.withLock { $0[id] = record }
         return record
@@ -152,7 +150,7 @@ public final class PosixStore: ObjectStore {
         } catch { throw .io(error) }
     }
 
-    private func writeRecord(_ record: ObjectRecord, durable: Bool) throws(StoreError) {
+    private func writeRecord(_ record: ObjectRecord) throws(StoreError) {
         let encoder = JSONEncoder()
         encoder.keyEncodingStrategy = .convertToSnakeCase
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -162,7 +160,6 @@ public final class PosixStore: ObjectStore {
             let fd = try FileDescriptor.open(partial, [.writeOnly, .create, .truncate], mode: 0o600)
             defer { fd.close() }
             try fd.write(bytes, at: 0)
-            if durable { try fd.sync() }
         } catch let e as SystemError {
             throw .io(e)
         } catch {
@@ -181,14 +178,6 @@ public final class PosixStore: ObjectStore {
             throw .io(SystemError(errno: errno, operation: "mkdir", path: d))
         }
         madeDirectories.withLock { _ = $0.insert(dir) }
-    }
-
-    private func syncDirectory(_ dir: String) throws(StoreError) {
-        do {
-            let fd = try FileDescriptor.open(dir, [.directory])
-            defer { fd.close() }
-            try fd.sync()
-        } catch { throw .io(error) }
     }
 
     // MARK: read, delete, list

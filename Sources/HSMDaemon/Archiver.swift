@@ -91,20 +91,13 @@ struct Archiver: Sendable {
         case finished(FileResult)
     }
 
-    /// Archives one file durably: stage, flush, commit.
-    func archive(_ path: String) -> FileResult {
-        switch stage(path, durable: true) {
-        case .finished(let r): return r
-        case .staged(let s): return commit(s)
-        }
-    }
-
-    /// Copies the file into its store (recalling a dirty file's offline part first).
-    func stage(_ path: String, durable: Bool) -> Staging {
+    /// Copies the file into its store (recalling a dirty file's offline part first). The
+    /// object is durable only after the store's next `makeDurable()`.
+    func stage(_ path: String) -> Staging {
         do {
             let (fd, st, fs) = try openManaged(path, [.readWrite, .noAccessTime])
             defer { fd.close() }
-            return try locks.withLock(st.inodeKey) { try stageLocked(fd, st, fs, durable: durable) }
+            return try locks.withLock(st.inodeKey) { try stageLocked(fd, st, fs) }
         } catch let r as Refusal {
             return .finished(r.result)
         } catch {
@@ -112,7 +105,7 @@ struct Archiver: Sendable {
         }
     }
 
-    private func stageLocked(_ fd: FileDescriptor, _ initial: FileStat, _ fs: ManagedFilesystem, durable: Bool) throws(Refusal) -> Staging {
+    private func stageLocked(_ fd: FileDescriptor, _ initial: FileStat, _ fs: ManagedFilesystem) throws(Refusal) -> Staging {
         var st = initial
         let old = try readMarker(fd)
         if let old {
@@ -135,7 +128,7 @@ struct Archiver: Sendable {
         }
         let record: ObjectRecord
         do {
-            record = try fs.store.put(fd, stat: st, blockShift: shift, originalPath: fd.path, xattrs: ownXattrs(fd), durable: durable)
+            record = try fs.store.put(fd, stat: st, blockShift: shift, originalPath: fd.path, xattrs: ownXattrs(fd))
         } catch {
             log.error("archive of \(fd.path) to store \(fs.store.name) failed: \(error)")
             throw Refusal(result: FileResult(path: fd.path, outcome: .failed, reason: "store \(fs.store.name): \(error)"))
@@ -186,7 +179,7 @@ struct Archiver: Sendable {
             let part = Array(paths[start..<min(start + chunk, paths.count)])
             start += part.count
             let t0 = monotonicNanos()
-            let staged = parallelMap(part, jobs: jobs) { stage($0, durable: false) }
+            let staged = parallelMap(part, jobs: jobs) { stage($0) }
             let t1 = monotonicNanos()
             var stores: [String: any ObjectStore] = [:]
             for case .staged(let s) in staged { stores[s.fs.store.name] = s.fs.store }
@@ -420,7 +413,7 @@ struct Archiver: Sendable {
     // MARK: Status
 
     private func statusOf(_ path: String, _ st: FileStat, _ marker: Marker?, _ fs: ManagedFilesystem) -> FileStatus {
-        FileStatus.derive(stat: st, markerBytes: marker.flatMap { try? MarkerCodec.encode($0) }, objectExists: { fs.store.contains($0) })
+        FileStatus.derive(stat: st, marker: marker, objectExists: { fs.store.contains($0) })
     }
 
     /// One row per regular file; directories are walked.

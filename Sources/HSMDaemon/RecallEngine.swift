@@ -164,12 +164,12 @@ final class RecallEngine: Sendable {
 
     private func handle(_ event: PendingEvent, key: InodeKey) {
         if event.isAnswered { return }
-        let fd = FileDescriptor(rawValue: event.fd, path: FileDescriptor.currentPath(of: event.fd))
         guard let fs = filesystems.filesystem(device: key.device) else {
             event.answer(.allow, group: group)
             return
         }
         var range = event.range
+        var opener: String?
         if event.atOpen {
             // Sparse-aware copiers probe holes with lseek(SEEK_DATA), which raises no
             // event: a released file would look empty to them. Bring it all back first.
@@ -178,8 +178,13 @@ final class RecallEngine: Sendable {
                 event.answer(.allow, group: group)
                 return
             }
-            log.info("\(program) (pid \(event.pid)) opens released file \(fd.path): recalling all of it first")
             range = 0..<Int64.max
+            opener = program
+        }
+        // The path (a readlink) only for events that recall: it names the file in errors.
+        let fd = FileDescriptor(rawValue: event.fd, path: FileDescriptor.currentPath(of: event.fd))
+        if let opener {
+            log.info("\(opener) (pid \(event.pid)) opens released file \(fd.path): recalling all of it first")
         }
         let started = monotonicNanos()
         var allowed = false

@@ -140,10 +140,10 @@ public enum KernelProbe {
     /// Creates and drops a pre-content group: does this kernel offer FAN_PRE_ACCESS?
     public static func preContentEvents() -> Result {
         do {
+            // Creating the group is the test: kernels without pre-content events refuse
+            // FAN_CLASS_PRE_CONTENT. Nothing is marked (marking "/" could stall the machine).
             let g = try FanotifyGroup.preContent()
-            defer { g.close() }
-            // Marking needs a real filesystem; marking "/" would be dangerous, so only
-            // check that the kernel knows the event bit on an inode mark that is removed at once.
+            g.close()
             return .ok
         } catch {
             return .failed(error.description)
