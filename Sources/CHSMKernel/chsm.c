@@ -492,3 +492,35 @@ int chsm_sync_file_range(int fd, int64_t offset, int64_t length, int wait) {
     if (wait) flags |= SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WAIT_AFTER;
     return sync_file_range(fd, offset, length, flags) < 0 ? -errno : 0;
 }
+
+// ---- References to inodes that do not open them ---------------------------------------
+
+#include <sched.h>
+#include <sys/syscall.h>
+
+int chsm_open_inode_ref(const char *path) {
+    int fd;
+    do { fd = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC); } while (fd < 0 && errno == EINTR);
+    return fd < 0 ? -errno : fd;
+}
+
+ssize_t chsm_inode_ref_getxattr(int fd, const char *name, void *buf, size_t len) {
+    char link[64];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = getxattr(link, name, buf, len);
+    return n < 0 ? -errno : n;
+}
+
+int chsm_fanotify_mark_inode_ref(int group, unsigned int flags, uint64_t mask, int fd) {
+    char link[64];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    return fanotify_mark(group, flags, mask, AT_FDCWD, link) < 0 ? -errno : 0;
+}
+
+int chsm_thread_idle_priority(void) {
+    struct sched_param p = { .sched_priority = 0 };
+    if (sched_setscheduler(0, SCHED_IDLE, &p) < 0) return -errno;
+    // ioprio_set(IOPRIO_WHO_PROCESS, this thread, IOPRIO_CLASS_IDLE << 13): no glibc wrapper.
+    if (syscall(SYS_ioprio_set, 1, 0, 3 << 13) < 0) return -errno;
+    return 0;
+}

@@ -20,7 +20,7 @@ public struct Config: Equatable, Sendable {
     public var logLevel: String = "info"
     /// Threads that copy data back from stores.
     public var recallThreads: Int = 4
-    /// A recall not finished by then fails the program's access with ETIMEDOUT.
+    /// A recall not finished by then fails the program's access with EIO.
     public var recallTimeoutSeconds: Int64 = 120
     /// Largest read-ahead window a sequential reader grows to.
     public var readaheadMaxBytes: Int64 = 64 << 20
@@ -30,6 +30,9 @@ public struct Config: Equatable, Sendable {
     public var fullRecallPrograms: [String] = ["cp", "mv", "tar", "bsdtar", "cpio", "install"]
     /// The change journal (a second fanotify group recording changed directories per epoch).
     public var journal: Bool = true
+    /// How many resident files per filesystem hsmd ignore-marks in a background walk at
+    /// start, so their first access costs no round trip to hsmd; 0: no walk.
+    public var premarkFiles: Int = 200_000
     public var stores: [Store] = []
     public var filesystems: [Filesystem] = []
 
@@ -95,6 +98,10 @@ public struct Config: Equatable, Sendable {
             case "journal":
                 guard let b = value.bool else { throw Error("journal: expected true or false, found \(value.type)") }
                 c.journal = b
+            case "premark_files":
+                let n = try int(value, key)
+                guard (0...1_000_000_000).contains(n) else { throw Error("premark_files: \(n) is out of range (0 turns the walk off; at most 1000000000)") }
+                c.premarkFiles = n
             case "store":
                 for (i, entry) in try arrayOfTables(value, key).enumerated() {
                     c.stores.append(try parseStore(entry, "store[\(i)]"))
@@ -104,7 +111,7 @@ public struct Config: Equatable, Sendable {
                     c.filesystems.append(try parseFilesystem(entry, "filesystem[\(i)]"))
                 }
             default:
-                throw Error("unknown key \"\(key)\" (known: socket, state_dir, log_level, recall_threads, recall_timeout, readahead_max, full_recall_programs, journal, [[store]], [[filesystem]])")
+                throw Error("unknown key \"\(key)\" (known: socket, state_dir, log_level, recall_threads, recall_timeout, readahead_max, full_recall_programs, journal, premark_files, [[store]], [[filesystem]])")
             }
         }
         try c.validate()

@@ -65,6 +65,7 @@ public enum Daemon {
         let engine = RecallEngine(group: group, filesystems: filesystems, locks: locks, config: config, log: log)
         let events = EventLoop(group: group, engine: engine, log: log)
         let archiver = Archiver(group: group, filesystems: filesystems, locks: locks, engine: engine, log: log)
+        let premarker = ResidentPremarker(group: group, filesystems: filesystems.all, locks: locks, limit: config.premarkFiles, log: log)
         let fsList = filesystems.all.map { "\($0.path) (\($0.type), store \($0.store.name))" }.joined(separator: "; ")
         let server: ControlServer
         do {
@@ -72,6 +73,7 @@ public enum Daemon {
                 ["version": version, "pid": "\(getpid())", "filesystems": fsList,
                  "uptime_seconds": "\(Int(Date().timeIntervalSince(started)))",
                  "events": "\(events.eventsSeen.load(ordering: .relaxed))",
+                 "premark": premarker.summary,
                  "journal": journal.map { "on, \($0.eventsRead.load(ordering: .relaxed)) events, \($0.transactions.load(ordering: .relaxed)) transactions" } ?? "off"]
             }
         } catch {
@@ -86,6 +88,7 @@ public enum Daemon {
             return 1
         }
         server.start()
+        premarker.start()
         startWatchdog(events, log: log)
         log.notice("hsmd \(version) ready: managing \(fsList); control socket \(config.socket)")
         SystemdNotify.send("READY=1\nSTATUS=managing \(filesystems.all.count) filesystem(s)")
@@ -96,6 +99,7 @@ public enum Daemon {
         log.notice("received \(sig == SIGTERM ? "SIGTERM" : "SIGINT"), stopping")
         SystemdNotify.send("STOPPING=1")
         server.stop()
+        premarker.stop()
         events.stop()
         engine.stop()
         journal?.stop()

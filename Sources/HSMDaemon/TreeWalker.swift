@@ -6,6 +6,12 @@ enum TreeWalker {
     /// Unreadable directories are reported through `visit`'s caller as skipped entries.
     static func walk(_ root: String, device: UInt64, onError: (String, SystemError) -> Void = { _, _ in },
                      _ visit: (String, FileStat) -> Void) {
+        walkWhile(root, device: device, onError: onError) { p, st in visit(p, st); return true }
+    }
+
+    /// The same walk, ending early once `visit` returns false.
+    static func walkWhile(_ root: String, device: UInt64, onError: (String, SystemError) -> Void = { _, _ in },
+                          _ visit: (String, FileStat) -> Bool) {
         var stack = [root]
         while let dir = stack.popLast() {
             let names: [String]
@@ -18,7 +24,7 @@ enum TreeWalker {
                     if st.device == device { subdirs.append(p) }
                     continue
                 }
-                visit(p, st)
+                if !visit(p, st) { return }
             }
             stack += subdirs.reversed()
         }

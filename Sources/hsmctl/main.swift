@@ -272,6 +272,8 @@ struct Doctor: ParsableCommand {
             let info = reply.info ?? [:]
             line(true, "hsmd \(info["version"] ?? "?") answers on \(client.socket) (pid \(info["pid"] ?? "?"), up \(info["uptime_seconds"] ?? "?") s, \(info["events"] ?? "?") events)")
             line(true, "managed: \(info["filesystems"] ?? "none")")
+            if let premark = info["premark"] { line(true, "resident-file walk at start: \(premark)") }
+            if let journal = info["journal"] { line(true, "change journal: \(journal)") }
         } catch {
             switch error {
             case .unreachable(let m), .refused(let m): line(false, m)

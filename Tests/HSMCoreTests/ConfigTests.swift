@@ -187,6 +187,14 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(try Config.parse("recall_threads = 256").recallThreads, 256)
     }
 
+    func testPremarkFiles() throws {
+        XCTAssertEqual(try Config.parse("").premarkFiles, 200_000)
+        XCTAssertEqual(try Config.parse("premark_files = 0").premarkFiles, 0)
+        XCTAssertEqual(try Config.parse("premark_files = 5000000").premarkFiles, 5_000_000)
+        assertRefused("premark_files = -1", naming: ["premark_files", "-1"])
+        assertRefused("premark_files = \"all\"", naming: ["premark_files", "integer"])
+    }
+
     func testBadDurationsAndSizes() {
         assertRefused("recall_timeout = \"0s\"", naming: ["recall_timeout"])
         assertRefused("recall_timeout = 0", naming: ["recall_timeout"])

@@ -195,4 +195,19 @@ void chsm_tune_malloc(void);
 /// sync_file_range: start writeback of the range, and with `wait` also wait for it.
 int chsm_sync_file_range(int fd, int64_t offset, int64_t length, int wait);
 
+
+// ---- References to inodes that do not open them ---------------------------------------
+
+/// open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC): names one inode without opening the file
+/// (no fanotify open event, no lease break, no atime). fd or -errno.
+int chsm_open_inode_ref(const char *path);
+/// getxattr of the inode an O_PATH fd names (through /proc/self/fd). Bytes, or -errno
+/// (-ENODATA: no such attribute).
+ssize_t chsm_inode_ref_getxattr(int fd, const char *name, void *buf, size_t len);
+/// fanotify_mark of the inode an O_PATH fd names (through /proc/self/fd, which resolves to
+/// exactly that inode whatever happened to its name since). 0 or -errno.
+int chsm_fanotify_mark_inode_ref(int group, unsigned int flags, uint64_t mask, int fd);
+/// Puts the calling thread at idle CPU (SCHED_IDLE) and idle I/O priority. 0 or -errno.
+int chsm_thread_idle_priority(void);
+
 #endif /* CHSM_H */
