@@ -231,9 +231,11 @@ final class Journal: Sendable {
                 _ = read(wakePipe.read, &buf, buf.count)
                 drainAll = true
             }
-            var read = 0
+            var read = 0, directed = 0
             for i in watched.indices where drainAll || fds[i].revents != 0 {
-                read += drain(i, readers[i], &masksSeen)
+                let n = drain(i, readers[i], &masksSeen)
+                read += n.events
+                directed += n.directed
             }
             if drainAll {
                 // Everything a waiter's changes queued in the kernel is read now: pass the
@@ -241,10 +243,14 @@ final class Journal: Sendable {
                 let barriers = pendingBarriers.withLock { b -> [Barrier] in defer { b.removeAll() }; return b }
                 enqueue(barriers.map { .barrier($0) })
             }
-            if !stopping && read > 0 && read < Self.batchEvents {
-                // Nobody waits for a notification event: letting them gather for a few ms
-                // turns one wakeup of this thread per event (an `rm -r` raises one per file)
-                // into one per batch. A sync or stop request still ends the pause at once.
+            if !stopping && read > 0 && read < Self.batchEvents && directed == 0 {
+                // A batch of nothing but events that name no directory: the link-count
+                // FAN_ATTRIB the kernel raises on the file at every unlink, which no ignore
+                // mark stops. Letting them gather for a few ms turns a wakeup of this thread
+                // per unlink into one per batch. Never after events naming a directory: one
+                // not yet ignore-marked keeps sending events until its mark is placed, and a
+                // pause would let a program fill whole new directories meanwhile. A sync or
+                // stop request ends the pause at once.
                 var control = [fds[fds.count - 2], fds[fds.count - 1]]
                 _ = poll(&control, 2, Self.batchPauseMs)
             }
@@ -262,17 +268,18 @@ final class Journal: Sendable {
     static let batchPauseMs: Int32 = 10
     static let batchEvents = 4096
 
-    /// Reads every queued event of filesystem `fs`; returns how many.
-    private func drain(_ fs: Int, _ reader: DirectoryEventReader, _ kinds: inout [UInt64: Int]) -> Int {
-        var total = 0
+    /// Reads every queued event of filesystem `fs`; returns how many, and how many of
+    /// them named a directory.
+    private func drain(_ fs: Int, _ reader: DirectoryEventReader, _ kinds: inout [UInt64: Int]) -> (events: Int, directed: Int) {
+        var total = 0, directed = 0
         while true {
             let events: [DirectoryEvent]
             do { events = try reader.next() } catch {
                 log.error("change journal: reading events of \(watched[fs].path) failed: \(error)")
                 enqueue(.overflow(fs: fs, epoch: currentEpoch(fs)))
-                return total
+                return (total, directed)
             }
-            if events.isEmpty { return total }
+            if events.isEmpty { return (total, directed) }
             total += events.count
             eventsRead.add(UInt64(events.count), ordering: .relaxed)
             for e in events { kinds[e.mask, default: 0] += 1 }
@@ -291,6 +298,7 @@ final class Journal: Sendable {
                     if e.isDirectoryRename, let moved = e.object {
                         ops.append(.moved(fs: fs, epoch: s[fs].epoch, handle: moved))
                     }
+                    if !e.directories.isEmpty { directed += 1 }
                     for h in e.directories {
                         if s[fs].seen.insert(h).inserted {
                             ops.append(.record(fs: fs, epoch: s[fs].epoch, handle: h))
