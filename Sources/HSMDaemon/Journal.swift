@@ -8,7 +8,7 @@ import Synchronization
 
 /// The change journal: which directories changed, per epoch, per managed filesystem.
 ///
-/// Threads: `hsmd-journal` reads every filesystem's notification group and does no I/O
+/// Threads: `hsmd-journal` reads every filesystem's two notification groups and does no I/O
 /// but reading them: it drops directories already recorded in the current epoch (an
 /// in-memory set) and queues the new ones. `hsmd-journal-db` resolves each new directory's
 /// ancestors (open_by_handle_at, "..", name_to_handle_at), ignore-marks them so the
@@ -212,7 +212,8 @@ final class Journal: Sendable {
             usleep(UInt32(pauseAtStartMs) * 1000)
         }
         let readers = watched.map { DirectoryEventReader(group: $0.group) }
-        var fds = watched.map { pollfd(fd: $0.group.fd, events: Int16(POLLIN), revents: 0) }
+        // Both groups of each filesystem, in `watched` order: fds[2i] and fds[2i + 1].
+        var fds = watched.flatMap { $0.group.fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) } }
         fds.append(pollfd(fd: wakePipe.read, events: Int16(POLLIN), revents: 0))
         fds.append(pollfd(fd: stopPipe.read, events: Int16(POLLIN), revents: 0))
         var stopping = false
@@ -231,28 +232,14 @@ final class Journal: Sendable {
                 _ = read(wakePipe.read, &buf, buf.count)
                 drainAll = true
             }
-            var read = 0, directed = 0
-            for i in watched.indices where drainAll || fds[i].revents != 0 {
-                let n = drain(i, readers[i], &masksSeen)
-                read += n.events
-                directed += n.directed
+            for i in watched.indices where drainAll || fds[2 * i].revents != 0 || fds[2 * i + 1].revents != 0 {
+                drain(i, readers[i], &masksSeen)
             }
             if drainAll {
                 // Everything a waiter's changes queued in the kernel is read now: pass the
                 // barrier to the writer, which signals it after committing what came before.
                 let barriers = pendingBarriers.withLock { b -> [Barrier] in defer { b.removeAll() }; return b }
                 enqueue(barriers.map { .barrier($0) })
-            }
-            if !stopping && read > 0 && read < Self.batchEvents && directed == 0 {
-                // A batch of nothing but events that name no directory: the link-count
-                // FAN_ATTRIB the kernel raises on the file at every unlink, which no ignore
-                // mark stops. Letting them gather for a few ms turns a wakeup of this thread
-                // per unlink into one per batch. Never after events naming a directory: one
-                // not yet ignore-marked keeps sending events until its mark is placed, and a
-                // pause would let a program fill whole new directories meanwhile. A sync or
-                // stop request ends the pause at once.
-                var control = [fds[fds.count - 2], fds[fds.count - 1]]
-                _ = poll(&control, 2, Self.batchPauseMs)
             }
             if stopping {
                 let kinds = masksSeen.sorted { $0.value > $1.value }.prefix(8).map { "0x\(String($0.key, radix: 16)): \($0.value)" }
@@ -262,25 +249,15 @@ final class Journal: Sendable {
         }
     }
 
-    /// The pause between reads while events trickle in, and the batch size above which
-    /// the reader does not pause: the kernel queue holds 16,384 events, so at these
-    /// figures it would take over 1.6 million events/s to overflow it during a pause.
-    static let batchPauseMs: Int32 = 10
-    static let batchEvents = 4096
-
-    /// Reads every queued event of filesystem `fs`; returns how many, and how many of
-    /// them named a directory.
-    private func drain(_ fs: Int, _ reader: DirectoryEventReader, _ kinds: inout [UInt64: Int]) -> (events: Int, directed: Int) {
-        var total = 0, directed = 0
+    private func drain(_ fs: Int, _ reader: DirectoryEventReader, _ kinds: inout [UInt64: Int]) {
         while true {
             let events: [DirectoryEvent]
             do { events = try reader.next() } catch {
                 log.error("change journal: reading events of \(watched[fs].path) failed: \(error)")
                 enqueue(.overflow(fs: fs, epoch: currentEpoch(fs)))
-                return (total, directed)
+                return
             }
-            if events.isEmpty { return (total, directed) }
-            total += events.count
+            if events.isEmpty { return }
             eventsRead.add(UInt64(events.count), ordering: .relaxed)
             for e in events { kinds[e.mask, default: 0] += 1 }
             var ops: [Op] = []
@@ -298,7 +275,6 @@ final class Journal: Sendable {
                     if e.isDirectoryRename, let moved = e.object {
                         ops.append(.moved(fs: fs, epoch: s[fs].epoch, handle: moved))
                     }
-                    if !e.directories.isEmpty { directed += 1 }
                     for h in e.directories {
                         if s[fs].seen.insert(h).inserted {
                             ops.append(.record(fs: fs, epoch: s[fs].epoch, handle: h))

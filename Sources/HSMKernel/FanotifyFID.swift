@@ -98,21 +98,32 @@ public struct DirectoryEvent: Sendable {
     }
 }
 
-/// A notification group that reports directory file handles instead of fds:
-/// FAN_CLASS_NOTIF | FAN_REPORT_DFID_NAME | FAN_REPORT_FID (| FAN_REPORT_TARGET_FID). Its queue is bounded (no
-/// FAN_UNLIMITED_QUEUE) on purpose: an overflow is reported and marks the journal's
-/// epoch incomplete, instead of hsmd's memory growing without limit.
+/// The journal's notification groups for one filesystem, reporting directory file handles
+/// instead of fds. Two groups, because of one kernel fact (docs/KERNEL-FACTS.md): every
+/// unlink raises FAN_ATTRIB on the file itself (its link count), with no parent, so no
+/// directory's ignore mark can stop it; a group with FAN_REPORT_FID receives it, a group
+/// reporting only FAN_REPORT_DFID_NAME is never sent it. So:
+/// - `fd`: FAN_CLASS_NOTIF | FAN_REPORT_DFID_NAME | FAN_REPORT_FID | FAN_REPORT_TARGET_FID,
+///   for entry changes (create, delete, moves), data changes (modify, close-write);
+/// - `attributeFD`: FAN_CLASS_NOTIF | FAN_REPORT_DFID_NAME, for FAN_ATTRIB (chmod, chown,
+///   utimes, setxattr), reported with the parent (or the directory itself).
+/// Their queues are bounded (no FAN_UNLIMITED_QUEUE) on purpose: an overflow is reported
+/// and marks the journal's epoch incomplete, instead of hsmd's memory growing without limit.
 public struct DirectoryChangeGroup: Sendable {
     public let fd: Int32
+    public let attributeFD: Int32
+    public var fds: [Int32] { [fd, attributeFD] }
 
-    /// Everything that changes a directory's entries or an entry's data or metadata.
-    /// Moves as FAN_MOVED_FROM + FAN_MOVED_TO rather than FAN_RENAME: each of those is an
-    /// event of ONE directory, so an already-recorded directory's ignore mark can swallow
-    /// it while a move into a directory not yet recorded still arrives. A FAN_RENAME
-    /// event names both parents and is dropped when an ignore mark on either matches
-    /// (fanotify ORs the ignore masks of all marks involved), so it could never be
+    /// What `fd` listens for: everything that changes a directory's entries or an entry's
+    /// data. Moves as FAN_MOVED_FROM + FAN_MOVED_TO rather than FAN_RENAME: each of those
+    /// is an event of ONE directory, so an already-recorded directory's ignore mark can
+    /// swallow it while a move into a directory not yet recorded still arrives. A
+    /// FAN_RENAME event names both parents and is dropped when an ignore mark on either
+    /// matches (fanotify ORs the ignore masks of all marks involved), so it could never be
     /// ignored, and a tree of renames would send every one of them to hsmd.
-    public static let events: UInt64 = UInt64(FAN_CREATE | FAN_DELETE | FAN_MOVED_FROM | FAN_MOVED_TO | FAN_MODIFY | FAN_ATTRIB | FAN_CLOSE_WRITE | FAN_ONDIR)
+    public static let events: UInt64 = UInt64(FAN_CREATE | FAN_DELETE | FAN_MOVED_FROM | FAN_MOVED_TO | FAN_MODIFY | FAN_CLOSE_WRITE | FAN_ONDIR)
+    /// What `attributeFD` listens for.
+    public static let attributeEvents: UInt64 = UInt64(FAN_ATTRIB | FAN_ONDIR)
     /// What an already-recorded directory's ignore mark suppresses: the events of its
     /// non-directory entries. FAN_ONDIR is left out: with it, the parent's mark would also
     /// swallow events of a subdirectory itself (chmod of the subdirectory is reported to
@@ -120,7 +131,10 @@ public struct DirectoryChangeGroup: Sendable {
     /// directories must also arrive (the moved tree is remembered).
     public static let ignoredOnRecordedDirectory: UInt64 = UInt64(FAN_CREATE | FAN_DELETE | FAN_MOVED_FROM | FAN_MOVED_TO | FAN_MODIFY | FAN_ATTRIB | FAN_CLOSE_WRITE | FAN_EVENT_ON_CHILD)
 
-    public init(fd: Int32) { self.fd = fd }
+    public init(fd: Int32, attributeFD: Int32) {
+        self.fd = fd
+        self.attributeFD = attributeFD
+    }
 
     public static func open() throws(SystemError) -> DirectoryChangeGroup {
         // FAN_REPORT_TARGET_FID: without it the kernel leaves the entry's own handle out of
@@ -129,12 +143,17 @@ public struct DirectoryChangeGroup: Sendable {
         let flags = UInt32(FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK | FAN_REPORT_DFID_NAME | FAN_REPORT_FID | FAN_REPORT_TARGET_FID)
         let fd = chsm_fanotify_init(flags, UInt32(O_RDONLY | O_CLOEXEC))
         try SystemError.check(fd, "fanotify_init(FAN_CLASS_NOTIF|FAN_REPORT_DFID_NAME|FAN_REPORT_FID|FAN_REPORT_TARGET_FID)")
-        return DirectoryChangeGroup(fd: fd)
+        let attributeFD = chsm_fanotify_init(UInt32(FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK | FAN_REPORT_DFID_NAME), UInt32(O_RDONLY | O_CLOEXEC))
+        if attributeFD < 0 { _ = Glibc.close(fd) }
+        try SystemError.check(attributeFD, "fanotify_init(FAN_CLASS_NOTIF|FAN_REPORT_DFID_NAME)")
+        return DirectoryChangeGroup(fd: fd, attributeFD: attributeFD)
     }
 
     public func markFilesystem(_ path: String) throws(SystemError) {
         let r = chsm_fanotify_mark(fd, UInt32(FAN_MARK_ADD | FAN_MARK_FILESYSTEM), Self.events, AT_FDCWD, path)
         try SystemError.check(r, "fanotify_mark(FAN_MARK_FILESYSTEM, journal events)", path)
+        let a = chsm_fanotify_mark(attributeFD, UInt32(FAN_MARK_ADD | FAN_MARK_FILESYSTEM), Self.attributeEvents, AT_FDCWD, path)
+        try SystemError.check(a, "fanotify_mark(FAN_MARK_FILESYSTEM, journal attribute events)", path)
     }
 
     /// An evictable ignore mark on a directory: the kernel stops sending the events of
@@ -145,21 +164,30 @@ public struct DirectoryChangeGroup: Sendable {
         let flags = UInt32(FAN_MARK_ADD | FAN_MARK_IGNORE | FAN_MARK_IGNORED_SURV_MODIFY | FAN_MARK_EVICTABLE)
         // Measured: an O_PATH fd with a NULL pathname is refused (EBADF); "." looked up
         // relative to it names the same directory and is accepted.
-        let r = chsm_fanotify_mark(fd, flags, Self.ignoredOnRecordedDirectory, dirFD, ".")
-        try SystemError.check(r, "fanotify_mark(FAN_MARK_IGNORE, directory)", path)
+        for group in fds {
+            let r = chsm_fanotify_mark(group, flags, Self.ignoredOnRecordedDirectory, dirFD, ".")
+            try SystemError.check(r, "fanotify_mark(FAN_MARK_IGNORE, directory)", path)
+        }
     }
 
     /// Removes every inode mark of the group (the ignore marks), keeping the filesystem mark.
     public func flushInodeMarks() throws(SystemError) {
-        try SystemError.check(chsm_fanotify_mark(fd, UInt32(FAN_MARK_FLUSH), 0, AT_FDCWD, nil), "fanotify_mark(FAN_MARK_FLUSH)")
+        for group in fds {
+            try SystemError.check(chsm_fanotify_mark(group, UInt32(FAN_MARK_FLUSH), 0, AT_FDCWD, nil), "fanotify_mark(FAN_MARK_FLUSH)")
+        }
     }
 
     /// Bytes of events waiting in the kernel queue.
     public func queuedBytes() throws(SystemError) -> Int {
-        Int(try SystemError.check(chsm_fanotify_queued(fd), "ioctl(fanotify, FIONREAD)"))
+        var total = 0
+        for group in fds { total += Int(try SystemError.check(chsm_fanotify_queued(group), "ioctl(fanotify, FIONREAD)")) }
+        return total
     }
 
-    public func close() { _ = Glibc.close(fd) }
+    public func close() {
+        _ = Glibc.close(fd)
+        _ = Glibc.close(attributeFD)
+    }
 }
 
 /// Reads and parses batches of directory events; owns its buffers, one reader per thread.
@@ -177,16 +205,21 @@ public final class DirectoryEventReader {
 
     deinit { buffer.deallocate() }
 
-    /// The events queued now; [] when none (the group is non-blocking).
+    /// The events queued now in both groups; [] when none (the groups are non-blocking).
     public func next() throws(SystemError) -> [DirectoryEvent] {
+        var out: [DirectoryEvent] = []
+        for fd in group.fds { try read(fd, into: &out) }
+        return out
+    }
+
+    private func read(_ fd: Int32, into out: inout [DirectoryEvent]) throws(SystemError) {
         let max = Int32(parsed.count)
         let n = parsed.withUnsafeMutableBufferPointer { p in
-            chsm_fanotify_read_fid(group.fd, buffer.baseAddress, buffer.count, p.baseAddress, max)
+            chsm_fanotify_read_fid(fd, buffer.baseAddress, buffer.count, p.baseAddress, max)
         }
-        if n == -EAGAIN { return [] }
+        if n == -EAGAIN { return }
         try SystemError.check(n, "read(fanotify journal group)")
-        var out: [DirectoryEvent] = []
-        out.reserveCapacity(Int(n))
+        out.reserveCapacity(out.count + Int(n))
         for i in 0..<Int(n) {
             let e = parsed[i]
             var dirs: [InodeHandle] = []
@@ -195,6 +228,5 @@ public final class DirectoryEventReader {
             out.append(DirectoryEvent(mask: e.mask, pid: e.pid, directories: dirs,
                                       object: e.has_object != 0 ? InodeHandle(e.object) : nil))
         }
-        return out
     }
 }
