@@ -14,7 +14,7 @@ public final class PosixStore: ObjectStore {
     public let name: String
     public let root: String
     static let writeBackWindow: Int64 = 32 << 20
-    private let records = Mutex<[ObjectID: ObjectRecord]>([:])
+    private let records = Mutex(RecordCache())
     /// Source devices copy_file_range cannot copy from into this store (EXDEV): asking
     /// again for every file would cost a syscall each.
     private let noKernelCopy = Mutex<Set<UInt64>>([])
@@ -120,7 +120,7 @@ public final class PosixStore: ObjectStore {
         try renameIntoPlace(partial, dataPath(id))
         try writeRecord(record)
         finished = true
-        records.withLock { $0[id] = record }
+        records.withLock { $0.insert(record) }
         return record
     }
 
@@ -206,10 +206,7 @@ public final class PosixStore: ObjectStore {
         guard record.object == id, record.checksums.count == record.layout.blockCount else {
             throw .badRecord(id, path: path, reason: "object id or block count inconsistent")
         }
-        records.withLock { cache in
-            if cache.count > 4096 { cache.removeAll() }
-            cache[id] = record
-        }
+        records.withLock { $0.insert(record) }
         return record
     }
 
@@ -224,7 +221,7 @@ public final class PosixStore: ObjectStore {
     }
 
     public func delete(_ id: ObjectID) throws(StoreError) {
-        records.withLock { _ = $0.removeValue(forKey: id) }
+        records.withLock { $0.remove(id) }
         for p in [recordPath(id), dataPath(id)] where unlink(p) != 0 && errno != ENOENT {
             throw .io(SystemError(errno: errno, operation: "unlink", path: p))
         }

@@ -18,7 +18,7 @@ final class BlockPipeline: @unchecked Sendable {
     private let finished = DispatchSemaphore(value: 0)
     private let cancelled = Atomic<Bool>(false)
 
-    init(blocks: [Int], reader: any ObjectReader, blockSize: Int, depth: Int = 3) {
+    init(blocks: [Int], reader: any ObjectReader, blockSize: Int, depth: Int = 2) {
         self.blocks = blocks
         self.reader = reader
         buffers = (0..<depth).map { _ in .allocate(byteCount: blockSize, alignment: 4096) }

@@ -290,8 +290,6 @@ final class RecallEngine: Sendable {
         defer { reader.close() }
         let wasClean = st.size == marker.size && st.mtimeNs == marker.mtimeNs
         let objectData = record.dataExtents
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(layout.blockSize), alignment: 4096)
-        defer { buffer.deallocate() }
         var written: Int64 = 0
 
         /// Writes one verified block into the holes of the file.
@@ -329,11 +327,13 @@ final class RecallEngine: Sendable {
                         if placed % 8 == 0 { try? persist(marker, fd) }
                         answerSatisfied(key, marker, fileSize: st.size)
                     }
-                } else {
-                    for b in blocks {
-                        _ = try reader.read(block: b, into: buffer)
-                        try place(b, buffer)
-                    }
+                } else if let b = blocks.first {
+                    // Allocated here, not for every recall: the pipeline brings its own
+                    // buffers, and a block-sized one per recall thread adds up.
+                    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(layout.blockSize), alignment: 4096)
+                    defer { buffer.deallocate() }
+                    _ = try reader.read(block: b, into: buffer)
+                    try place(b, buffer)
                 }
                 marker.flags.remove(.objectDamaged)
             } catch {
