@@ -318,10 +318,10 @@ int chsm_fanotify_read_fid(int group, void *buf, size_t buflen, chsm_fid_event *
     struct fanotify_event_metadata *md = buf;
     while (FAN_EVENT_OK(md, len) && n < maxout) {
         chsm_fid_event *e = &out[n++];
+        // Whole entry: the caller's array is left uninitialized.
+        memset(e, 0, sizeof *e);
         e->mask = md->mask;
         e->pid = md->pid;
-        e->ndirs = 0;
-        e->has_object = 0;
         // A FID group never opens fds; FAN_NOFD is expected. Close one defensively.
         if (md->fd >= 0) close(md->fd);
         char *p = (char *)md + md->metadata_len;
