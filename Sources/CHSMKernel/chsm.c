@@ -425,6 +425,10 @@ void chsm_tune_malloc(void) {
     mallopt(M_ARENA_MAX, 2);
 }
 
+void chsm_trim_malloc(void) {
+    malloc_trim(0);
+}
+
 int chsm_sync_file_range(int fd, int64_t offset, int64_t length, int wait) {
     unsigned int flags = SYNC_FILE_RANGE_WRITE;
     if (wait) flags |= SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WAIT_AFTER;

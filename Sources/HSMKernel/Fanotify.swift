@@ -134,6 +134,10 @@ public final class FanotifyReader {
 public enum Memory {
     /// Call once at start, before threads: see chsm_tune_malloc.
     public static func keepResidentSetSmall() { chsm_tune_malloc() }
+    /// Returns the free pages inside malloc's arenas to the kernel. glibc trims only the
+    /// top of an arena by itself; after an operation on thousands of files the holes in
+    /// the middle stay resident (about 2 MiB after a 10,000-file migrate). Takes a few ms.
+    public static func returnFreePages() { chsm_trim_malloc() }
 }
 
 public enum KernelProbe {
