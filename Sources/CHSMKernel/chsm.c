@@ -380,10 +380,10 @@ int chsm_fanotify_read_fid(int group, void *buf, size_t buflen, chsm_fid_event *
     struct fanotify_event_metadata *md = buf;
     while (FAN_EVENT_OK(md, len) && n < maxout) {
         chsm_fid_event *e = &out[n++];
+        // Whole entry: the caller's array is left uninitialized.
+        memset(e, 0, sizeof *e);
         e->mask = md->mask;
         e->pid = md->pid;
-        e->ndirs = 0;
-        e->has_object = 0;
         // A FID group never opens fds; FAN_NOFD is expected. Close one defensively.
         if (md->fd >= 0) close(md->fd);
         char *p = (char *)md + md->metadata_len;
@@ -485,6 +485,10 @@ void chsm_tune_malloc(void) {
     // memory (measured: 227 MiB peak RSS); two arenas are plenty for hsmd's few threads.
     mallopt(M_MMAP_THRESHOLD, 256 * 1024);
     mallopt(M_ARENA_MAX, 2);
+}
+
+void chsm_trim_malloc(void) {
+    malloc_trim(0);
 }
 
 int chsm_sync_file_range(int fd, int64_t offset, int64_t length, int wait) {

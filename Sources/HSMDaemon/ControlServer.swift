@@ -15,6 +15,7 @@ final class ControlServer: Sendable {
     let log: Logger
     let info: @Sendable () -> [String: String]
     static let filesPerLine = 512
+    static let trimAfterFiles = 1000
 
     init(socketPath: String, archiver: Archiver, journal: Journal? = nil, log: Logger, info: @escaping @Sendable () -> [String: String]) throws(SystemError) {
         listener = try UnixListener.listen(socketPath, mode: 0o600)
@@ -36,8 +37,15 @@ final class ControlServer: Sendable {
     func stop() { listener.shutdown() }
 
     private func serve(_ conn: LineChannel) {
-        defer { conn.close() }
+        var filesHandled = 0
+        defer {
+            conn.close()
+            // After thousands of files the arenas hold freed holes: give them back, so the
+            // next operation's peak does not stack on this one's leftovers.
+            if filesHandled >= Self.trimAfterFiles { Memory.returnFreePages() }
+        }
         func reply(_ r: ControlReply) {
+            filesHandled += (r.files?.count ?? 0) + (r.status?.count ?? 0)
             // Long file lists go out in parts: encoding 10,000 results in one go cost
             // hsmd tens of MiB of transient memory.
             var r = r

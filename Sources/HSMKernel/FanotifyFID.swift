@@ -194,16 +194,21 @@ public struct DirectoryChangeGroup: Sendable {
 public final class DirectoryEventReader {
     private let group: DirectoryChangeGroup
     private let buffer: UnsafeMutableRawBufferPointer
-    private var parsed: [chsm_fid_event]
+    /// Left uninitialized: the C parser writes each entry it returns (filling all 1,638
+    /// up front kept 707 KiB resident for batches that are mostly small).
+    private let parsed: UnsafeMutableBufferPointer<chsm_fid_event>
 
     public init(group: DirectoryChangeGroup, bufferSize: Int = 64 * 1024) {
         self.group = group
         buffer = .allocate(byteCount: bufferSize, alignment: 8)
         // The smallest event (metadata + one DFID record of an 8-byte handle) is > 40 bytes.
-        parsed = [chsm_fid_event](repeating: chsm_fid_event(), count: bufferSize / 40)
+        parsed = .allocate(capacity: bufferSize / 40)
     }
 
-    deinit { buffer.deallocate() }
+    deinit {
+        buffer.deallocate()
+        parsed.deallocate()
+    }
 
     /// The events queued now in both groups; [] when none (the groups are non-blocking).
     public func next() throws(SystemError) -> [DirectoryEvent] {
@@ -213,10 +218,7 @@ public final class DirectoryEventReader {
     }
 
     private func read(_ fd: Int32, into out: inout [DirectoryEvent]) throws(SystemError) {
-        let max = Int32(parsed.count)
-        let n = parsed.withUnsafeMutableBufferPointer { p in
-            chsm_fanotify_read_fid(fd, buffer.baseAddress, buffer.count, p.baseAddress, max)
-        }
+        let n = chsm_fanotify_read_fid(fd, buffer.baseAddress, buffer.count, parsed.baseAddress, Int32(parsed.count))
         if n == -EAGAIN { return }
         try SystemError.check(n, "read(fanotify journal group)")
         out.reserveCapacity(out.count + Int(n))

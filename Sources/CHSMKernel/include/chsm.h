@@ -191,6 +191,8 @@ int chsm_wakeup_signal_setup(int signo);
 
 /// Keeps hsmd's resident memory bounded: large buffers go back to the kernel when freed.
 void chsm_tune_malloc(void);
+/// malloc_trim(0): gives the free pages inside every arena back to the kernel.
+void chsm_trim_malloc(void);
 
 /// sync_file_range: start writeback of the range, and with `wait` also wait for it.
 int chsm_sync_file_range(int fd, int64_t offset, int64_t length, int wait);
