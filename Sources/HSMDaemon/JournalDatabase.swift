@@ -14,7 +14,8 @@ struct DatabaseError: Error, CustomStringConvertible {
 
 /// The change journal's database (state_dir/journal.sqlite). One connection, serialized
 /// by a lock: the journal's writer thread uses it for group commits, control threads
-/// for short reads. WAL mode, synchronous=FULL: a commit is on disk when it returns.
+/// for short reads. WAL mode, synchronous=FULL: a commit is on disk when it returns
+/// (except the writer's directory records, see `transaction(durable:)`).
 final class JournalDatabase: @unchecked Sendable {
     private let db: OpaquePointer
     private let lock = Mutex<Void>(())
@@ -109,8 +110,14 @@ final class JournalDatabase: @unchecked Sendable {
     }
 
     /// Runs `body` in one transaction (rolled back if it throws).
-    func transaction(_ body: (Transaction) throws(DatabaseError) -> Void) throws(DatabaseError) {
+    /// `durable: false` commits without waiting for the disk (the WAL is synced later, at a
+    /// checkpoint or the next durable commit); a power loss may then drop the commit. For
+    /// directory records only: losing those can only happen with an unclean stop, which
+    /// marks the epoch incomplete anyway (the running flag was committed durably at start).
+    func transaction(durable: Bool = true, _ body: (Transaction) throws(DatabaseError) -> Void) throws(DatabaseError) {
         try locked { () throws(DatabaseError) in
+            if !durable { try run("PRAGMA synchronous=NORMAL") }
+            defer { if !durable { try? run("PRAGMA synchronous=FULL") } }
             try run("BEGIN IMMEDIATE")
             do throws(DatabaseError) { try body(Transaction(db: self)) } catch {
                 try? run("ROLLBACK")
