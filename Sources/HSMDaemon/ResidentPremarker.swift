@@ -37,7 +37,7 @@ final class ResidentPremarker: Sendable {
 
     func stop() { stopping.store(true, ordering: .releasing) }
 
-    /// "done: N files", "walking: N files so far", or "off", for `hsmctl doctor`.
+    /// "done, N resident files marked", "walking, …", or "off", for `hsmctl doctor`.
     var summary: String {
         if limit == 0 { return "off" }
         let n = marked.load(ordering: .relaxed)
@@ -52,15 +52,15 @@ final class ResidentPremarker: Sendable {
         var buffer = [UInt8](repeating: 0, count: 4096)
         for fs in filesystems {
             let started = monotonicNanos()
-            var seen = 0, marked = 0, offline = 0
+            var seen = 0, markedHere = 0, offline = 0
             TreeWalker.walkWhile(fs.path, device: fs.device) { path, st in
                 if stopping.load(ordering: .relaxed) { return false }
                 guard st.fileType == .regular else { return true }
                 seen += 1
                 switch mark(path, &buffer) {
                 case .marked:
-                    marked += 1
-                    self.marked.add(1, ordering: .relaxed)
+                    markedHere += 1
+                    marked.add(1, ordering: .relaxed)
                 case .offline: offline += 1
                 case .skipped: break
                 }
@@ -68,7 +68,7 @@ final class ResidentPremarker: Sendable {
             }
             if stopping.load(ordering: .relaxed) { return }
             let ms = (monotonicNanos() - started) / 1_000_000
-            log.info("premarked \(marked) resident files of \(fs.path) in \(ms) ms (\(seen) files looked at\(seen >= limit ? ", the premark_files limit" : ""); \(offline) with offline data left to events)")
+            log.info("premarked \(markedHere) resident files of \(fs.path) in \(ms) ms (\(seen) files looked at\(seen >= limit ? ", the premark_files limit" : ""); \(offline) with offline data left to events)")
         }
     }
 
