@@ -101,30 +101,19 @@ public struct FanotifyGroup: Sendable {
     }
 }
 
-/// Reads and parses batches of events; owns its buffer, so one reader per thread.
+/// Reads and parses batches of events; owns its buffers, so one reader per thread.
 public final class FanotifyReader {
     private let group: FanotifyGroup
-    private let buffer: UnsafeMutableRawBufferPointer
-    /// Left uninitialized: the C parser writes each entry it returns, and filling 10,000
-    /// entries up front kept 437 KiB resident that a typical batch of a few never touches.
-    private let parsed: UnsafeMutableBufferPointer<chsm_event>
+    private let buffers: EventBuffers<chsm_event>
 
     public init(group: FanotifyGroup, bufferSize: Int = 256 * 1024) {
         self.group = group
-        buffer = .allocate(byteCount: bufferSize, alignment: 8)
-        parsed = .allocate(capacity: bufferSize / 24)
-    }
-
-    deinit {
-        buffer.deallocate()
-        parsed.deallocate()
+        buffers = EventBuffers(bytes: bufferSize, smallestEvent: 24)
     }
 
     /// Blocks until events arrive; returns [] at EOF (group closed).
     public func next() throws(SystemError) -> [FanotifyEvent] {
-        let n = chsm_fanotify_read(group.fd, buffer.baseAddress, buffer.count, parsed.baseAddress, Int32(parsed.count))
-        try SystemError.check(n, "read(fanotify)")
-        return parsed[0..<Int(n)].map { e in
+        try buffers.read(group.fd, "read(fanotify)", chsm_fanotify_read).map { e in
             FanotifyEvent(mask: e.mask, fd: e.fd, pid: e.pid,
                           range: e.has_range != 0 ? Int64(e.offset)..<Int64(e.offset + e.count) : nil)
         }

@@ -193,42 +193,31 @@ public struct DirectoryChangeGroup: Sendable {
 /// Reads and parses batches of directory events; owns its buffers, one reader per thread.
 public final class DirectoryEventReader {
     private let group: DirectoryChangeGroup
-    private let buffer: UnsafeMutableRawBufferPointer
-    /// Left uninitialized: the C parser writes each entry it returns (filling all 1,638
-    /// up front kept 707 KiB resident for batches that are mostly small).
-    private let parsed: UnsafeMutableBufferPointer<chsm_fid_event>
+    private let buffers: EventBuffers<chsm_fid_event>
 
     public init(group: DirectoryChangeGroup, bufferSize: Int = 64 * 1024) {
         self.group = group
-        buffer = .allocate(byteCount: bufferSize, alignment: 8)
         // The smallest event (metadata + one DFID record of an 8-byte handle) is > 40 bytes.
-        parsed = .allocate(capacity: bufferSize / 40)
-    }
-
-    deinit {
-        buffer.deallocate()
-        parsed.deallocate()
+        buffers = EventBuffers(bytes: bufferSize, smallestEvent: 40)
     }
 
     /// The events queued now in both groups; [] when none (the groups are non-blocking).
     public func next() throws(SystemError) -> [DirectoryEvent] {
         var out: [DirectoryEvent] = []
-        for fd in group.fds { try read(fd, into: &out) }
-        return out
-    }
-
-    private func read(_ fd: Int32, into out: inout [DirectoryEvent]) throws(SystemError) {
-        let n = chsm_fanotify_read_fid(fd, buffer.baseAddress, buffer.count, parsed.baseAddress, Int32(parsed.count))
-        if n == -EAGAIN { return }
-        try SystemError.check(n, "read(fanotify journal group)")
-        out.reserveCapacity(out.count + Int(n))
-        for i in 0..<Int(n) {
-            let e = parsed[i]
-            var dirs: [InodeHandle] = []
-            if e.ndirs > 0 { dirs.append(InodeHandle(e.dirs.0)) }
-            if e.ndirs > 1 { dirs.append(InodeHandle(e.dirs.1)) }
-            out.append(DirectoryEvent(mask: e.mask, pid: e.pid, directories: dirs,
-                                      object: e.has_object != 0 ? InodeHandle(e.object) : nil))
+        for fd in group.fds {
+            let batch: UnsafeMutableBufferPointer<chsm_fid_event>
+            do { batch = try buffers.read(fd, "read(fanotify journal group)", chsm_fanotify_read_fid) } catch {
+                if error.errno == EAGAIN { continue }
+                throw error
+            }
+            for e in batch {
+                var dirs: [InodeHandle] = []
+                if e.ndirs > 0 { dirs.append(InodeHandle(e.dirs.0)) }
+                if e.ndirs > 1 { dirs.append(InodeHandle(e.dirs.1)) }
+                out.append(DirectoryEvent(mask: e.mask, pid: e.pid, directories: dirs,
+                                          object: e.has_object != 0 ? InodeHandle(e.object) : nil))
+            }
         }
+        return out
     }
 }
