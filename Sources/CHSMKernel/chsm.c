@@ -372,6 +372,18 @@ static void copy_fid_handle(const struct fanotify_event_info_fid *fid, const cha
     memcpy(out->data, fh->f_handle, n);
 }
 
+// The entry name that follows the handle in a *_DFID_NAME record, NUL-terminated.
+static void copy_fid_name(const struct fanotify_event_info_fid *fid, const char *end, chsm_fid_event *e) {
+    const struct file_handle *fh = (const struct file_handle *)fid->handle;
+    const char *name = (const char *)fh->f_handle + fh->handle_bytes;
+    size_t n = 0;
+    while (name + n < end && name[n] != 0 && n < sizeof e->name - 1) n++;
+    if (name + n >= end || name[n] != 0) return; // unterminated or too long: no name
+    memcpy(e->name, name, n);
+    e->name[n] = 0;
+    e->name_len = (uint32_t)n;
+}
+
 int chsm_fanotify_read_fid(int group, void *buf, size_t buflen, chsm_fid_event *out, int maxout) {
     // EINTR is returned, not retried: it is how hsmd wakes the reading thread to stop.
     ssize_t len = read(group, buf, buflen);
@@ -380,10 +392,13 @@ int chsm_fanotify_read_fid(int group, void *buf, size_t buflen, chsm_fid_event *
     struct fanotify_event_metadata *md = buf;
     while (FAN_EVENT_OK(md, len) && n < maxout) {
         chsm_fid_event *e = &out[n++];
-        // Whole entry: the caller's array is left uninitialized.
-        memset(e, 0, sizeof *e);
+        // Every field the caller reads is set here (the array is left uninitialized);
+        // dirs[i] for i >= ndirs and name past name_len are never read.
         e->mask = md->mask;
         e->pid = md->pid;
+        e->ndirs = 0;
+        e->name_len = 0;
+        e->name[0] = 0;
         // A FID group never opens fds; FAN_NOFD is expected. Close one defensively.
         if (md->fd >= 0) close(md->fd);
         char *p = (char *)md + md->metadata_len;
@@ -397,14 +412,13 @@ int chsm_fanotify_read_fid(int group, void *buf, size_t buflen, chsm_fid_event *
             case FAN_EVENT_INFO_TYPE_OLD_DFID_NAME:
             case FAN_EVENT_INFO_TYPE_NEW_DFID_NAME:
                 if (e->ndirs < 2 && h->len >= sizeof(struct fanotify_event_info_fid) + sizeof(struct file_handle)) {
-                    copy_fid_handle((const struct fanotify_event_info_fid *)p, p + h->len, &e->dirs[e->ndirs]);
-                    if (e->dirs[e->ndirs].bytes > 0) e->ndirs++;
-                }
-                break;
-            case FAN_EVENT_INFO_TYPE_FID:
-                if (h->len >= sizeof(struct fanotify_event_info_fid) + sizeof(struct file_handle)) {
-                    copy_fid_handle((const struct fanotify_event_info_fid *)p, p + h->len, &e->object);
-                    e->has_object = e->object.bytes > 0;
+                    const struct fanotify_event_info_fid *fid = (const void *)p;
+                    copy_fid_handle(fid, p + h->len, &e->dirs[e->ndirs]);
+                    if (e->dirs[e->ndirs].bytes > 0) {
+                        if (e->ndirs == 0 && h->info_type != FAN_EVENT_INFO_TYPE_DFID)
+                            copy_fid_name(fid, p + h->len, e);
+                        e->ndirs++;
+                    }
                 }
                 break;
             default:
@@ -455,7 +469,8 @@ int chsm_open_by_handle(int mount_fd, const chsm_handle *in, int flags) {
 
 int chsm_openat(int dirfd, const char *path, int flags) {
     int fd;
-    if (flags == CHSM_OPEN_PATH_DIR) flags = O_PATH | O_DIRECTORY;
+    // O_NOFOLLOW: a name looked up in a directory must not lead out of it through a symlink.
+    if (flags == CHSM_OPEN_PATH_DIR) flags = O_PATH | O_DIRECTORY | O_NOFOLLOW;
     do { fd = openat(dirfd, path, flags | O_CLOEXEC); } while (fd < 0 && errno == EINTR);
     return fd < 0 ? -errno : fd;
 }

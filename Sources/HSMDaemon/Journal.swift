@@ -8,7 +8,7 @@ import Synchronization
 
 /// The change journal: which directories changed, per epoch, per managed filesystem.
 ///
-/// Threads: `hsmd-journal` reads every filesystem's two notification groups and does no I/O
+/// Threads: `hsmd-journal` reads every filesystem's notification group and does no I/O
 /// but reading them: it drops directories already recorded in the current epoch (an
 /// in-memory set) and queues the new ones. `hsmd-journal-db` resolves each new directory's
 /// ancestors (open_by_handle_at, "..", name_to_handle_at), ignore-marks them so the
@@ -37,8 +37,9 @@ final class Journal: Sendable {
 
     enum Op: Sendable {
         case record(fs: Int, epoch: Int64, handle: InodeHandle)
-        /// A directory renamed or moved (not deduplicated: rare, and each move matters).
-        case moved(fs: Int, epoch: Int64, handle: InodeHandle)
+        /// A directory renamed or moved into `parent` as `name` (not deduplicated: rare,
+        /// and each move matters).
+        case moved(fs: Int, epoch: Int64, parent: InodeHandle, name: [UInt8])
         /// Place the ignore mark again on a directory already recorded in `epoch`.
         case remark(fs: Int, epoch: Int64, handle: InodeHandle)
         case overflow(fs: Int, epoch: Int64)
@@ -212,8 +213,8 @@ final class Journal: Sendable {
             usleep(UInt32(pauseAtStartMs) * 1000)
         }
         let readers = watched.map { DirectoryEventReader(group: $0.group) }
-        // Both groups of each filesystem, in `watched` order: fds[2i] and fds[2i + 1].
-        var fds = watched.flatMap { $0.group.fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) } }
+        // One group per filesystem, in `watched` order, then the two pipes.
+        var fds = watched.map { pollfd(fd: $0.group.fd, events: Int16(POLLIN), revents: 0) }
         fds.append(pollfd(fd: wakePipe.read, events: Int16(POLLIN), revents: 0))
         fds.append(pollfd(fd: stopPipe.read, events: Int16(POLLIN), revents: 0))
         var stopping = false
@@ -232,7 +233,7 @@ final class Journal: Sendable {
                 _ = read(wakePipe.read, &buf, buf.count)
                 drainAll = true
             }
-            for i in watched.indices where drainAll || fds[2 * i].revents != 0 || fds[2 * i + 1].revents != 0 {
+            for i in watched.indices where drainAll || fds[i].revents != 0 {
                 drain(i, readers[i], &masksSeen)
             }
             if drainAll {
@@ -272,8 +273,8 @@ final class Journal: Sendable {
                     // hsmd's own archive and release (marker xattrs, punches) change no
                     // file's contents as its users see them.
                     if e.pid == ownPid { continue }
-                    if e.isDirectoryRename, let moved = e.object {
-                        ops.append(.moved(fs: fs, epoch: s[fs].epoch, handle: moved))
+                    if let name = e.movedDirectoryName, let parent = e.directories.first {
+                        ops.append(.moved(fs: fs, epoch: s[fs].epoch, parent: parent, name: name))
                     }
                     for h in e.directories {
                         if s[fs].seen.insert(h).inserted {
@@ -320,13 +321,8 @@ final class Journal: Sendable {
                 switch op {
                 case .record(let fs, let epoch, let handle):
                     rows[fs, default: [:]][epoch, default: []] += resolveChain(fs: fs, epoch: epoch, handle: handle)
-                case .moved(let fs, let epoch, let handle):
-                    var path: String?
-                    if let fd = try? handle.openPath(mountFD: watched[fs].mountFD, what: watched[fs].path) {
-                        path = FileDescriptor.currentPath(of: fd)
-                        close(fd)
-                    }
-                    moved.append((fs, epoch, handle.encoded, path))
+                case .moved(let fs, let epoch, let parent, let name):
+                    if let m = resolveMoved(fs: fs, parent: parent, name: name) { moved.append((fs, epoch, m.handle, m.path)) }
                 case .remark(let fs, let epoch, let handle):
                     let w = watched[fs]
                     if let fd = try? handle.openPath(mountFD: w.mountFD, what: w.path) {
@@ -405,6 +401,23 @@ final class Journal: Sendable {
             }
         }
         rows.removeAll(); moved.removeAll(); incomplete.removeAll(); epochs.removeAll(); migrations.removeAll()
+    }
+
+    /// A directory that arrived in `parent` as `name`: its handle and path now. nil when it
+    /// is no longer there: moved again (that move has its own event) or deleted (which
+    /// recorded its parent).
+    private func resolveMoved(fs: Int, parent: InodeHandle, name: [UInt8]) -> (handle: [UInt8], path: String)? {
+        let w = watched[fs]
+        do throws(SystemError) {
+            let parentFD = try parent.openPath(mountFD: w.mountFD, what: "directory \(parent) on \(w.path)")
+            defer { close(parentFD) }
+            let fd = try openPathAt(parentFD, nameBytes: name, what: FileDescriptor.currentPath(of: parentFD))
+            defer { close(fd) }
+            return (try InodeHandle.of(fd: fd, path: w.path).encoded, FileDescriptor.currentPath(of: fd))
+        } catch {
+            log.debug("change journal: a moved directory is gone from where it arrived: \(error)")
+            return nil
+        }
     }
 
     /// The directory and every ancestor not yet recorded in `epoch`, with their paths now,

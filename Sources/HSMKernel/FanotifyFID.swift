@@ -65,9 +65,18 @@ public struct InodeHandle: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-/// Opens `name` relative to a directory fd with O_PATH (for "..").
+/// Opens the directory `name` relative to a directory fd with O_PATH, not following a
+/// symlink (for ".." and for a moved directory's name in its new parent).
 public func openPathAt(_ dirFD: Int32, _ name: String, what: String) throws(SystemError) -> Int32 {
     try SystemError.check(chsm_openat(dirFD, name, CHSM_OPEN_PATH_DIR), "openat(\(name))", what)
+}
+
+/// The same for a name given as the kernel's bytes (NUL-free).
+public func openPathAt(_ dirFD: Int32, nameBytes: [UInt8], what: String) throws(SystemError) -> Int32 {
+    let fd = (nameBytes + [0]).withUnsafeBufferPointer { b in
+        b.withMemoryRebound(to: CChar.self) { chsm_openat(dirFD, $0.baseAddress!, CHSM_OPEN_PATH_DIR) }
+    }
+    return try SystemError.check(fd, "openat(\(String(decoding: nameBytes, as: UTF8.self)))", what)
 }
 
 /// The filesystem id (statfs f_fsid) of the filesystem holding `path`.
@@ -77,53 +86,51 @@ public func filesystemID(of path: String) throws(SystemError) -> UInt64 {
     return v
 }
 
-/// One event of a change-journal group: its mask, the process that caused it, and the
+/// One event of the change-journal group: its mask, the process that caused it, and the
 /// directories it names (the entry's parent; for FAN_RENAME the old and the new parent).
 public struct DirectoryEvent: Sendable {
     public let mask: UInt64
     public let pid: Int32
     public let directories: [InodeHandle]
-    /// The entry the event is about (FAN_REPORT_FID), when the kernel reported it.
-    public let object: InodeHandle?
+    /// For a directory moved into `directories[0]`: its name there, as the kernel's bytes
+    /// (a name need not be UTF-8). nil for other events: nothing needs their names.
+    public let movedDirectoryName: [UInt8]?
 
     public var isOverflow: Bool { mask & UInt64(FAN_Q_OVERFLOW) != 0 }
     /// An event that a recorded directory's ignore mark suppresses when it is in place.
     public var isSuppressedByIgnoreMark: Bool {
         mask & DirectoryChangeGroup.ignoredOnRecordedDirectory != 0 && mask & UInt64(FAN_ONDIR) == 0
     }
-    /// A directory was renamed or moved (its arrival in the new parent): `object` is
-    /// that directory.
-    public var isDirectoryRename: Bool {
-        mask & UInt64(FAN_MOVED_TO | FAN_RENAME) != 0 && mask & UInt64(FAN_ONDIR) != 0
+    /// A directory arrived in a new parent (renamed or moved).
+    public static func isDirectoryArrival(_ mask: UInt64) -> Bool {
+        mask & UInt64(FAN_MOVED_TO) != 0 && mask & UInt64(FAN_ONDIR) != 0
     }
 }
 
-/// The journal's notification groups for one filesystem, reporting directory file handles
-/// instead of fds. Two groups, because of one kernel fact (docs/KERNEL-FACTS.md): every
-/// unlink raises FAN_ATTRIB on the file itself (its link count), with no parent, so no
-/// directory's ignore mark can stop it; a group with FAN_REPORT_FID receives it, a group
-/// reporting only FAN_REPORT_DFID_NAME is never sent it. So:
-/// - `fd`: FAN_CLASS_NOTIF | FAN_REPORT_DFID_NAME | FAN_REPORT_FID | FAN_REPORT_TARGET_FID,
-///   for entry changes (create, delete, moves), data changes (modify, close-write);
-/// - `attributeFD`: FAN_CLASS_NOTIF | FAN_REPORT_DFID_NAME, for FAN_ATTRIB (chmod, chown,
-///   utimes, setxattr), reported with the parent (or the directory itself).
-/// Their queues are bounded (no FAN_UNLIMITED_QUEUE) on purpose: an overflow is reported
-/// and marks the journal's epoch incomplete, instead of hsmd's memory growing without limit.
+/// The journal's notification group for one filesystem, reporting directory file handles
+/// and entry names (FAN_CLASS_NOTIF | FAN_REPORT_DFID_NAME) instead of fds.
+///
+/// Only FAN_REPORT_DFID_NAME, not also FAN_REPORT_FID, because every unlink raises
+/// FAN_ATTRIB on the file itself (its link count) with no parent, which no directory's
+/// ignore mark can stop: a group with FAN_REPORT_FID receives it, a group with only
+/// FAN_REPORT_DFID_NAME is never sent it (docs/KERNEL-FACTS.md). One such group takes
+/// every journal event, so each recorded directory needs one ignore mark (kernel memory,
+/// one fanotify_mark call) rather than one per group. Without the entry's own handle, a
+/// moved directory is found by its name in its new parent.
+/// The queue is bounded (no FAN_UNLIMITED_QUEUE) on purpose: an overflow is reported and
+/// marks the journal's epoch incomplete, instead of hsmd's memory growing without limit.
 public struct DirectoryChangeGroup: Sendable {
     public let fd: Int32
-    public let attributeFD: Int32
-    public var fds: [Int32] { [fd, attributeFD] }
 
-    /// What `fd` listens for: everything that changes a directory's entries or an entry's
-    /// data. Moves as FAN_MOVED_FROM + FAN_MOVED_TO rather than FAN_RENAME: each of those
-    /// is an event of ONE directory, so an already-recorded directory's ignore mark can
-    /// swallow it while a move into a directory not yet recorded still arrives. A
-    /// FAN_RENAME event names both parents and is dropped when an ignore mark on either
-    /// matches (fanotify ORs the ignore masks of all marks involved), so it could never be
-    /// ignored, and a tree of renames would send every one of them to hsmd.
-    public static let events: UInt64 = UInt64(FAN_CREATE | FAN_DELETE | FAN_MOVED_FROM | FAN_MOVED_TO | FAN_MODIFY | FAN_CLOSE_WRITE | FAN_ONDIR)
-    /// What `attributeFD` listens for.
-    public static let attributeEvents: UInt64 = UInt64(FAN_ATTRIB | FAN_ONDIR)
+    /// Everything that changes a directory's entries, an entry's data or its attributes
+    /// (chmod, chown, utimes, xattrs). Moves as FAN_MOVED_FROM + FAN_MOVED_TO rather than
+    /// FAN_RENAME: each of those is an event of ONE directory, so an already-recorded
+    /// directory's ignore mark can swallow it while a move into a directory not yet
+    /// recorded still arrives. A FAN_RENAME event names both parents and is dropped when
+    /// an ignore mark on either matches (fanotify ORs the ignore masks of all marks
+    /// involved), so it could never be ignored, and a tree of renames would send every
+    /// one of them to hsmd.
+    public static let events: UInt64 = UInt64(FAN_CREATE | FAN_DELETE | FAN_MOVED_FROM | FAN_MOVED_TO | FAN_MODIFY | FAN_CLOSE_WRITE | FAN_ATTRIB | FAN_ONDIR)
     /// What an already-recorded directory's ignore mark suppresses: the events of its
     /// non-directory entries. FAN_ONDIR is left out: with it, the parent's mark would also
     /// swallow events of a subdirectory itself (chmod of the subdirectory is reported to
@@ -131,29 +138,19 @@ public struct DirectoryChangeGroup: Sendable {
     /// directories must also arrive (the moved tree is remembered).
     public static let ignoredOnRecordedDirectory: UInt64 = UInt64(FAN_CREATE | FAN_DELETE | FAN_MOVED_FROM | FAN_MOVED_TO | FAN_MODIFY | FAN_ATTRIB | FAN_CLOSE_WRITE | FAN_EVENT_ON_CHILD)
 
-    public init(fd: Int32, attributeFD: Int32) {
+    public init(fd: Int32) {
         self.fd = fd
-        self.attributeFD = attributeFD
     }
 
     public static func open() throws(SystemError) -> DirectoryChangeGroup {
-        // FAN_REPORT_TARGET_FID: without it the kernel leaves the entry's own handle out of
-        // directory-entry events (moves included), and a moved directory is needed by
-        // handle so its subtree can be walked at its new place.
-        let flags = UInt32(FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK | FAN_REPORT_DFID_NAME | FAN_REPORT_FID | FAN_REPORT_TARGET_FID)
-        let fd = chsm_fanotify_init(flags, UInt32(O_RDONLY | O_CLOEXEC))
-        try SystemError.check(fd, "fanotify_init(FAN_CLASS_NOTIF|FAN_REPORT_DFID_NAME|FAN_REPORT_FID|FAN_REPORT_TARGET_FID)")
-        let attributeFD = chsm_fanotify_init(UInt32(FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK | FAN_REPORT_DFID_NAME), UInt32(O_RDONLY | O_CLOEXEC))
-        if attributeFD < 0 { _ = Glibc.close(fd) }
-        try SystemError.check(attributeFD, "fanotify_init(FAN_CLASS_NOTIF|FAN_REPORT_DFID_NAME)")
-        return DirectoryChangeGroup(fd: fd, attributeFD: attributeFD)
+        let fd = chsm_fanotify_init(UInt32(FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK | FAN_REPORT_DFID_NAME), UInt32(O_RDONLY | O_CLOEXEC))
+        try SystemError.check(fd, "fanotify_init(FAN_CLASS_NOTIF|FAN_REPORT_DFID_NAME)")
+        return DirectoryChangeGroup(fd: fd)
     }
 
     public func markFilesystem(_ path: String) throws(SystemError) {
         let r = chsm_fanotify_mark(fd, UInt32(FAN_MARK_ADD | FAN_MARK_FILESYSTEM), Self.events, AT_FDCWD, path)
         try SystemError.check(r, "fanotify_mark(FAN_MARK_FILESYSTEM, journal events)", path)
-        let a = chsm_fanotify_mark(attributeFD, UInt32(FAN_MARK_ADD | FAN_MARK_FILESYSTEM), Self.attributeEvents, AT_FDCWD, path)
-        try SystemError.check(a, "fanotify_mark(FAN_MARK_FILESYSTEM, journal attribute events)", path)
     }
 
     /// An evictable ignore mark on a directory: the kernel stops sending the events of
@@ -164,29 +161,22 @@ public struct DirectoryChangeGroup: Sendable {
         let flags = UInt32(FAN_MARK_ADD | FAN_MARK_IGNORE | FAN_MARK_IGNORED_SURV_MODIFY | FAN_MARK_EVICTABLE)
         // Measured: an O_PATH fd with a NULL pathname is refused (EBADF); "." looked up
         // relative to it names the same directory and is accepted.
-        for group in fds {
-            let r = chsm_fanotify_mark(group, flags, Self.ignoredOnRecordedDirectory, dirFD, ".")
-            try SystemError.check(r, "fanotify_mark(FAN_MARK_IGNORE, directory)", path)
-        }
+        let r = chsm_fanotify_mark(fd, flags, Self.ignoredOnRecordedDirectory, dirFD, ".")
+        try SystemError.check(r, "fanotify_mark(FAN_MARK_IGNORE, directory)", path)
     }
 
     /// Removes every inode mark of the group (the ignore marks), keeping the filesystem mark.
     public func flushInodeMarks() throws(SystemError) {
-        for group in fds {
-            try SystemError.check(chsm_fanotify_mark(group, UInt32(FAN_MARK_FLUSH), 0, AT_FDCWD, nil), "fanotify_mark(FAN_MARK_FLUSH)")
-        }
+        try SystemError.check(chsm_fanotify_mark(fd, UInt32(FAN_MARK_FLUSH), 0, AT_FDCWD, nil), "fanotify_mark(FAN_MARK_FLUSH)")
     }
 
     /// Bytes of events waiting in the kernel queue.
     public func queuedBytes() throws(SystemError) -> Int {
-        var total = 0
-        for group in fds { total += Int(try SystemError.check(chsm_fanotify_queued(group), "ioctl(fanotify, FIONREAD)")) }
-        return total
+        Int(try SystemError.check(chsm_fanotify_queued(fd), "ioctl(fanotify, FIONREAD)"))
     }
 
     public func close() {
         _ = Glibc.close(fd)
-        _ = Glibc.close(attributeFD)
     }
 }
 
@@ -201,22 +191,25 @@ public final class DirectoryEventReader {
         buffers = EventBuffers(bytes: bufferSize, smallestEvent: 40)
     }
 
-    /// The events queued now in both groups; [] when none (the groups are non-blocking).
+    /// The events queued now; [] when none (the group is non-blocking).
     public func next() throws(SystemError) -> [DirectoryEvent] {
+        let batch: UnsafeMutableBufferPointer<chsm_fid_event>
+        do { batch = try buffers.read(group.fd, "read(fanotify journal group)", chsm_fanotify_read_fid) } catch {
+            if error.errno == EAGAIN { return [] }
+            throw error
+        }
         var out: [DirectoryEvent] = []
-        for fd in group.fds {
-            let batch: UnsafeMutableBufferPointer<chsm_fid_event>
-            do { batch = try buffers.read(fd, "read(fanotify journal group)", chsm_fanotify_read_fid) } catch {
-                if error.errno == EAGAIN { continue }
-                throw error
+        out.reserveCapacity(batch.count)
+        for i in batch.indices {
+            let e = batch[i]
+            var dirs: [InodeHandle] = []
+            if e.ndirs > 0 { dirs.append(InodeHandle(e.dirs.0)) }
+            if e.ndirs > 1 { dirs.append(InodeHandle(e.dirs.1)) }
+            var name: [UInt8]?
+            if DirectoryEvent.isDirectoryArrival(e.mask), e.ndirs > 0, e.name_len > 0 {
+                name = withUnsafeBytes(of: &batch[i].name) { Array($0.prefix(Int(e.name_len))) }
             }
-            for e in batch {
-                var dirs: [InodeHandle] = []
-                if e.ndirs > 0 { dirs.append(InodeHandle(e.dirs.0)) }
-                if e.ndirs > 1 { dirs.append(InodeHandle(e.dirs.1)) }
-                out.append(DirectoryEvent(mask: e.mask, pid: e.pid, directories: dirs,
-                                          object: e.has_object != 0 ? InodeHandle(e.object) : nil))
-            }
+            out.append(DirectoryEvent(mask: e.mask, pid: e.pid, directories: dirs, movedDirectoryName: name))
         }
         return out
     }

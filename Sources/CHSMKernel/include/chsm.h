@@ -113,7 +113,7 @@ int chsm_accept(int listener);
 ssize_t chsm_lgetxattr(const char *path, const char *name, void *buf, size_t len);
 
 // ---- Change journal: a notification group reporting directory file handles ----------
-// (FAN_REPORT_DFID_NAME | FAN_REPORT_FID). Constants newer than some system headers.
+// (FAN_REPORT_DFID_NAME). Constants newer than some system headers.
 #ifndef FAN_RENAME
 #define FAN_RENAME 0x10000000
 #endif
@@ -161,14 +161,15 @@ typedef struct {
 } chsm_handle;
 
 /// One event of a FID-reporting group: the directories it names (the parent of the
-/// affected entry; for FAN_RENAME the old and the new parent). No fd is ever opened.
+/// affected entry; for FAN_RENAME the old and the new parent) and the entry's name in
+/// the first of them. No fd is ever opened.
 typedef struct {
     uint64_t mask;
     int32_t pid;
     int32_t ndirs;         // 0, 1 or 2
     chsm_handle dirs[2];
-    int32_t has_object;    // 1 when a FAN_EVENT_INFO_TYPE_FID record (the entry itself) came
-    chsm_handle object;
+    uint32_t name_len;     // bytes of `name` (FAN_REPORT_NAME of dirs[0]); 0 when none came
+    char name[256];        // NUL-terminated; NAME_MAX is 255
 } chsm_fid_event;
 
 /// Reads one batch (blocking unless the group is non-blocking) and parses it.
@@ -180,7 +181,8 @@ int chsm_fanotify_queued(int group);
 int chsm_name_to_handle(int dirfd, const char *path, int flags, chsm_handle *out);
 /// open_by_handle_at(mount_fd, handle, flags | O_CLOEXEC). fd or -errno (ESTALE: gone).
 int chsm_open_by_handle(int mount_fd, const chsm_handle *h, int flags);
-/// openat(dirfd, path, flags | O_CLOEXEC). fd or -errno.
+/// openat(dirfd, path, flags | O_CLOEXEC); CHSM_OPEN_PATH_DIR here also means O_NOFOLLOW.
+/// fd or -errno.
 int chsm_openat(int dirfd, const char *path, int flags);
 /// statfs f_fsid of the filesystem holding path, as one integer. 0 or -errno.
 int chsm_fsid(const char *path, uint64_t *out);
