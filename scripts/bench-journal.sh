@@ -3,7 +3,7 @@
 # workload (an untarred tree of tens of thousands of files) with hsmd's journal on and
 # off, alternating in one run on a loop-mounted ext4 of its own; median of several runs,
 # the ratio, and the database transactions per epoch. Needs root.
-#   bash scripts/bench-journal.sh [--files N] [--runs N]
+#   bash scripts/bench-journal.sh [--files N] [--runs N] [--compare-bindir OTHER_BUILD/release]
 # SCRATCH=DIR selects SwiftPM's scratch path (default .build).
 set -euo pipefail
 cd "$(dirname "$0")/.."

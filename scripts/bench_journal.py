@@ -4,8 +4,15 @@
 Creates its own loop-mounted ext4 and posix store under a temporary folder, marks only
 that filesystem, and removes everything at the end. Each run, on an idle filesystem:
 untar a tree (create + write), rename every file into a sibling directory, chmod every
-file, then delete the tree. Runs alternate journal on / journal off; each journal-on run
-starts a new epoch first, so it pays for the first event of every directory.
+file, then delete the tree. Runs alternate journal on / journal off (the order reversed
+every other run); each journal-on run starts a new epoch first, so it pays for the first
+event of every directory. Besides the ratio of the medians it reports the median of the
+per-run ratios (on / off of the same run), which a slow drift of the machine's speed
+does not move. --compare-bindir DIR also runs another build's hsmd with the journal on,
+in the same rotation, so two versions are compared side by side. --floor also runs
+tools/probe-journal-floor.c (the cheapest listener that keeps the journal's marks: one
+group, ignore marks placed from the reading thread, no database) beside hsmd with its
+journal off: what the kernel alone costs.
 """
 import argparse
 import json
@@ -92,6 +99,8 @@ class Daemon:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bindir", required=True)
+    ap.add_argument("--compare-bindir", help="another build's bin directory, run with the journal on alongside")
+    ap.add_argument("--floor", action="store_true", help="also run tools/probe-journal-floor beside hsmd with its journal off")
     ap.add_argument("--files", type=int, default=40000)
     ap.add_argument("--per-dir", type=int, default=100)
     ap.add_argument("--runs", type=int, default=5)
@@ -105,48 +114,85 @@ def main():
     sh("truncate", "-s", "4G", image)
     sh("mkfs.ext4", "-q", "-F", image)
     sh("mount", "-o", "loop", image, mnt)
-    d = Daemon(base, a.bindir, mnt, store)
-    times = {True: [], False: []}
-    epochs = []
+    # (label, bin directory, hsmd's journal on?, floor listener beside it?)
+    modes = [("on", a.bindir, True, False), ("off", a.bindir, False, False)]
+    if a.compare_bindir:
+        modes.append(("compared", a.compare_bindir, True, False))
+    floor_exe = base / "probe-journal-floor"
+    if a.floor:
+        sh("cc", "-O2", "-o", floor_exe, Path(__file__).resolve().parent.parent / "tools/probe-journal-floor.c")
+        modes.append(("floor", a.bindir, False, True))
+    times = {m[0]: [] for m in modes}
+    epochs = {m[0]: [] for m in modes}
+    events = {m[0]: [] for m in modes}
+    d = helper = None
     try:
         tarball = base / "tree.tar"
         make_tarball(tarball, a.files, a.per_dir)
         for run in range(a.runs):
-            for journal in (True, False) if run % 2 == 0 else (False, True):
+            for label, bindir, journal, floor in modes if run % 2 == 0 else list(reversed(modes)):
+                d = Daemon(base, bindir, mnt, store)
                 d.start(journal)
                 if journal:
                     d.ctl("journal", "snapshot")
+                if floor:
+                    helper = subprocess.Popen([floor_exe, mnt], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                    if helper.stdout.readline().strip() != "ready":
+                        raise SystemExit("probe-journal-floor did not start: " + helper.stderr.read())
                 sh("sync")
                 t = time.perf_counter()
                 workload(mnt, tarball)
-                times[journal].append(time.perf_counter() - t)
+                times[label].append(time.perf_counter() - t)
+                if floor:
+                    helper.send_signal(signal.SIGTERM)
+                    found = re.findall(r"(\d+) events", helper.communicate(timeout=30)[1])
+                    helper = None
+                    events[label].append(int(found[-1]) if found else None)
                 if journal:
                     st = json.loads(d.ctl("journal", "status", "--json").stdout)[0]
-                    epochs.append({"epoch": st["epoch"], "transactions": st["transactions"], "directories": st["directories"]})
+                    epochs[label].append({"transactions": st["transactions"], "directories": st["directories"]})
+                before = d.log.read_text() if d.log.exists() else ""
                 d.stop()
-                print(f"run {run + 1} journal {'on ' if journal else 'off'}: {times[journal][-1]:.2f} s", flush=True)
-        events = [int(x) for x in re.findall(r"journal stopped cleanly: (\d+) events read", d.log.read_text())]
+                found = re.findall(r"journal stopped cleanly: (\d+) events read", d.log.read_text()[len(before):])
+                if found:
+                    events[label].append(int(found[-1]))
+                d = None
+                print(f"run {run + 1} {label}: {times[label][-1]:.2f} s", flush=True)
     finally:
-        d.stop()
+        if helper:
+            helper.kill()
+            helper.wait()
+        if d:
+            d.stop()
         subprocess.run(["umount", str(mnt)])
         shutil.rmtree(base, ignore_errors=True)
 
-    on, off = statistics.median(times[True]), statistics.median(times[False])
-    ops = a.files * 4
-    result = {
-        "files": a.files, "directories": a.files // a.per_dir, "runs": a.runs,
-        "median_seconds_journal_on": round(on, 3), "median_seconds_journal_off": round(off, 3),
-        "ratio_on_off": round(on / off, 4),
-        "transactions_per_epoch": [e["transactions"] for e in epochs],
-        "events_read_per_journal_run": events,
-        "directories_per_epoch": [e["directories"] for e in epochs],
-        "all_seconds_on": [round(x, 3) for x in times[True]], "all_seconds_off": [round(x, 3) for x in times[False]],
-    }
+    off = statistics.median(times["off"])
+    result = {"files": a.files, "directories": a.files // a.per_dir, "runs": a.runs,
+              "median_seconds_journal_off": round(off, 3), "all_seconds_off": [round(x, 3) for x in times["off"]]}
+    print(f"\n{a.files} files in {a.files // a.per_dir} directories; create+write (tar -x), rename, chmod, unlink = {a.files * 4} file operations per run")
+    print(f"journal off: median {off:.2f} s of {a.runs} runs")
+    for label, bindir, journal, floor in modes:
+        if not journal and not floor:
+            continue
+        med = statistics.median(times[label])
+        per_run = [x / y for x, y in zip(times[label], times["off"])]
+        key = {"on": "journal_on", "compared": "compared_build", "floor": "floor_listener"}[label]
+        result.update({
+            f"{key}_bindir": str(bindir),
+            f"median_seconds_{key}": round(med, 3), f"ratio_{key}_off": round(med / off, 4),
+            f"median_of_run_ratios_{key}": round(statistics.median(per_run), 4),
+            f"run_ratios_{key}": [round(r, 4) for r in per_run],
+            f"all_seconds_{key}": [round(x, 3) for x in times[label]],
+            f"transactions_per_epoch_{key}": [e["transactions"] for e in epochs[label]],
+            f"directories_per_epoch_{key}": [e["directories"] for e in epochs[label]],
+            f"events_read_per_run_{key}": events[label],
+        })
+        what = f"floor listener beside hsmd without journal ({floor_exe.name})" if floor else f"journal on ({label}, {bindir})"
+        print(f"{what}: median {med:.2f} s, ratio of medians {med / off:.3f} ({(med / off - 1) * 100:+.1f}%), "
+              f"median of per-run ratios {statistics.median(per_run):.3f} (each: {', '.join(f'{r:.3f}' for r in per_run)})")
+        print(f"  database transactions per epoch: {[e['transactions'] for e in epochs[label]]}; directories per epoch: {[e['directories'] for e in epochs[label]]}; events read per run: {events[label]}")
     Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n{a.files} files in {a.files // a.per_dir} directories; create+write (tar -x), rename, chmod, unlink = {ops} file operations per run")
-    print(f"median of {a.runs}: journal on {on:.2f} s, journal off {off:.2f} s, ratio {on / off:.3f} ({(on / off - 1) * 100:+.1f}%)")
-    print(f"database transactions per epoch: {result['transactions_per_epoch']}; directories recorded per epoch: {result['directories_per_epoch']}")
-    print(f"events hsmd read per journal-on run: {events}")
     print(f"results: {a.json}")
 
 
