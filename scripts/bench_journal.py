@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -49,8 +50,11 @@ def make_tarball(path, files, per_dir):
 
 
 def workload(mnt, tarball):
+    """Runs the workload; returns tar's system CPU time (s)."""
     root = mnt / "tree"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime
     sh("tar", "-xf", tarball, "-C", mnt)
+    tar_sys = resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime - before
     for g in sorted(root.iterdir()):
         dirs = sorted(g.iterdir())
         for a, b in zip(dirs, dirs[1:] + dirs[:1]):
@@ -61,6 +65,7 @@ def workload(mnt, tarball):
         for n in names:
             os.chmod(os.path.join(dirpath, n), 0o640)
     shutil.rmtree(root)
+    return tar_sys
 
 
 class Daemon:
@@ -101,6 +106,7 @@ def main():
     ap.add_argument("--bindir", required=True)
     ap.add_argument("--compare-bindir", help="another build's bin directory, run with the journal on alongside")
     ap.add_argument("--floor", action="store_true", help="also run tools/probe-journal-floor beside hsmd with its journal off")
+    ap.add_argument("--perf", metavar="DIR", help="record each timed run with `perf record -a -g` into DIR/<mode>-<run>.data")
     ap.add_argument("--files", type=int, default=40000)
     ap.add_argument("--per-dir", type=int, default=100)
     ap.add_argument("--runs", type=int, default=5)
@@ -123,6 +129,7 @@ def main():
         sh("cc", "-O2", "-o", floor_exe, Path(__file__).resolve().parent.parent / "tools/probe-journal-floor.c")
         modes.append(("floor", a.bindir, False, True))
     times = {m[0]: [] for m in modes}
+    tar_sys = {m[0]: [] for m in modes}
     epochs = {m[0]: [] for m in modes}
     events = {m[0]: [] for m in modes}
     d = helper = None
@@ -140,9 +147,18 @@ def main():
                     if helper.stdout.readline().strip() != "ready":
                         raise SystemExit("probe-journal-floor did not start: " + helper.stderr.read())
                 sh("sync")
+                recorder = None
+                if a.perf:
+                    Path(a.perf).mkdir(parents=True, exist_ok=True)
+                    recorder = subprocess.Popen(["perf", "record", "-a", "-g", "-F", "2000", "-o", Path(a.perf) / f"{label}-{run + 1}.data"],
+                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    time.sleep(1)
                 t = time.perf_counter()
-                workload(mnt, tarball)
+                tar_sys[label].append(workload(mnt, tarball))
                 times[label].append(time.perf_counter() - t)
+                if recorder:
+                    recorder.send_signal(signal.SIGINT)
+                    recorder.wait()
                 if floor:
                     helper.send_signal(signal.SIGTERM)
                     found = re.findall(r"(\d+) events", helper.communicate(timeout=30)[1])
@@ -171,7 +187,8 @@ def main():
     result = {"files": a.files, "directories": a.files // a.per_dir, "runs": a.runs,
               "median_seconds_journal_off": round(off, 3), "all_seconds_off": [round(x, 3) for x in times["off"]]}
     print(f"\n{a.files} files in {a.files // a.per_dir} directories; create+write (tar -x), rename, chmod, unlink = {a.files * 4} file operations per run")
-    print(f"journal off: median {off:.2f} s of {a.runs} runs")
+    print(f"journal off: median {off:.2f} s of {a.runs} runs; tar's system time, median {statistics.median(tar_sys['off']):.2f} s")
+    result["tar_system_seconds_off"] = [round(x, 3) for x in tar_sys["off"]]
     for label, bindir, journal, floor in modes:
         if not journal and not floor:
             continue
@@ -184,6 +201,7 @@ def main():
             f"median_of_run_ratios_{key}": round(statistics.median(per_run), 4),
             f"run_ratios_{key}": [round(r, 4) for r in per_run],
             f"all_seconds_{key}": [round(x, 3) for x in times[label]],
+            f"tar_system_seconds_{key}": [round(x, 3) for x in tar_sys[label]],
             f"transactions_per_epoch_{key}": [e["transactions"] for e in epochs[label]],
             f"directories_per_epoch_{key}": [e["directories"] for e in epochs[label]],
             f"events_read_per_run_{key}": events[label],
@@ -191,6 +209,7 @@ def main():
         what = f"floor listener beside hsmd without journal ({floor_exe.name})" if floor else f"journal on ({label}, {bindir})"
         print(f"{what}: median {med:.2f} s, ratio of medians {med / off:.3f} ({(med / off - 1) * 100:+.1f}%), "
               f"median of per-run ratios {statistics.median(per_run):.3f} (each: {', '.join(f'{r:.3f}' for r in per_run)})")
+        print(f"  tar's system time, median {statistics.median(tar_sys[label]):.2f} s")
         print(f"  database transactions per epoch: {[e['transactions'] for e in epochs[label]]}; directories per epoch: {[e['directories'] for e in epochs[label]]}; events read per run: {events[label]}")
     Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
     print(f"results: {a.json}")
