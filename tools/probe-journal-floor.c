@@ -9,7 +9,6 @@
 // ancestors, no paths: what is left is what the kernel costs.
 #define _GNU_SOURCE
 #include <sys/fanotify.h>
-#include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
