@@ -10,7 +10,8 @@
 //         one-group    one DFID_NAME group for all of them, one ignore mark per directory
 //         ignore-only  one group, ignore marks on the directories, no filesystem mark
 // Prints the seconds of each phase: create (open O_CREAT, write 2 KiB, fchmod, fchown,
-// futimens, close), rename into the next directory, chmod, unlink.
+// futimens, close), read (open, read 2 KiB, close: events the journal does not take),
+// rename into the next directory, chmod, unlink.
 #define _GNU_SOURCE
 #include <sys/fanotify.h>
 #include <fcntl.h>
@@ -100,6 +101,12 @@ int main(int argc, char **argv) {
     double t1 = now();
     for (int f = 0; f < files; f++) {
         snprintf(p, sizeof p, "%s/d%d/f%d", root, f / 100, f);
+        int fd = open(p, O_RDONLY);
+        if (fd < 0 || read(fd, data, sizeof data) != sizeof data || close(fd)) die(p);
+    }
+    double tr = now();
+    for (int f = 0; f < files; f++) {
+        snprintf(p, sizeof p, "%s/d%d/f%d", root, f / 100, f);
         snprintf(q, sizeof q, "%s/d%d/m%d", root, (f / 100 + 1) % dirs, f);
         if (rename(p, q)) die(p);
     }
@@ -118,6 +125,6 @@ int main(int argc, char **argv) {
     pthread_join(reader, 0);
     for (int d = 0; d < dirs; d++) { snprintf(p, sizeof p, "%s/d%d", root, d); rmdir(p); }
     rmdir(root);
-    printf("%s create %.4f rename %.4f chmod %.4f unlink %.4f total %.4f\n", setup, t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0);
+    printf("%s create %.4f read %.4f rename %.4f chmod %.4f unlink %.4f total %.4f\n", setup, t1 - t0, tr - t1, t2 - tr, t3 - t2, t4 - t3, t4 - t0);
     return 0;
 }
