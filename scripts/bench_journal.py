@@ -128,10 +128,9 @@ def main():
     if a.floor:
         sh("cc", "-O2", "-o", floor_exe, Path(__file__).resolve().parent.parent / "tools/probe-journal-floor.c")
         modes.append(("floor", a.bindir, False, True))
-    times = {m[0]: [] for m in modes}
-    tar_sys = {m[0]: [] for m in modes}
-    epochs = {m[0]: [] for m in modes}
-    events = {m[0]: [] for m in modes}
+    # One record per timed run, by mode: seconds, tar's system time, and what the journal
+    # (or the floor listener) reported for that run.
+    runs = {m[0]: [] for m in modes}
     d = helper = None
     try:
         tarball = base / "tree.tar"
@@ -154,8 +153,8 @@ def main():
                                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     time.sleep(1)
                 t = time.perf_counter()
-                tar_sys[label].append(workload(mnt, tarball))
-                times[label].append(time.perf_counter() - t)
+                r = {"tar_system_seconds": workload(mnt, tarball)}
+                r["seconds"] = time.perf_counter() - t
                 if recorder:
                     recorder.send_signal(signal.SIGINT)
                     recorder.wait()
@@ -163,17 +162,18 @@ def main():
                     helper.send_signal(signal.SIGTERM)
                     found = re.findall(r"(\d+) events", helper.communicate(timeout=30)[1])
                     helper = None
-                    events[label].append(int(found[-1]) if found else None)
+                    r["events_read"] = int(found[-1]) if found else None
                 if journal:
                     st = json.loads(d.ctl("journal", "status", "--json").stdout)[0]
-                    epochs[label].append({"transactions": st["transactions"], "directories": st["directories"]})
+                    r["transactions"], r["directories"] = st["transactions"], st["directories"]
                 before = d.log.read_text() if d.log.exists() else ""
                 d.stop()
                 found = re.findall(r"journal stopped cleanly: (\d+) events read", d.log.read_text()[len(before):])
-                if found:
-                    events[label].append(int(found[-1]))
                 d = None
-                print(f"run {run + 1} {label}: {times[label][-1]:.2f} s", flush=True)
+                if found:
+                    r["events_read"] = int(found[-1])
+                runs[label].append(r)
+                print(f"run {run + 1} {label}: {r['seconds']:.2f} s", flush=True)
     finally:
         if helper:
             helper.kill()
@@ -183,34 +183,30 @@ def main():
         subprocess.run(["umount", str(mnt)])
         shutil.rmtree(base, ignore_errors=True)
 
-    off = statistics.median(times["off"])
-    result = {"files": a.files, "directories": a.files // a.per_dir, "runs": a.runs,
-              "median_seconds_journal_off": round(off, 3), "all_seconds_off": [round(x, 3) for x in times["off"]]}
+    def median(label, field):
+        return statistics.median(r[field] for r in runs[label])
+
+    off = median("off", "seconds")
+    result = {"files": a.files, "directories": a.files // a.per_dir, "runs": a.runs, "modes": {}}
     print(f"\n{a.files} files in {a.files // a.per_dir} directories; create+write (tar -x), rename, chmod, unlink = {a.files * 4} file operations per run")
-    print(f"journal off: median {off:.2f} s of {a.runs} runs; tar's system time, median {statistics.median(tar_sys['off']):.2f} s")
-    result["tar_system_seconds_off"] = [round(x, 3) for x in tar_sys["off"]]
-    for label, bindir, journal, floor in modes:
-        if not journal and not floor:
-            continue
-        med = statistics.median(times[label])
-        per_run = [x / y for x, y in zip(times[label], times["off"])]
-        key = {"on": "journal_on", "compared": "compared_build", "floor": "floor_listener"}[label]
-        result.update({
-            f"{key}_bindir": str(bindir),
-            f"median_seconds_{key}": round(med, 3), f"ratio_{key}_off": round(med / off, 4),
-            f"median_of_run_ratios_{key}": round(statistics.median(per_run), 4),
-            f"run_ratios_{key}": [round(r, 4) for r in per_run],
-            f"all_seconds_{key}": [round(x, 3) for x in times[label]],
-            f"tar_system_seconds_{key}": [round(x, 3) for x in tar_sys[label]],
-            f"transactions_per_epoch_{key}": [e["transactions"] for e in epochs[label]],
-            f"directories_per_epoch_{key}": [e["directories"] for e in epochs[label]],
-            f"events_read_per_run_{key}": events[label],
-        })
-        what = f"floor listener beside hsmd without journal ({floor_exe.name})" if floor else f"journal on ({label}, {bindir})"
-        print(f"{what}: median {med:.2f} s, ratio of medians {med / off:.3f} ({(med / off - 1) * 100:+.1f}%), "
-              f"median of per-run ratios {statistics.median(per_run):.3f} (each: {', '.join(f'{r:.3f}' for r in per_run)})")
-        print(f"  tar's system time, median {statistics.median(tar_sys[label]):.2f} s")
-        print(f"  database transactions per epoch: {[e['transactions'] for e in epochs[label]]}; directories per epoch: {[e['directories'] for e in epochs[label]]}; events read per run: {events[label]}")
+    for label, bindir, journal, floor in sorted(modes, key=lambda m: m[0] != "off"):
+        med = median(label, "seconds")
+        per_run = [r["seconds"] / o["seconds"] for r, o in zip(runs[label], runs["off"])]
+        result["modes"][label] = {
+            "bindir": str(bindir), "journal": journal, "floor_listener": floor,
+            "median_seconds": round(med, 3), "ratio_of_medians": round(med / off, 4),
+            "median_of_run_ratios": round(statistics.median(per_run), 4), "runs": runs[label],
+        }
+        what = "journal off" if label == "off" else "floor listener beside hsmd without journal" if floor else f"journal on ({bindir})"
+        print(f"{what}: median {med:.2f} s" + ("" if label == "off" else
+              f", ratio of medians {med / off:.3f} ({(med / off - 1) * 100:+.1f}%), median of per-run ratios "
+              f"{statistics.median(per_run):.3f} (each: {', '.join(f'{x:.3f}' for x in per_run)})"))
+        print(f"  tar's system time, median {median(label, 'tar_system_seconds'):.2f} s")
+        if journal or floor:
+            print(f"  events read per run: {[r.get('events_read') for r in runs[label]]}")
+        if journal:
+            print(f"  database transactions per epoch: {[r['transactions'] for r in runs[label]]}; "
+                  f"directories per epoch: {[r['directories'] for r in runs[label]]}")
     Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
     print(f"results: {a.json}")
 
