@@ -359,7 +359,6 @@ int chsm_syncfs(int fd) {
 
 // ---- Change journal ------------------------------------------------------------------
 
-#include <sys/ioctl.h>
 
 static void copy_fid_handle(const struct fanotify_event_info_fid *fid, const char *end, chsm_handle *out) {
     const struct file_handle *fh = (const struct file_handle *)fid->handle;
@@ -429,11 +428,6 @@ int chsm_fanotify_read_fid(int group, void *buf, size_t buflen, chsm_fid_event *
         md = FAN_EVENT_NEXT(md, len);
     }
     return n;
-}
-
-int chsm_fanotify_queued(int group) {
-    int n = 0;
-    return ioctl(group, FIONREAD, &n) < 0 ? -errno : n;
 }
 
 int chsm_name_to_handle(int dirfd, const char *path, int flags, chsm_handle *out) {

@@ -68,10 +68,10 @@ public struct InodeHandle: Hashable, Sendable, CustomStringConvertible {
 /// Opens the directory `name` relative to a directory fd with O_PATH, not following a
 /// symlink (for ".." and for a moved directory's name in its new parent).
 public func openPathAt(_ dirFD: Int32, _ name: String, what: String) throws(SystemError) -> Int32 {
-    try SystemError.check(chsm_openat(dirFD, name, CHSM_OPEN_PATH_DIR), "openat(\(name))", what)
+    try openPathAt(dirFD, nameBytes: Array(name.utf8), what: what)
 }
 
-/// The same for a name given as the kernel's bytes (NUL-free).
+/// The same for a name given as the kernel's bytes (NUL-free; a name need not be UTF-8).
 public func openPathAt(_ dirFD: Int32, nameBytes: [UInt8], what: String) throws(SystemError) -> Int32 {
     let fd = (nameBytes + [0]).withUnsafeBufferPointer { b in
         b.withMemoryRebound(to: CChar.self) { chsm_openat(dirFD, $0.baseAddress!, CHSM_OPEN_PATH_DIR) }
@@ -87,7 +87,7 @@ public func filesystemID(of path: String) throws(SystemError) -> UInt64 {
 }
 
 /// One event of the change-journal group: its mask, the process that caused it, and the
-/// directories it names (the entry's parent; for FAN_RENAME the old and the new parent).
+/// directories it names (the entry's parent, or a directory itself for an event on it).
 public struct DirectoryEvent: Sendable {
     public let mask: UInt64
     public let pid: Int32
@@ -168,11 +168,6 @@ public struct DirectoryChangeGroup: Sendable {
     /// Removes every inode mark of the group (the ignore marks), keeping the filesystem mark.
     public func flushInodeMarks() throws(SystemError) {
         try SystemError.check(chsm_fanotify_mark(fd, UInt32(FAN_MARK_FLUSH), 0, AT_FDCWD, nil), "fanotify_mark(FAN_MARK_FLUSH)")
-    }
-
-    /// Bytes of events waiting in the kernel queue.
-    public func queuedBytes() throws(SystemError) -> Int {
-        Int(try SystemError.check(chsm_fanotify_queued(fd), "ioctl(fanotify, FIONREAD)"))
     }
 
     public func close() {

@@ -126,9 +126,6 @@ ssize_t chsm_lgetxattr(const char *path, const char *name, void *buf, size_t len
 #ifndef FAN_REPORT_DFID_NAME
 #define FAN_REPORT_DFID_NAME (FAN_REPORT_DIR_FID | FAN_REPORT_NAME)
 #endif
-#ifndef FAN_REPORT_TARGET_FID
-#define FAN_REPORT_TARGET_FID 0x00001000
-#endif
 #ifndef FAN_EVENT_INFO_TYPE_FID
 #define FAN_EVENT_INFO_TYPE_FID 1
 #endif
@@ -161,8 +158,8 @@ typedef struct {
 } chsm_handle;
 
 /// One event of a FID-reporting group: the directories it names (the parent of the
-/// affected entry; for FAN_RENAME the old and the new parent) and the entry's name in
-/// the first of them. No fd is ever opened.
+/// affected entry, or a directory itself; a FAN_RENAME event would carry both parents)
+/// and the entry's name in the first of them. No fd is ever opened.
 typedef struct {
     uint64_t mask;
     int32_t pid;
@@ -175,8 +172,6 @@ typedef struct {
 /// Reads one batch (blocking unless the group is non-blocking) and parses it.
 /// Returns the number of events, or -errno.
 int chsm_fanotify_read_fid(int group, void *buf, size_t buflen, chsm_fid_event *out, int maxout);
-/// Bytes waiting in a fanotify group's queue (FIONREAD), or -errno.
-int chsm_fanotify_queued(int group);
 /// name_to_handle_at(dirfd, path, flags). 0 or -errno.
 int chsm_name_to_handle(int dirfd, const char *path, int flags, chsm_handle *out);
 /// open_by_handle_at(mount_fd, handle, flags | O_CLOEXEC). fd or -errno (ESTALE: gone).
