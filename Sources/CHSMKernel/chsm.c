@@ -2,6 +2,7 @@
 // Swift layer can build an error that names the operation and the path.
 #define _GNU_SOURCE
 #include "chsm.h"
+#include "internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -28,23 +29,24 @@ int chsm_fanotify_mark(int group, unsigned int flags, uint64_t mask, int dirfd, 
     return fanotify_mark(group, flags, mask, dirfd, path) < 0 ? -errno : 0;
 }
 
-int chsm_fanotify_read(int group, void *buf, size_t buflen, chsm_event *out, int maxout) {
-    // EINTR is returned, not retried: it is how hsmd wakes the reading thread to stop.
-    ssize_t len = read(group, buf, buflen);
-    if (len < 0) return -errno;
+int chsm_parse_events(const void *buf, ssize_t len, chsm_event *out, int maxout) {
     int n = 0;
-    struct fanotify_event_metadata *md = buf;
+    const struct fanotify_event_metadata *md = buf;
     while (FAN_EVENT_OK(md, len) && n < maxout) {
+        // A metadata block that is not ours to parse ends the batch (the event log's
+        // successor parses a buffer a dead process left: it must not trust it).
+        if (md->vers != FANOTIFY_METADATA_VERSION || md->metadata_len < sizeof *md || md->metadata_len > md->event_len) break;
         chsm_event *e = &out[n++];
         memset(e, 0, sizeof *e);
         e->mask = md->mask;
         e->fd = md->fd;
         e->pid = md->pid;
+        e->slot = -1;
         // Info records follow the fixed metadata up to event_len.
-        char *p = (char *)md + md->metadata_len;
-        char *end = (char *)md + md->event_len;
+        const char *p = (const char *)md + md->metadata_len;
+        const char *end = (const char *)md + md->event_len;
         while (p + sizeof(struct fanotify_event_info_header) <= end) {
-            struct fanotify_event_info_header *h = (void *)p;
+            const struct fanotify_event_info_header *h = (const void *)p;
             if (h->len < sizeof *h || p + h->len > end) break;
             if (h->info_type == FAN_EVENT_INFO_TYPE_RANGE && h->len >= 24) {
                 uint64_t off, cnt;
@@ -59,6 +61,13 @@ int chsm_fanotify_read(int group, void *buf, size_t buflen, chsm_event *out, int
         md = FAN_EVENT_NEXT(md, len);
     }
     return n;
+}
+
+int chsm_fanotify_read(int group, void *buf, size_t buflen, chsm_event *out, int maxout) {
+    // EINTR is returned, not retried: it is how hsmd wakes the reading thread to stop.
+    ssize_t len = read(group, buf, buflen);
+    if (len < 0) return -errno;
+    return chsm_parse_events(buf, len, out, maxout);
 }
 
 int chsm_fanotify_respond(int group, int event_fd, uint32_t response) {
@@ -292,7 +301,7 @@ int64_t chsm_fs_type(const char *path) {
 
 #include <sys/un.h>
 
-static int fill_sockaddr(const char *path, struct sockaddr_un *a, socklen_t *len) {
+int chsm_fill_sockaddr(const char *path, struct sockaddr_un *a, socklen_t *len) {
     memset(a, 0, sizeof *a);
     a->sun_family = AF_UNIX;
     size_t n = strlen(path);
@@ -305,7 +314,7 @@ static int fill_sockaddr(const char *path, struct sockaddr_un *a, socklen_t *len
 
 int chsm_unix_listen(const char *path, unsigned int mode) {
     struct sockaddr_un a; socklen_t len;
-    int r = fill_sockaddr(path, &a, &len);
+    int r = chsm_fill_sockaddr(path, &a, &len);
     if (r < 0) return r;
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) return -errno;
@@ -321,26 +330,12 @@ int chsm_unix_listen(const char *path, unsigned int mode) {
 
 int chsm_unix_connect(const char *path) {
     struct sockaddr_un a; socklen_t len;
-    int r = fill_sockaddr(path, &a, &len);
+    int r = chsm_fill_sockaddr(path, &a, &len);
     if (r < 0) return r;
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) return -errno;
     if (connect(fd, (struct sockaddr *)&a, len) < 0) { int e = errno; close(fd); return -e; }
     return fd;
-}
-
-int chsm_sd_notify(const char *state) {
-    const char *path = getenv("NOTIFY_SOCKET");
-    if (!path || !*path) return 0;
-    struct sockaddr_un a; socklen_t len;
-    int r = fill_sockaddr(path, &a, &len);
-    if (r < 0) return r;
-    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return -errno;
-    ssize_t n = sendto(fd, state, strlen(state), MSG_NOSIGNAL, (struct sockaddr *)&a, len);
-    int e = errno;
-    close(fd);
-    return n < 0 ? -e : 0;
 }
 
 int chsm_accept(int listener) {

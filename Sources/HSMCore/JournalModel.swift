@@ -110,9 +110,11 @@ public enum JournalRules {
     ///   it had taken from the kernel may never have been written;
     /// - a filesystem with a journal is absent from this run: nobody watches it now, so
     ///   its epoch cannot vouch for this time;
-    /// - the filesystem at a path is not the one the journal knew (another fsid).
+    /// - the filesystem at a path is not the one the journal knew (another fsid);
+    /// - its notification group was not kept across the stop (`held`: fsids whose group
+    ///   systemd's fd store handed back), so changes between the two runs were not seen.
     public static func incompleteAtStart(previousRunUnclean: Bool, known: [(path: String, fsid: UInt64)],
-                                         watched: [(path: String, fsid: UInt64)], now: String) -> [String: String] {
+                                         watched: [(path: String, fsid: UInt64)], held: Set<UInt64>, now: String) -> [String: String] {
         var out: [String: String] = [:]
         let watchedByPath = Dictionary(watched.map { ($0.path, $0.fsid) }, uniquingKeysWith: { a, _ in a })
         for k in known {
@@ -121,6 +123,8 @@ public enum JournalRules {
                     out[k.path] = "a different filesystem is mounted at \(k.path) since \(now)"
                 } else if previousRunUnclean {
                     out[k.path] = "hsmd did not stop cleanly before \(now) (killed or crashed): events may be lost"
+                } else if !held.contains(fsid) {
+                    out[k.path] = "not watched between hsmd's last stop and its start at \(now) (the change journal's group was not kept in systemd's fd store)"
                 }
             } else {
                 out[k.path] = "not watched by hsmd from \(now) (missing from the config or the journal was off)"

@@ -438,11 +438,18 @@ struct Archiver: Sendable {
         guard let fs = filesystems.filesystem(device: lst.device) else {
             return ([], [FileResult(path: path, outcome: .failed, reason: "not on a managed filesystem (managed: \(filesystems.pathsDescription))")])
         }
-        let raw: [UInt8]?
-        do { raw = try Xattr.get(path: path, Marker.xattrName) } catch {
-            return ([], [FileResult(path: path, outcome: .failed, reason: "\(error)")])
+        // Under the inode lock: a recall lets its reader go before its marker is durable
+        // (the data is synced first), and status must not show the state from before.
+        let read = locks.withLock(lst.inodeKey) { () -> Result<(FileStat, [UInt8]?), SystemError> in
+            do throws(SystemError) { return .success((try FileStat.of(path: path), try Xattr.get(path: path, Marker.xattrName))) } catch {
+                return .failure(error)
+            }
         }
-        let s = FileStatus.derive(stat: lst, markerBytes: raw, objectExists: { fs.store.contains($0) })
-        return ([StatusRow(path: path, state: s.state, size: lst.size, offlineBytes: s.offlineBytes, object: s.object?.hex, detail: s.detail)], [])
+        guard case .success(let (st, raw)) = read else {
+            if case .failure(let error) = read { return ([], [FileResult(path: path, outcome: .failed, reason: "\(error)")]) }
+            return ([], [])
+        }
+        let s = FileStatus.derive(stat: st, markerBytes: raw, objectExists: { fs.store.contains($0) })
+        return ([StatusRow(path: path, state: s.state, size: st.size, offlineBytes: s.offlineBytes, object: s.object?.hex, detail: s.detail)], [])
     }
 }

@@ -25,6 +25,30 @@ public enum Daemon {
         Memory.keepResidentSetSmall()
 
         let started = Date()
+        // First, before any other fd is opened: what systemd's fd store kept, and the
+        // events a predecessor left unanswered (their numbers must be settled or
+        // reserved before anything can take them; docs/ARCHITECTURE.md).
+        let inherited = InheritedDescriptors.take(log: log)
+        let eventLog: EventLog
+        var predecessor: PredecessorEvents?
+        do {
+            if let adopted = inherited.eventLog, let g = inherited.group {
+                eventLog = adopted
+                let p = PredecessorEvents(log: adopted, group: g, log: log)
+                if p.count > 0 || p.denied > 0 {
+                    log.notice("the previous hsmd left \(p.count + p.denied) access(es) unanswered: \(p.count) will be finished, \(p.denied) denied with EIO")
+                }
+                predecessor = p
+            } else {
+                // Without the old group its events were allowed when it closed: nothing
+                // in an old log can be answered any more.
+                eventLog = try EventLog.create()
+            }
+        } catch {
+            log.critical("hsmd cannot start: \(error)")
+            return 1
+        }
+
         let filesystems: ManagedFilesystems
         let group: FanotifyGroup
         do {
@@ -35,9 +59,12 @@ public enum Daemon {
             guard !filesystems.all.isEmpty else {
                 throw StartError(description: "no [[filesystem]] in the config: hsmd would manage nothing")
             }
-            do { group = try FanotifyGroup.preContent() } catch {
-                throw StartError(description: "\(error): this kernel does not offer fanotify pre-content events (Linux 6.14 or later, CONFIG_FANOTIFY_ACCESS_PERMISSIONS, run as root)")
+            if let g = inherited.group { group = g } else {
+                do { group = try FanotifyGroup.preContent() } catch {
+                    throw StartError(description: "\(error): this kernel does not offer fanotify pre-content events (Linux 6.14 or later, CONFIG_FANOTIFY_ACCESS_PERMISSIONS, run as root)")
+                }
             }
+            // Idempotent for a kept group, whose marks are still in place.
             for fs in filesystems.all {
                 do { try group.markFilesystem(fs.path) } catch {
                     throw StartError(description: "cannot mark \(fs.path) (\(fs.type)) for pre-content events: \(error)")
@@ -51,22 +78,27 @@ public enum Daemon {
         // The change journal: its own notification group and database (README, "Change journal").
         let journal: Journal?
         if config.journal {
-            do { journal = try Journal(stateDir: config.stateDir, filesystems: filesystems.all, log: log) } catch {
+            do { journal = try Journal(stateDir: config.stateDir, filesystems: filesystems.all, adopted: inherited.journalGroups, log: log) } catch {
                 log.critical("hsmd cannot start: \(error)")
-                group.close()
                 return 1
             }
         } else {
             Journal.markUnwatched(stateDir: config.stateDir, log: log)
             journal = nil
         }
+        let journalFSIDs = Set((journal?.groups ?? []).map(\.fsid))
+        for (fsid, fd) in inherited.journalGroups where !journalFSIDs.contains(fsid) { close(fd) }
+        keepAcrossRestarts(group: group, eventLog: eventLog, journal: journal, inherited: inherited, log: log)
 
         let locks = InodeLocks()
         let engine = RecallEngine(group: group, filesystems: filesystems, locks: locks, config: config, log: log)
-        let events = EventLoop(group: group, engine: engine, log: log)
+        let events = EventLoop(group: group, eventLog: eventLog, engine: engine, filesystems: filesystems, log: log)
         let archiver = Archiver(group: group, filesystems: filesystems, locks: locks, engine: engine, log: log)
         let premarker = ResidentPremarker(group: group, filesystems: filesystems.all, locks: locks, limit: config.premarkFiles, log: log)
         let fsList = filesystems.all.map { "\($0.path) (\($0.type), store \($0.store.name))" }.joined(separator: "; ")
+        let restartState = inherited.group != nil ? "pre-content group kept across the last restart"
+            : (SystemdNotify.isAvailable ? "fresh start; groups handed to systemd's fd store"
+                : "fresh start without systemd: while hsmd is stopped, released data reads as zeros")
         let server: ControlServer
         do {
             server = try ControlServer(socketPath: config.socket, archiver: archiver, journal: journal, log: log) {
@@ -74,11 +106,11 @@ public enum Daemon {
                  "uptime_seconds": "\(Int(Date().timeIntervalSince(started)))",
                  "events": "\(events.eventsSeen.load(ordering: .relaxed))",
                  "premark": premarker.summary,
+                 "restart": restartState,
                  "journal": journal.map { "on, \($0.eventsRead.load(ordering: .relaxed)) events, \($0.transactions.load(ordering: .relaxed)) transactions" } ?? "off"]
             }
         } catch {
             log.critical("hsmd cannot start: control socket: \(error)")
-            group.close()
             return 1
         }
         engine.start()
@@ -87,6 +119,7 @@ public enum Daemon {
             log.critical("hsmd cannot start: \(error)")
             return 1
         }
+        predecessor?.submit(to: engine, group: group, eventLog: eventLog, filesystems: filesystems, log: log)
         server.start()
         premarker.start()
         startWatchdog(events, log: log)
@@ -100,15 +133,56 @@ public enum Daemon {
         SystemdNotify.send("STOPPING=1")
         server.stop()
         premarker.stop()
+        // Stop reading and finish what was taken. The filesystem marks stay: with the
+        // group in systemd's fd store, accesses wait for the next hsmd instead of being
+        // allowed (without systemd, exiting closes the group and the kernel allows them).
         events.stop()
-        engine.stop()
+        let unanswered = engine.stop(drainSeconds: 20)
+        if unanswered > 0 {
+            log.warning("\(unanswered) access(es) still unanswered at stop; they stay on record for the next hsmd")
+        }
         journal?.stop()
-        // Closing the group makes the kernel allow whatever is still queued, and files
-        // released meanwhile read as holes: see README, "When hsmd is not running".
-        for fs in filesystems.all { group.unmarkFilesystem(fs.path) }
-        group.close()
+        warnAboutOfflineFiles(filesystems, log: log)
         log.notice("hsmd stopped")
         return 0
+    }
+
+    /// Hands the groups and the event log to systemd's fd store, so a restart (or a crash
+    /// and its automatic restart) keeps them alive: accesses meanwhile wait instead of
+    /// being allowed. Fds systemd handed back are in the store already.
+    private static func keepAcrossRestarts(group: FanotifyGroup, eventLog: EventLog, journal: Journal?,
+                                           inherited: InheritedDescriptors, log: Logger) {
+        guard SystemdNotify.isAvailable else { return }
+        var toStore: [(fd: Int32, name: String)] = []
+        if inherited.group == nil { toStore.append((group.fd, InheritedDescriptors.groupName)) }
+        if inherited.eventLog == nil || inherited.group == nil { toStore.append((eventLog.fd, InheritedDescriptors.eventLogName)) }
+        for (fsid, fd) in journal?.groups ?? [] where inherited.journalGroups[fsid] != fd {
+            toStore.append((fd, InheritedDescriptors.journalPrefix + String(fsid, radix: 16)))
+        }
+        for item in toStore {
+            do { try SystemdNotify.store(fd: item.fd, name: item.name) } catch {
+                log.warning("cannot hand \(item.name) to systemd's fd store: \(error); a restart will let accesses through as zeros")
+            }
+        }
+    }
+
+    /// At a stop hsmd cannot tell a restart (the fd store keeps the groups) from a stop
+    /// for good (systemd 252 empties the store then): say what the latter would mean.
+    private static func warnAboutOfflineFiles(_ filesystems: ManagedFilesystems, log: Logger) {
+        let deadline = monotonicNanos() + 3_000_000_000
+        var count = 0
+        var cut = false
+        for fs in filesystems.all where !cut {
+            TreeWalker.walkWhile(fs.path, device: fs.device) { path, st in
+                if monotonicNanos() > deadline { cut = true; return false }
+                guard st.fileType == .regular, let raw = try? Xattr.get(path: path, Marker.xattrName),
+                      let m = try? MarkerCodec.decode(raw), !m.offline.isEmpty else { return true }
+                count += 1
+                return true
+            }
+        }
+        guard count > 0 else { return }
+        log.warning("\(cut ? "at least " : "")\(count) file(s) still have offline data: after a restart their readers wait for the next hsmd; if hsmd stays stopped (systemctl stop, or no systemd) reads of their released ranges return zeros until it starts again (README, \"Stopping hsmd\")")
     }
 
     private static func makeDirectory(_ path: String) throws {
@@ -117,15 +191,20 @@ public enum Daemon {
         }
     }
 
-    /// Pings systemd's watchdog while the event loop is alive.
+    /// Pings systemd's watchdog while the event loop is alive: waiting for events (idle)
+    /// or in a batch that started less than EventLoop.stuckAfterNanos ago.
     private static func startWatchdog(_ events: EventLoop, log: Logger) {
         guard let usec = ProcessInfo.processInfo.environment["WATCHDOG_USEC"].flatMap(UInt64.init), usec > 0 else { return }
         startThread("hsmd-watchdog") {
+            var withheld = false
             while true {
-                usleep(UInt32(min(usec / 2, 5_000_000)))
-                let age = monotonicNanos() - events.heartbeat.load(ordering: .relaxed)
-                if age < 10_000_000_000 { SystemdNotify.send("WATCHDOG=1") } else {
-                    log.critical("event loop has not run for \(age / 1_000_000_000) s; withholding the watchdog ping")
+                usleep(UInt32(min(usec / 4, 5_000_000)))
+                if events.isAlive {
+                    SystemdNotify.send("WATCHDOG=1")
+                    withheld = false
+                } else if !withheld {
+                    log.critical("the event loop is stuck in one batch for over \(EventLoop.stuckAfterNanos / 1_000_000_000) s; withholding the watchdog ping so that systemd restarts hsmd")
+                    withheld = true
                 }
             }
         }

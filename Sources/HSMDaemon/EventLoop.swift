@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 import HSMCore
 import HSMKernel
@@ -6,25 +7,37 @@ import Synchronization
 
 /// The one thread that reads the pre-content group. It does no file I/O of its own: it
 /// reads the marker xattr, answers hsmd's own events, resident files and ranges that are
-/// already local at once, and hands the rest to the recall engine.
+/// already local at once, and hands the rest to the recall engine. Every permission
+/// event is on record in the event log before it is looked at (docs/ARCHITECTURE.md).
 final class EventLoop: Sendable {
     let group: FanotifyGroup
+    let eventLog: EventLog
     let engine: RecallEngine
+    let filesystems: ManagedFilesystems
     let log: Logger
     private let ownPid = getpid()
-    /// Last time the loop finished a batch, and whether it is waiting in read(): together
-    /// they tell the systemd watchdog whether the loop is alive.
-    let heartbeat = Atomic<UInt64>(monotonicNanos())
+    /// When the batch being handled was read, and whether the loop is waiting in read():
+    /// together they tell the systemd watchdog whether the loop is alive.
+    let batchStarted = Atomic<UInt64>(monotonicNanos())
     let waiting = Atomic<Bool>(false)
     let eventsSeen = Atomic<UInt64>(0)
     private let stopping = Atomic<Bool>(false)
     private let thread = Atomic<UInt>(0)
+    private let exited = Atomic<Bool>(false)
+    /// A batch handled for longer than this means the loop is stuck: every step of a
+    /// batch is a syscall on an fd the kernel just opened, never a wait on I/O.
+    static let stuckAfterNanos: UInt64 = 10_000_000_000
     /// Interrupts the blocking read on stop (handler installed without SA_RESTART).
     static let wakeupSignal = SIGUSR2
+    /// Test-only: while this file exists the loop stalls in its next batch, events read
+    /// and unanswered, as a hung hsmd would (for the watchdog and restart tests).
+    private let stallFile = ProcessInfo.processInfo.environment["HSMD_TEST_STALL_FILE"]
 
-    init(group: FanotifyGroup, engine: RecallEngine, log: Logger) {
+    init(group: FanotifyGroup, eventLog: EventLog, engine: RecallEngine, filesystems: ManagedFilesystems, log: Logger) {
         self.group = group
+        self.eventLog = eventLog
         self.engine = engine
+        self.filesystems = filesystems
         self.log = log
     }
 
@@ -33,10 +46,15 @@ final class EventLoop: Sendable {
         startThread("hsmd-events") { self.run() }
     }
 
+    /// Alive: waiting for events (idle), or in a batch that started recently.
     var isAlive: Bool {
-        waiting.load(ordering: .relaxed) || monotonicNanos() - heartbeat.load(ordering: .relaxed) < 10_000_000_000
+        if exited.load(ordering: .acquiring) { return false }
+        if waiting.load(ordering: .acquiring) { return true }
+        return monotonicNanos() &- batchStarted.load(ordering: .acquiring) < Self.stuckAfterNanos
     }
 
+    /// Stops reading: events still queued stay in the kernel for a successor (or are
+    /// allowed when the group's last holder closes it).
     func stop() {
         stopping.store(true, ordering: .releasing)
         let t = thread.load(ordering: .acquiring)
@@ -47,21 +65,27 @@ final class EventLoop: Sendable {
     /// access of a file pays.
     private func run() {
         thread.store(UInt(pthread_self()), ordering: .releasing)
-        let reader = FanotifyReader(group: group)
+        defer { exited.store(true, ordering: .releasing) }
+        let reader = FanotifyReader(group: group, log: eventLog)
         var xattrBuffer = [UInt8](repeating: 0, count: 4096)
         while !stopping.load(ordering: .acquiring) {
-            waiting.store(true, ordering: .relaxed)
+            waiting.store(true, ordering: .releasing)
             let events: [FanotifyEvent]
             do { events = try reader.next() } catch {
-                waiting.store(false, ordering: .relaxed)
+                batchStarted.store(monotonicNanos(), ordering: .releasing)
+                waiting.store(false, ordering: .releasing)
                 if error.errno == EAGAIN || error.errno == EINTR { continue }
                 log.critical("reading the fanotify group failed: \(error)")
                 return
             }
-            waiting.store(false, ordering: .relaxed)
+            batchStarted.store(monotonicNanos(), ordering: .releasing)
+            waiting.store(false, ordering: .releasing)
+            if let stallFile, access(stallFile, F_OK) == 0 {
+                log.warning("test switch HSMD_TEST_STALL_FILE: the event loop stalls with \(events.count) event(s) unanswered")
+                while true { sleep(60) }
+            }
             eventsSeen.add(UInt64(events.count), ordering: .relaxed)
             for e in events { dispatch(e, &xattrBuffer) }
-            heartbeat.store(monotonicNanos(), ordering: .relaxed)
         }
     }
 
@@ -74,11 +98,18 @@ final class EventLoop: Sendable {
             // FAN_REPORT_FD_ERROR: the kernel could not open the file for us (e.g.
             // ETXTBSY for a running executable, EROFS through a read-only mount). It
             // denies such a permission event itself; there is nothing to answer.
+            if e.slot >= 0 { eventLog.done(e.slot) }
             log.error("pre-access event for pid \(e.pid) without a file: \(String(cString: strerror(-e.fd)))")
             return
         }
-        if e.pid == ownPid || !(e.isPreAccess || e.isOpenPermission) {
-            answer(e, .allow)
+        guard e.isPermission else {
+            close(e.fd)
+            return
+        }
+        // From here the event owns its fd and is answered exactly once (EIO if dropped).
+        var event = PermissionEvent(number: e.fd, pid: e.pid, group: group, log: eventLog, slot: e.slot)
+        if e.pid == ownPid {
+            answer(&event, .allow)
             return
         }
         let raw: [UInt8]?
@@ -86,34 +117,40 @@ final class EventLoop: Sendable {
             raw = try FileDescriptor(rawValue: e.fd, path: "").xattr(Marker.xattrName, into: &xattrBuffer).map { Array(xattrBuffer[0..<$0]) }
         } catch {
             log.error("cannot read the marker of \(FileDescriptor.currentPath(of: e.fd)): \(error); the access fails with EIO")
-            answer(e, .deny(errno: EIO))
+            answer(&event, .deny(errno: EIO))
             return
         }
         guard let raw else {
             ignoreFurtherEvents(e.fd)
-            answer(e, .allow)
+            answer(&event, .allow)
             return
         }
         let marker: Marker
         do { marker = try MarkerCodec.decode(raw) } catch {
             log.error("damaged marker on \(FileDescriptor.currentPath(of: e.fd)): \(error); the access fails with EIO")
-            answer(e, .deny(errno: EIO))
+            answer(&event, .deny(errno: EIO))
             return
         }
         if marker.offline.isEmpty {
             ignoreFurtherEvents(e.fd)
-            answer(e, .allow)
+            answer(&event, .allow)
             return
         }
         let st: FileStat
         do { st = try FileDescriptor(rawValue: e.fd, path: "").stat() } catch {
-            answer(e, .deny(errno: EIO))
+            answer(&event, .deny(errno: EIO))
+            return
+        }
+        guard let fs = filesystems.filesystem(ofOpenFile: e.fd, device: st.device) else {
+            // Offline data on a filesystem hsmd cannot place: never allow over it.
+            log.error("\(FileDescriptor.currentPath(of: e.fd)) has offline data but is on no managed filesystem hsmd can identify (device \(st.device >> 8):\(st.device & 0xff)); the access fails with EIO")
+            answer(&event, .deny(errno: EIO))
             return
         }
         if e.isOpenPermission {
             // Opening a file with offline blocks: the engine decides (by program) whether
             // the whole file must come back before the open returns.
-            engine.submit(PendingEvent(fd: e.fd, pid: e.pid, range: 0..<Int64.max, atOpen: true), key: st.inodeKey)
+            engine.submit(PendingEvent(event, range: 0..<Int64.max, atOpen: true, filesystem: fs), key: st.inodeKey)
             return
         }
         let range = e.range ?? 0..<Int64.max
@@ -122,10 +159,10 @@ final class EventLoop: Sendable {
         // data come back into what are now real holes.
         let truncated = st.size < marker.size && !marker.offline.setIndices(in: Int(st.size >> Int64(marker.blockShift))..<marker.offline.count).isEmpty
         if !truncated && marker.offline.setIndices(in: marker.layout.blocks(covering: range)).isEmpty {
-            answer(e, .allow)
+            answer(&event, .allow)
             return
         }
-        engine.submit(PendingEvent(fd: e.fd, pid: e.pid, range: range), key: st.inodeKey)
+        engine.submit(PendingEvent(event, range: range, atOpen: false, filesystem: fs), key: st.inodeKey)
     }
 
     /// Resident inodes get an evictable ignore mark: their later accesses cost no trip
@@ -134,10 +171,9 @@ final class EventLoop: Sendable {
         try? group.ignore(fileAt: fd, path: "")
     }
 
-    private func answer(_ e: FanotifyEvent, _ r: FanotifyResponse) {
-        if group.respondOrFallBack(to: e.fd, r) == nil {
-            log.error("fanotify response for pid \(e.pid) failed: \(String(cString: strerror(errno)))")
+    private func answer(_ event: inout PermissionEvent, _ r: FanotifyResponse) {
+        if case .failure(let error)? = event.respond(r) {
+            log.error("fanotify response for pid \(event.pid) failed: \(error)")
         }
-        close(e.fd)
     }
 }

@@ -67,6 +67,9 @@ final class Journal: Sendable {
     let eventsRead = Atomic<UInt64>(0)
     let transactions = Atomic<UInt64>(0)
 
+    /// Each watched filesystem's notification group, by fsid: for systemd's fd store.
+    var groups: [(fsid: UInt64, fd: Int32)] { watched.map { ($0.fsid, $0.group.fd) } }
+
     static let databaseName = "journal.sqlite"
     static let runningKey = "running"
 
@@ -74,7 +77,9 @@ final class Journal: Sendable {
 
     /// Opens the database, settles what the last run left (an unclean stop, filesystems
     /// no longer watched), creates one group per filesystem and marks it.
-    init(stateDir: String, filesystems: [ManagedFilesystem], log: Logger) throws(StartError) {
+    /// `adopted`: groups systemd's fd store kept across a restart, by fsid. A filesystem
+    /// whose group was kept loses no event between the two processes.
+    init(stateDir: String, filesystems: [ManagedFilesystem], adopted: [UInt64: Int32] = [:], log: Logger) throws(StartError) {
         self.log = log
         do { db = try JournalDatabase(path: stateDir + "/" + Self.databaseName) } catch {
             throw StartError(description: "change journal database: \(error)")
@@ -94,7 +99,7 @@ final class Journal: Sendable {
             }
             let known = try db.filesystems()
             let reasons = JournalRules.incompleteAtStart(previousRunUnclean: unclean, known: known.map { ($0.path, $0.fsid) },
-                                                         watched: current, now: stamp)
+                                                         watched: current, held: Set(adopted.keys), now: stamp)
             try db.transaction { (t) throws(DatabaseError) in
                 for k in known {
                     guard let reason = reasons[k.path] else { continue }
@@ -113,7 +118,8 @@ final class Journal: Sendable {
                 let mountFD: Int32
                 let root: InodeHandle
                 do {
-                    group = try DirectoryChangeGroup.open()
+                    if let fd = adopted[fsid] { group = DirectoryChangeGroup(fd: fd) } else { group = try DirectoryChangeGroup.open() }
+                    // Marking again is harmless for a kept group: the mask is the same.
                     try group.markFilesystem(fs.path)
                     mountFD = try FileDescriptor.open(fs.path, [.directory]).rawValue
                     root = try InodeHandle.of(path: fs.path)
@@ -189,6 +195,8 @@ final class Journal: Sendable {
         } catch {
             log.error("change journal: cannot record the clean stop: \(error)")
         }
+        // Closing ours is not the end of a group systemd's fd store also holds: it keeps
+        // queueing for the next process.
         for w in watched { w.group.close(); close(w.mountFD) }
         log.info("change journal stopped cleanly: \(eventsRead.load(ordering: .relaxed)) events read, \(transactions.load(ordering: .relaxed)) transactions")
     }

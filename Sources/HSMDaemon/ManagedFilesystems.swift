@@ -1,17 +1,27 @@
+import Glibc
 import HSMCore
 import HSMKernel
+import Synchronization
 
 /// One filesystem hsmd marks, with the store its files archive to.
 struct ManagedFilesystem: Sendable {
     let path: String
+    /// st_dev of its root. Files in btrfs subvolumes and snapshots have other st_devs.
     let device: UInt64
+    /// The superblock's device as /proc/self/mountinfo names it: one per filesystem,
+    /// whatever mount, bind mount or subvolume a file is reached through.
+    let superblock: UInt64
+    /// An fd on its root, for open_by_handle_at. Open for hsmd's life.
+    let rootFD: Int32
     let type: String
     let store: any ObjectStore
 }
 
 /// The filesystems of the config, checked and keyed by device. Fixed after start.
-struct ManagedFilesystems: Sendable {
+final class ManagedFilesystems: Sendable {
     let all: [ManagedFilesystem]
+    /// st_dev → index in `all`, for devices that are not a root's (btrfs subvolumes).
+    private let otherDevices = Mutex<[UInt64: Int]>([:])
 
     struct SetupError: Error, CustomStringConvertible {
         let description: String
@@ -46,12 +56,39 @@ struct ManagedFilesystems: Sendable {
             if list.contains(where: { $0.device == st.device }) {
                 throw SetupError(description: "\(key): \(fs.path) is the same filesystem as another entry")
             }
-            list.append(ManagedFilesystem(path: fs.path, device: st.device, type: type, store: store))
+            let root: FileDescriptor
+            let superblock: UInt64
+            do {
+                root = try FileDescriptor.open(fs.path, [.directory])
+                superblock = try Mounts.device(ofMount: Mounts.mountID(of: root.rawValue, path: fs.path))
+            } catch {
+                throw SetupError(description: "\(key): \(fs.path): \(error)")
+            }
+            list.append(ManagedFilesystem(path: fs.path, device: st.device, superblock: superblock, rootFD: root.rawValue, type: type, store: store))
         }
         all = list
     }
 
     func filesystem(device: UInt64) -> ManagedFilesystem? { all.first { $0.device == device } }
+
+    /// The managed filesystem an open file is on. By st_dev first; a device that is no
+    /// root's (a btrfs subvolume or snapshot) is resolved once through the fd's mount and
+    /// its superblock, then remembered. nil: not a managed filesystem (the caller must not
+    /// assume its data is local).
+    func filesystem(ofOpenFile fd: Int32, device: UInt64) -> ManagedFilesystem? {
+        if let fs = filesystem(device: device) { return fs }
+        if let i = otherDevices.withLock({ $0[device] }) { return all[i] }
+        guard let mount = try? Mounts.mountID(of: fd, path: ""), let fs = filesystem(mountID: mount),
+              let i = all.firstIndex(where: { $0.path == fs.path }) else { return nil }
+        otherDevices.withLock { if $0.count < 4096 { $0[device] = i } }
+        return fs
+    }
+
+    /// The managed filesystem mounted as mount `id` (a mount id from name_to_handle_at).
+    func filesystem(mountID id: Int32) -> ManagedFilesystem? {
+        guard let sb = try? Mounts.device(ofMount: id) else { return nil }
+        return all.first { $0.superblock == sb }
+    }
 
     var pathsDescription: String { all.map(\.path).joined(separator: ", ") }
 }

@@ -33,36 +33,6 @@ enum RecallError: Error, CustomStringConvertible {
     }
 }
 
-/// A pre-access event waiting for its answer. Exactly one answer is sent: by the worker
-/// that recalls its range, or by the timeout sweep, whichever comes first.
-final class PendingEvent: Sendable {
-    let fd: Int32
-    let pid: Int32
-    let range: Range<Int64>
-    /// A FAN_OPEN_PERM event rather than an access.
-    let atOpen: Bool
-    let received: UInt64
-    private let answered = Atomic<Bool>(false)
-
-    init(fd: Int32, pid: Int32, range: Range<Int64>, atOpen: Bool = false) {
-        self.fd = fd
-        self.pid = pid
-        self.range = range
-        self.atOpen = atOpen
-        received = monotonicNanos()
-    }
-
-    var isAnswered: Bool { answered.load(ordering: .acquiring) }
-
-    /// Sends the answer unless one was sent already; true when this call sent it.
-    @discardableResult
-    func answer(_ response: FanotifyResponse, group: FanotifyGroup) -> Bool {
-        guard answered.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else { return false }
-        group.respondOrFallBack(to: fd, response)
-        return true
-    }
-}
-
 /// Brings offline blocks back from the stores.
 ///
 /// Events for one inode queue behind each other and one worker drains them under the
@@ -78,7 +48,7 @@ final class RecallEngine: Sendable {
         var queues: [InodeKey: [PendingEvent]] = [:]
         var scheduled: Set<InodeKey> = []
         var ready: [InodeKey] = []
-        var outstanding: [Int32: PendingEvent] = [:]
+        var outstanding: [ObjectIdentifier: PendingEvent] = [:]
         var readahead: [InodeKey: Readahead] = [:]
         var stopping = false
     }
@@ -113,15 +83,25 @@ final class RecallEngine: Sendable {
         startThread("hsmd-timeouts") { self.timeoutLoop() }
     }
 
-    func stop() {
+    /// Finishes what is queued, for up to `drainSeconds`, then stops the workers. Returns
+    /// the events still unanswered: they stay in the event log for a successor.
+    @discardableResult
+    func stop(drainSeconds: Double) -> Int {
+        let deadline = monotonicNanos() + UInt64(drainSeconds * 1e9)
+        var left = state.withLock { $0.outstanding.count }
+        while left > 0 && monotonicNanos() < deadline {
+            usleep(20_000)
+            left = state.withLock { $0.outstanding.count }
+        }
         state.withLock { $0.stopping = true }
         for _ in 0..<threads { work.signal() }
+        return left
     }
 
     /// Called by the event thread; never blocks on I/O.
     func submit(_ event: PendingEvent, key: InodeKey) {
         let wake = state.withLock { s -> Bool in
-            s.outstanding[event.fd] = event
+            s.outstanding[ObjectIdentifier(event)] = event
             s.queues[key, default: []].append(event)
             guard !s.scheduled.contains(key) else { return false }
             s.scheduled.insert(key)
@@ -155,8 +135,10 @@ final class RecallEngine: Sendable {
                     handle(event, key: key)
                     // Close at once: a lingering event fd counts as an open file and
                     // would make a release that follows the access report "busy".
-                    state.withLock { _ = $0.outstanding.removeValue(forKey: event.fd) }
-                    close(event.fd)
+                    state.withLock { _ = $0.outstanding.removeValue(forKey: ObjectIdentifier(event)) }
+                    if event.finish() {
+                        log.error("an access by pid \(event.pid) was left unanswered by its recall; denied with EIO")
+                    }
                 }
             }
         }
@@ -164,10 +146,7 @@ final class RecallEngine: Sendable {
 
     private func handle(_ event: PendingEvent, key: InodeKey) {
         if event.isAnswered { return }
-        guard let fs = filesystems.filesystem(device: key.device) else {
-            event.answer(.allow, group: group)
-            return
-        }
+        let fs = event.filesystem
         var range = event.range
         var opener: String?
         if event.atOpen {
@@ -175,14 +154,14 @@ final class RecallEngine: Sendable {
             // event: a released file would look empty to them. Bring it all back first.
             let program = Self.programName(pid: event.pid)
             guard fullRecallPrograms.contains(program) else {
-                event.answer(.allow, group: group)
+                event.answer(.allow)
                 return
             }
             range = 0..<Int64.max
             opener = program
         }
         // The path (a readlink) only for events that recall: it names the file in errors.
-        let fd = FileDescriptor(rawValue: event.fd, path: FileDescriptor.currentPath(of: event.fd))
+        let fd = FileDescriptor(rawValue: event.file, path: FileDescriptor.currentPath(of: event.file))
         if let opener {
             log.info("\(opener) (pid \(event.pid)) opens released file \(fd.path): recalling all of it first")
         }
@@ -190,14 +169,14 @@ final class RecallEngine: Sendable {
         var allowed = false
         do {
             let bytes = try recall(fd, range: range, key: key, store: fs.store, readahead: !event.atOpen) {
-                allowed = event.answer(.allow, group: self.group)
+                allowed = event.answer(.allow)
             }
             if allowed && bytes > 0 {
                 let ms = Double(monotonicNanos() - started) / 1e6
                 log.debug("recalled \(Units.formatBytes(bytes)) of \(fd.path) for pid \(event.pid) in \(String(format: "%.1f", ms)) ms")
             }
         } catch {
-            if event.answer(.deny(errno: error.errno), group: group) {
+            if event.answer(.deny(errno: error.errno)) {
                 log.error("recall failed for \(fd.path) (pid \(event.pid), bytes \(event.range.lowerBound)..<\(event.range.upperBound)): \(error); the access fails with \(String(cString: strerror(error.errno)))")
             } else if allowed {
                 log.warning("read-ahead of \(fd.path) failed after the access itself was served: \(error)")
@@ -220,8 +199,10 @@ final class RecallEngine: Sendable {
             usleep(500_000)
             let now = monotonicNanos()
             let late = state.withLock { s in s.outstanding.values.filter { now - $0.received > timeoutNanos } }
-            for e in late where e.answer(.deny(errno: RecallError.timedOut.errno), group: group) {
-                log.error("recall of \(FileDescriptor.currentPath(of: e.fd)) for pid \(e.pid) timed out after \(timeoutNanos / 1_000_000_000) s (recall_timeout); the access fails with EIO")
+            for e in late {
+                e.answer(.deny(errno: RecallError.timedOut.errno)) { _ in
+                    self.log.error("recall of \(FileDescriptor.currentPath(of: e.file)) for pid \(e.pid) timed out after \(self.timeoutNanos / 1_000_000_000) s (recall_timeout); the access fails with EIO")
+                }
             }
         }
     }
@@ -241,7 +222,12 @@ final class RecallEngine: Sendable {
             st = try fd.stat()
             raw = try fd.xattr(Marker.xattrName)
         } catch { throw .system(error) }
-        guard let raw else { return 0 }
+        guard let raw else {
+            // No marker (removed since the event was read): nothing is offline as far as
+            // anyone can know, and the access must not wait for an answer that never comes.
+            neededIsIn?()
+            return 0
+        }
         var marker: Marker
         do { marker = try MarkerCodec.decode(raw) } catch { throw .damagedMarker("\(error)") }
         let layout = marker.layout
@@ -291,6 +277,19 @@ final class RecallEngine: Sendable {
         let wasClean = st.size == marker.size && st.mtimeNs == marker.mtimeNs
         let objectData = record.dataExtents
         var written: Int64 = 0
+        /// Data written since the last fdatasync: the marker may say "local" only for
+        /// data on disk (DESIGN invariant 8), or a power cut could leave holes that the
+        /// marker calls resident, and they would read as zeros.
+        var unsynced = false
+
+        /// Makes the data durable, then writes the marker.
+        func persistDurably() throws(RecallError) {
+            if unsynced {
+                do { try fd.syncData() } catch { throw .system(error) }
+                unsynced = false
+            }
+            try persist(marker, fd)
+        }
 
         /// Writes one verified block into the holes of the file.
         func place(_ b: Int, _ buffer: UnsafeMutableRawBufferPointer) throws(RecallError) {
@@ -305,6 +304,7 @@ final class RecallEngine: Sendable {
                         let from = Int(piece.lowerBound - block.lowerBound), to = Int(piece.upperBound - block.lowerBound)
                         try fd.write(UnsafeRawBufferPointer(rebasing: buffer[from..<to]), at: piece.lowerBound)
                         written += piece.upperBound - piece.lowerBound
+                        unsynced = true
                     }
                 }
             } catch {
@@ -314,7 +314,8 @@ final class RecallEngine: Sendable {
             marker.offline[b] = false
         }
 
-        /// Copies blocks in, fills holes only, and leaves the file clean and the marker true.
+        /// Copies blocks in, fills holes only, and leaves the file clean; the caller then
+        /// makes it durable and writes the marker.
         func fill(_ blocks: [Int]) throws(RecallError) {
             do {
                 if blocks.count > 1 {
@@ -324,7 +325,7 @@ final class RecallEngine: Sendable {
                         // A sequential reader is usually waiting for the next block: let it
                         // go now rather than after the whole window.
                         placed += 1
-                        if placed % 8 == 0 { try? persist(marker, fd) }
+                        if placed % 8 == 0 { try? persistDurably() }
                         answerSatisfied(key, marker, fileSize: st.size)
                     }
                 } else if let b = blocks.first {
@@ -341,13 +342,17 @@ final class RecallEngine: Sendable {
                 if let e = error as? StoreError {
                     if case .corrupt = e { try? markDamaged(&marker, fd, e) }
                     failure = .store(e)
+                } else if let e = error as? RecallError {
+                    failure = e
+                } else if let e = error as? SystemError {
+                    failure = .system(e)
                 } else {
-                    failure = error as! RecallError
+                    failure = .damagedMarker("unexpected error: \(error)")
                 }
                 // Keep what came back, and do not let a failed recall make the file look
                 // modified (a partly written block stays offline: recall fills holes only).
                 if wasClean && written > 0 { try? fd.setModificationTime(marker.mtimeNs) }
-                try? persist(marker, fd)
+                try? persistDurably()
                 throw failure
             }
             do {
@@ -355,16 +360,23 @@ final class RecallEngine: Sendable {
                 // clean. A file already dirty keeps its own new mtime.
                 if wasClean && written > 0 { try fd.setModificationTime(marker.mtimeNs) }
             } catch { throw .system(error) }
-            try persist(marker, fd)
         }
 
         // What the access needs first; the program goes on while the read-ahead follows.
+        // An access may go on before the data is durable: the marker, written only after
+        // the fdatasync, still calls the blocks offline until then, and a recall after a
+        // crash fills only what is still a hole. A whole-file recall at open waits for the
+        // marker: writing it changes the ctime, which a program that has just opened the
+        // file (tar) would take for a change under its feet.
         try fill(needed)
+        if !readahead { try persistDurably() }
         neededIsIn?()
+        if readahead { try persistDurably() }
         if let from = ahead.first, let to = ahead.last {
             // After the answer: asking the kernel to read ahead submits I/O synchronously.
             reader.prefetch(blocks: from..<to + 1)
             try fill(ahead)
+            try persistDurably()
         }
         if marker.offline.isEmpty { try? group.ignore(fileAt: fd.rawValue, path: fd.path) }
         return written
@@ -392,7 +404,7 @@ final class RecallEngine: Sendable {
                     && marker.offline.setIndices(in: marker.layout.blocks(covering: e.range)).isEmpty
             }
         }
-        for e in ready { e.answer(.allow, group: group) }
+        for e in ready { e.answer(.allow) }
     }
 
     /// Sequential readers get a window that doubles up to readahead_max; a jump resets it.

@@ -8,10 +8,31 @@ public struct FanotifyEvent: Sendable {
     public let fd: Int32
     public let pid: Int32
     public let range: Range<Int64>?
+    /// Its slot in the event log, or -1 (not a permission event, or the log was full).
+    public let slot: Int32
 
     public var isOverflow: Bool { mask & UInt64(FAN_Q_OVERFLOW) != 0 }
     public var isPreAccess: Bool { mask & UInt64(FAN_PRE_ACCESS) != 0 }
-    public var isOpenPermission: Bool { mask & UInt64(FAN_OPEN_PERM) != 0 }
+    public var isOpenPermission: Bool { mask & UInt64(FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM) != 0 }
+    public var isPermission: Bool { mask & UInt64(FAN_PRE_ACCESS | FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM | FAN_ACCESS_PERM) != 0 }
+
+    init(_ e: chsm_event) {
+        mask = e.mask
+        fd = e.fd
+        pid = e.pid
+        range = e.has_range != 0 ? Self.accessRange(offset: e.offset, count: e.count) : nil
+        slot = e.slot
+    }
+
+    /// The bytes a range record names. Count 0 means "from offset to the end of the file"
+    /// (whole-file clones, ftruncate: docs/KERNEL-FACTS.md), never an empty range; the
+    /// end is then Int64.max, which every user clamps to the file's size.
+    static func accessRange(offset: UInt64, count: UInt64) -> Range<Int64> {
+        let lo = Int64(clamping: offset)
+        if count == 0 { return lo..<Int64.max }
+        let (end, overflow) = offset.addingReportingOverflow(count)
+        return lo..<(overflow ? Int64.max : max(lo, Int64(clamping: end)))
+    }
 }
 
 /// The answer to a permission event.
@@ -80,16 +101,23 @@ public struct FanotifyGroup: Sendable {
 
     /// Answers, and if the kernel refuses the errno of a denial (it accepts only a few:
     /// see README, kernel facts), denies with EIO instead: an unanswered event would
-    /// hang the program forever. Returns the response actually sent, nil if none was.
+    /// hang the program forever. Returns the response actually sent, or why none was.
     @discardableResult
-    public func respondOrFallBack(to eventFD: Int32, _ response: FanotifyResponse) -> FanotifyResponse? {
+    public func respondOrFallBack(to eventFD: Int32, _ response: FanotifyResponse) -> Result<FanotifyResponse, SystemError> {
         do {
             try respond(to: eventFD, response)
-            return response
+            return .success(response)
         } catch {
-            guard case .deny(let e) = response, e != EIO, error.errno == EINVAL else { return nil }
-            return (try? respond(to: eventFD, .deny(errno: EIO))) != nil ? .deny(errno: EIO) : nil
+            guard case .deny(let e) = response, e != EIO, error.errno == EINVAL else { return .failure(error) }
+            do { try respond(to: eventFD, .deny(errno: EIO)) } catch { return .failure(error) }
+            return .success(.deny(errno: EIO))
         }
+    }
+
+    /// True when `fd` is a fanotify group (an fd handed back by systemd's fd store is
+    /// checked before it is trusted).
+    public static func isFanotifyGroup(_ fd: Int32) -> Bool {
+        FileDescriptor.currentPath(of: fd) == "anon_inode:[fanotify]"
     }
 
     public func close() { _ = Glibc.close(fd) }
@@ -101,22 +129,27 @@ public struct FanotifyGroup: Sendable {
     }
 }
 
-/// Reads and parses batches of events; owns its buffers, so one reader per thread.
+/// Reads and parses batches of events into the event log's buffer, which records every
+/// permission event before the caller sees it. One reader per thread.
 public final class FanotifyReader {
     private let group: FanotifyGroup
-    private let buffers: EventBuffers<chsm_event>
+    private let log: EventLog
+    private let parsed: UnsafeMutableBufferPointer<chsm_event>
 
-    public init(group: FanotifyGroup, bufferSize: Int = 256 * 1024) {
+    public init(group: FanotifyGroup, log: EventLog) {
         self.group = group
-        buffers = EventBuffers(bytes: bufferSize, smallestEvent: 24)
+        self.log = log
+        // Left uninitialized: the parser writes each entry it returns (see EventBuffers).
+        parsed = .allocate(capacity: log.rawBytes / 24)
     }
+
+    deinit { parsed.deallocate() }
 
     /// Blocks until events arrive; returns [] at EOF (group closed).
     public func next() throws(SystemError) -> [FanotifyEvent] {
-        try buffers.read(group.fd, "read(fanotify)", chsm_fanotify_read).map { e in
-            FanotifyEvent(mask: e.mask, fd: e.fd, pid: e.pid,
-                          range: e.has_range != 0 ? Int64(e.offset)..<Int64(e.offset + e.count) : nil)
-        }
+        let n = log.read(group: group.fd, into: parsed.baseAddress!, capacity: Int32(parsed.count))
+        try SystemError.check(n, "read(fanotify)")
+        return (0..<Int(n)).map { FanotifyEvent(parsed[$0]) }
     }
 }
 

@@ -209,3 +209,12 @@ public final class DirectoryEventReader {
         return out
     }
 }
+
+extension InodeHandle {
+    /// open_by_handle_at for I/O (`flags` as for open, e.g. O_RDWR): how hsmd reaches a
+    /// file it knows only by handle, such as an event a predecessor left unanswered.
+    public func openFile(mountFD: Int32, flags: FileDescriptor.OpenFlags, what: String) throws(SystemError) -> FileDescriptor {
+        let fd = withRaw { chsm_open_by_handle(mountFD, $0, flags.rawValue) }
+        return FileDescriptor(rawValue: try SystemError.check(fd, "open_by_handle_at", what), path: what)
+    }
+}

@@ -138,6 +138,14 @@ public struct FileDescriptor: Sendable, Hashable {
         try SystemError.check(chsm_syncfs(rawValue), "syncfs", path)
     }
 
+    /// fdatasync: the data written so far (and the size) is on disk.
+    public func syncData() throws(SystemError) {
+        while fdatasync(rawValue) < 0 {
+            if errno == EINTR { continue }
+            throw SystemError(errno: errno, operation: "fdatasync", path: path)
+        }
+    }
+
     public func sync() throws(SystemError) {
         if fsync(rawValue) < 0 { throw SystemError(errno: errno, operation: "fsync", path: path) }
     }

@@ -77,12 +77,6 @@ public struct UnixListener: Sendable {
     }
 }
 
-public enum SystemdNotify {
-    /// READY=1, STOPPING=1, WATCHDOG=1, STATUS=…; a no-op without $NOTIFY_SOCKET.
-    @discardableResult
-    public static func send(_ state: String) -> Bool { chsm_sd_notify(state) == 0 }
-}
-
 /// Writes whole lines to a socket; lines from different threads never interleave.
 public final class LineWriter: Sendable {
     public let fd: Int32

@@ -61,14 +61,16 @@ final class JournalRulesTests: XCTestCase {
     func testStartupMarksUncleanStopsUnwatchedAndReplacedFilesystems() {
         let known = [(path: "/a", fsid: UInt64(1)), (path: "/b", fsid: UInt64(2)), (path: "/c", fsid: UInt64(3))]
         let watched = [(path: "/a", fsid: UInt64(1)), (path: "/c", fsid: UInt64(9))]
-        let clean = JournalRules.incompleteAtStart(previousRunUnclean: false, known: known, watched: watched, now: "T")
-        XCTAssertNil(clean["/a"], "a clean stop keeps a watched filesystem's epoch complete")
+        let clean = JournalRules.incompleteAtStart(previousRunUnclean: false, known: known, watched: watched, held: Set(watched.map(\.fsid)), now: "T")
+        XCTAssertNil(clean["/a"], "a clean stop with the group kept keeps a watched filesystem's epoch complete")
         XCTAssertTrue(clean["/b"]!.contains("not watched"))
         XCTAssertTrue(clean["/c"]!.contains("different filesystem"))
-        let unclean = JournalRules.incompleteAtStart(previousRunUnclean: true, known: known, watched: watched, now: "T")
+        let unclean = JournalRules.incompleteAtStart(previousRunUnclean: true, known: known, watched: watched, held: Set(watched.map(\.fsid)), now: "T")
         XCTAssertTrue(unclean["/a"]!.contains("did not stop cleanly"))
+        let notHeld = JournalRules.incompleteAtStart(previousRunUnclean: false, known: known, watched: watched, held: [], now: "T")
+        XCTAssertTrue(notHeld["/a"]!.contains("not watched between"), "a clean stop without the group kept misses what happened meanwhile")
         // A filesystem new to the journal has nothing to mark.
-        XCTAssertTrue(JournalRules.incompleteAtStart(previousRunUnclean: true, known: [], watched: watched, now: "T").isEmpty)
+        XCTAssertTrue(JournalRules.incompleteAtStart(previousRunUnclean: true, known: [], watched: watched, held: [], now: "T").isEmpty)
     }
 
     func testInodeHandleEncodingRoundTrips() {

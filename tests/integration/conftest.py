@@ -80,12 +80,17 @@ class HSM:
 
     # --- hsmd process -------------------------------------------------------------
 
-    def start(self, timeout=20, env=None):
+    def start(self, timeout=20, env=None, fdstore=None):
+        """Starts hsmd; with `fdstore` (fdstore.FDStore) as systemd would, fds and all."""
         assert self.proc is None
         self.logfile = open(self.log, "ab")
-        self.proc = subprocess.Popen([str(HSMD), "--config", str(self.config)],
-                                     stdout=self.logfile, stderr=subprocess.STDOUT,
-                                     env=dict(os.environ, **(env or {})))
+        argv = [str(HSMD), "--config", str(self.config)]
+        full_env = dict(os.environ, **(env or {}))
+        preexec, pass_fds = None, ()
+        if fdstore is not None:
+            argv, full_env, preexec, pass_fds = fdstore.launch_args(argv, full_env)
+        self.proc = subprocess.Popen(argv, stdout=self.logfile, stderr=subprocess.STDOUT,
+                                     env=full_env, preexec_fn=preexec, pass_fds=pass_fds)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:

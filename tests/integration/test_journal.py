@@ -13,6 +13,7 @@ import time
 import pytest
 
 from conftest import drop_caches
+from fdstore import FDStore
 
 
 def listed(hsm, *args):
@@ -228,17 +229,43 @@ def test_kill_9_makes_the_epoch_incomplete_and_a_snapshot_starts_a_trusted_one(h
     assert changed(hsm, hsm.mnt / "c", since=epoch)[0] == 3, "the range still holds the incomplete epoch"
 
 
-def test_a_clean_restart_keeps_the_epoch_complete(hsm):
+def test_a_restart_with_the_group_kept_keeps_the_epoch_complete_and_sees_changes_made_meanwhile(hsm_stopped):
+    """systemd's fd store keeps the journal's group across a restart (here the test's
+    stand-in): what changed while no hsmd ran is queued in the kernel and recorded."""
+    hsm = hsm_stopped
+    store = FDStore(hsm.base)
+    try:
+        hsm.start(fdstore=store)
+        make_tree(hsm, "a/b/file", "c/file")
+        epoch = snapshot(hsm)
+        (hsm.mnt / "a/b/new").write_text("x")
+        assert hsm.stop() == 0
+        # The pre-content group is kept too, so this open waits for the next hsmd: it
+        # runs in a process of its own.
+        writer = subprocess.Popen(["sh", "-c", f"echo y > {hsm.mnt}/c/made-while-down"])
+        time.sleep(0.5)
+        hsm.start(fdstore=store)
+        assert writer.wait(30) == 0
+        st = status(hsm)
+        assert st["epoch"] == epoch and st["complete"] is True, st
+        assert set(listed(hsm)) == with_ancestors("a/b", "c")
+        assert changed(hsm, hsm.mnt / "c")[0] == 0
+    finally:
+        hsm.stop()
+        store.close()
+
+
+def test_a_clean_stop_and_start_without_the_group_kept_is_incomplete(hsm):
+    """Without the fd store nothing watched the filesystem between the two runs: the epoch
+    cannot vouch for that time."""
     make_tree(hsm, "a/b/file", "c/file")
     epoch = snapshot(hsm)
-    (hsm.mnt / "a/b/new").write_text("x")
     assert hsm.stop() == 0
+    (hsm.mnt / "c/made-while-down").write_text("y")
     hsm.start()
     st = status(hsm)
-    assert st["epoch"] == epoch and st["complete"] is True, st
-    (hsm.mnt / "c/new").write_text("y")
-    assert set(listed(hsm)) == with_ancestors("a/b", "c")
-    assert changed(hsm, hsm.mnt / "a")[0] == 0
+    assert st["epoch"] == epoch and st["complete"] is False and "not watched between" in st["reason"], st
+    assert changed(hsm, hsm.mnt / "c")[0] == 3
 
 
 def test_an_epoch_with_the_journal_off_for_a_while_is_incomplete(hsm):

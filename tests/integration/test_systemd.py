@@ -47,6 +47,34 @@ def test_ready_watchdog_and_stopping_are_sent(hsm_stopped):
         sock.close()
 
 
+def test_the_watchdog_is_pinged_while_hsmd_is_idle(hsm_stopped):
+    """An event loop waiting for events is alive: the pings go on after a long idle time
+    (they used to stop 10 s after the last batch, and systemd then killed an idle hsmd)."""
+    hsm = hsm_stopped
+    path = str(hsm.base / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(0.2)
+    env = dict(os.environ, NOTIFY_SOCKET=path, WATCHDOG_USEC="1000000")
+    proc = subprocess.Popen([str(HSMD), "--config", str(hsm.config)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert any("READY=1" in m for m in _collect(sock, "READY=1", 20))
+        time.sleep(12)
+        # Only what arrives from now on counts.
+        while True:
+            try:
+                sock.recv(4096)
+            except socket.timeout:
+                break
+        late = _collect(sock, "never", 2)
+        assert sum("WATCHDOG=1" in m for m in late) >= 2, late
+    finally:
+        proc.kill()
+        proc.wait()
+        sock.close()
+
+
 def test_systemd_units_verify():
     analyze = subprocess.run(["which", "systemd-analyze"], capture_output=True, text=True).stdout.strip()
     root = os.path.join(os.path.dirname(__file__), "..", "..", "systemd")

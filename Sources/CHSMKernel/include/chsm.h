@@ -40,6 +40,7 @@ typedef struct {
     int32_t fd;            // event fd, or -errno when FAN_REPORT_FD_ERROR reported a failure
     int32_t pid;
     int32_t has_range;     // 1 when a FAN_EVENT_INFO_TYPE_RANGE record was present
+    int32_t slot;          // its slot in the event log (chsm_eventlog.h), or -1
     uint64_t offset;
     uint64_t count;
 } chsm_event;

@@ -1,0 +1,64 @@
+// The event log: every permission event hsmd reads, recorded where a successor process
+// can find it (docs/ARCHITECTURE.md, "Restart without harm").
+//
+// It lives in a memfd that systemd's fd store keeps across restarts. The fanotify read
+// buffer itself is inside it, so an event is on record the moment read() returns; right
+// after, each permission event gets a slot with what a successor needs to finish it: the
+// event's fd number (the kernel answers responses by that number, even from another
+// process holding the same group), the pid, the range, and the file's handle and mount id
+// (name_to_handle_at on the event fd). A slot is freed after the answer is written and
+// before the fd is closed, so a pending slot's fd number is never reused meanwhile.
+#ifndef CHSM_EVENTLOG_H
+#define CHSM_EVENTLOG_H
+
+#include "chsm.h"
+
+#define CHSM_EVLOG_MAGIC 0x474f4c5645534d48ULL   // "HSMEVLOG"
+#define CHSM_EVLOG_VERSION 1u
+
+/// One recorded event. `state` is written last (release) when recorded and set back to
+/// 0 when answered, so a reader after a crash sees a slot either whole or free.
+typedef struct {
+    uint32_t state;        // 0 free, 1 pending
+    int32_t fd;            // the event fd number in the process that read it
+    int32_t pid;
+    int32_t has_range;
+    uint64_t mask;
+    uint64_t offset;
+    uint64_t count;
+    uint64_t batch;        // the read that delivered it
+    int32_t mount_id;      // name_to_handle_at's mount id; -1 with no handle
+    int32_t has_handle;
+    chsm_handle handle;
+} chsm_evlog_slot;
+
+/// Creates a new log in a memfd: `slots` slots and a read buffer of `raw_bytes`.
+/// Returns the memfd or -errno.
+int chsm_evlog_create(uint32_t slots, uint32_t raw_bytes);
+/// Maps a log (new or adopted) after checking its header and size. Returns the mapping or
+/// NULL with *err = errno (EINVAL: not a log of this version).
+void *chsm_evlog_map(int fd, int *err);
+uint32_t chsm_evlog_slot_count(const void *log);
+uint32_t chsm_evlog_raw_bytes(const void *log);
+
+/// Reads one batch from `group` into the log's own buffer (zeroing what the previous
+/// batch left first), parses it and records a slot for every permission event with an
+/// fd. `out[i].slot` is its slot, -1 when the log is full or the event needs none.
+/// Returns the number of events, 0 at EOF, or -errno (EINTR included: not retried).
+int chsm_evlog_read(void *log, int group, chsm_event *out, int maxout);
+/// Frees a slot: its event has been answered.
+void chsm_evlog_done(void *log, int32_t slot);
+
+/// For a successor: copies every pending slot (and its index) out. Returns the count.
+int chsm_evlog_pending(const void *log, chsm_evlog_slot *out, int32_t *index, int max);
+/// For a successor: the events of the last batch still in the read buffer (parsed
+/// defensively: the writer may have died at any point).
+int chsm_evlog_last_batch(const void *log, chsm_event *out, int maxout);
+
+/// /proc/self/mountinfo's "major:minor" of mount `mount_id` (its superblock's device).
+/// 0 or -errno (-ENOENT: no such mount).
+int chsm_mount_device(int mount_id, uint32_t *major, uint32_t *minor);
+/// The mount id of an open fd (statx STATX_MNT_ID). 0 or -errno.
+int chsm_fd_mount_id(int fd, int32_t *out);
+
+#endif

@@ -1,0 +1,76 @@
+import Glibc
+import HSMCore
+import HSMKernel
+import Synchronization
+
+/// A permission event on its way through the recall engine. Exactly one answer is sent:
+/// by the worker that recalls its range, or by the timeout sweep, whichever comes first;
+/// the event's fd closes only after that answer, under the same lock, so an answer can
+/// never go out through a number the kernel has since given to another event.
+final class PendingEvent: Sendable {
+    /// Where recall reads and writes: the event fd itself, or for an event a predecessor
+    /// read, the file opened by its handle.
+    let file: Int32
+    private let ownsFile: Bool
+    let pid: Int32
+    let range: Range<Int64>
+    /// A FAN_OPEN_PERM event rather than an access.
+    let atOpen: Bool
+    let filesystem: ManagedFilesystem
+    let received: UInt64
+    private let event: Mutex<PermissionEvent?>
+
+    /// An event read by this process: its event fd is also where recall writes.
+    init(_ event: consuming PermissionEvent, range: Range<Int64>, atOpen: Bool, filesystem: ManagedFilesystem) {
+        file = event.number
+        ownsFile = false
+        pid = event.pid
+        self.range = range
+        self.atOpen = atOpen
+        self.filesystem = filesystem
+        received = monotonicNanos()
+        self.event = Mutex(event)
+    }
+
+    /// An event a dead predecessor read: answered by its old number, recalled through
+    /// `file` (opened by handle; closed with the event).
+    init(inherited event: consuming PermissionEvent, file: FileDescriptor, range: Range<Int64>, atOpen: Bool, filesystem: ManagedFilesystem) {
+        self.file = file.rawValue
+        ownsFile = true
+        pid = event.pid
+        self.range = range
+        self.atOpen = atOpen
+        self.filesystem = filesystem
+        received = monotonicNanos()
+        self.event = Mutex(event)
+    }
+
+    var isAnswered: Bool { event.withLock { $0?.isAnswered ?? true } }
+
+    /// Sends the answer unless one was sent already; true when this call sent it.
+    /// `onSent` runs under the lock, while the fd is still open (for a log line).
+    @discardableResult
+    func answer(_ response: FanotifyResponse, onSent: ((Result<FanotifyResponse, SystemError>) -> Void)? = nil) -> Bool {
+        event.withLock { (slot: inout PermissionEvent?) -> Bool in
+            guard var e = slot.take() else { return false }
+            let sent = e.respond(response)
+            slot = .some(consume e)
+            guard let sent else { return false }
+            onSent?(sent)
+            return true
+        }
+    }
+
+    /// The worker is done with the event: deny it if nothing answered it yet (never a
+    /// silent allow), then close its fd. Returns true when it had to be denied here.
+    @discardableResult
+    func finish() -> Bool {
+        event.withLock { (slot: inout PermissionEvent?) -> Bool in
+            guard let e = slot.take() else { return false }
+            let unanswered = !e.isAnswered
+            _ = consume e   // deinit: EIO if unanswered, then close
+            if ownsFile { close(file) }
+            return unanswered
+        }
+    }
+}

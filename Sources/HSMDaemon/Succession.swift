@@ -1,0 +1,123 @@
+import Glibc
+import HSMCore
+import HSMKernel
+import Logging
+
+/// What systemd's fd store handed back, by the names hsmd stored them under.
+struct InheritedDescriptors {
+    static let groupName = "hsmd-precontent"
+    static let eventLogName = "hsmd-eventlog"
+    static let journalPrefix = "hsmd-journal-"
+
+    var group: FanotifyGroup?
+    var eventLog: EventLog?
+    /// Change-journal groups by the fsid (hex) of their filesystem.
+    var journalGroups: [UInt64: Int32] = [:]
+
+    /// Takes LISTEN_FDS. Call first thing, before any other fd is opened: the numbers a
+    /// predecessor's events carry must be reserved before anything else can take them.
+    static func take(log: Logger) -> InheritedDescriptors {
+        var out = InheritedDescriptors()
+        for p in ListenFDs.take() {
+            if p.name == groupName, out.group == nil, FanotifyGroup.isFanotifyGroup(p.fd) {
+                out.group = FanotifyGroup(fd: p.fd)
+            } else if p.name == eventLogName, out.eventLog == nil, let l = try? EventLog.adopt(fd: p.fd) {
+                out.eventLog = l
+            } else if p.name.hasPrefix(journalPrefix), let fsid = UInt64(p.name.dropFirst(journalPrefix.count), radix: 16),
+                      out.journalGroups[fsid] == nil, FanotifyGroup.isFanotifyGroup(p.fd) {
+                out.journalGroups[fsid] = p.fd
+            } else {
+                log.warning("systemd passed fd \(p.fd) named \"\(p.name)\" that hsmd does not use or cannot check; closing it")
+                close(p.fd)
+            }
+        }
+        if let g = out.group {
+            log.notice("took the pre-content group back from systemd's fd store (fd \(g.fd)): accesses made while hsmd was down waited for it")
+        }
+        return out
+    }
+}
+
+/// The events a dead predecessor read and did not answer (docs/ARCHITECTURE.md,
+/// "Restart without harm"). Each is answered by the number the kernel knows it by.
+///
+/// Before this process reads anything from the group: events that cannot be identified
+/// are denied with EIO (never allowed), and the numbers of the others are reserved, so no
+/// new event gets a number an old one carries (the kernel would match a response to the
+/// older event first). The identified ones are then recalled like any access, through
+/// the file opened by its handle, once the event loop runs (hsmd's own I/O on such an
+/// fd raises events that the loop answers).
+struct PredecessorEvents {
+    private struct Identified {
+        let event: RecordedEvent
+        let reserved: Bool
+    }
+    private var identified: [Identified] = []
+    let denied: Int
+
+    /// Settles what can be settled before the first read.
+    init(log eventLog: EventLog, group: FanotifyGroup, log: Logger) {
+        let pending = eventLog.pending()
+        let numbers = Set(pending.map(\.number))
+        var denied = 0
+        // Events of the last read that never got a slot: the process died between reading
+        // and recording them. Nothing says which file they are for.
+        for e in eventLog.lastBatch() where e.fd >= 0 && e.isPermission && !numbers.contains(e.fd) {
+            // ENOENT means the predecessor had answered it already: harmless.
+            if case .success = group.respondOrFallBack(to: e.fd, .deny(errno: EIO)) {
+                denied += 1
+                log.error("an access by pid \(e.pid) that the previous hsmd read but did not record is denied with EIO (its file cannot be identified)")
+            }
+        }
+        for e in pending {
+            guard e.handle != nil, e.mountID >= 0, e.number >= 0 else {
+                if case .success = group.respondOrFallBack(to: e.number, .deny(errno: EIO)) {
+                    denied += 1
+                    log.error("an access by pid \(e.pid) that the previous hsmd left unanswered is denied with EIO (no file handle was recorded)")
+                }
+                eventLog.done(e.slot)
+                continue
+            }
+            let reserved: Bool
+            do { reserved = try FDNumbers.reserve(e.number) } catch {
+                // Without the number reserved a new event could take it: answer now.
+                _ = group.respondOrFallBack(to: e.number, .deny(errno: EIO))
+                eventLog.done(e.slot)
+                denied += 1
+                log.error("an access by pid \(e.pid) that the previous hsmd left unanswered is denied with EIO: \(error)")
+                continue
+            }
+            identified.append(Identified(event: e, reserved: reserved))
+        }
+        self.denied = denied
+    }
+
+    var count: Int { identified.count }
+
+    /// Recalls and answers the identified events through the engine. Call once the event
+    /// loop runs.
+    func submit(to engine: RecallEngine, group: FanotifyGroup, eventLog: EventLog, filesystems: ManagedFilesystems, log: Logger) {
+        for item in identified {
+            let e = item.event
+            var event = PermissionEvent(number: e.number, pid: e.pid, group: group, log: eventLog, slot: e.slot, closesNumber: item.reserved)
+            guard let handle = e.handle, let fs = filesystems.filesystem(mountID: e.mountID) else {
+                log.error("an access by pid \(e.pid) that the previous hsmd left unanswered is on no managed filesystem now; denied with EIO")
+                _ = event.respond(.deny(errno: EIO))
+                continue
+            }
+            let file: FileDescriptor
+            let st: FileStat
+            do {
+                file = try handle.openFile(mountFD: fs.rootFD, flags: .readWrite, what: "file \(handle) on \(fs.path)")
+                st = try file.stat()
+            } catch {
+                log.error("an access by pid \(e.pid) that the previous hsmd left unanswered cannot be finished: \(error); denied with EIO")
+                _ = event.respond(.deny(errno: EIO))
+                continue
+            }
+            let range = e.isOpenPermission ? 0..<Int64.max : (e.range ?? 0..<Int64.max)
+            log.info("finishing an access by pid \(e.pid) to \(FileDescriptor.currentPath(of: file.rawValue)) that the previous hsmd left unanswered")
+            engine.submit(PendingEvent(inherited: event, file: file, range: range, atOpen: e.isOpenPermission, filesystem: fs), key: st.inodeKey)
+        }
+    }
+}
