@@ -42,5 +42,8 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "HSMCoreTests", dependencies: ["HSMCore", "HSMKernel"]),
+        // The daemon's machinery (recall engine, event ownership) against real files and a
+        // store that fails on demand; needs root (trusted.* xattrs).
+        .testTarget(name: "HSMDaemonTests", dependencies: ["HSMDaemon", "HSMCore", "HSMKernel"]),
     ]
 )

@@ -27,6 +27,9 @@ final class ManagedFilesystems: Sendable {
         let description: String
     }
 
+    /// Filesystems set up by the caller (tests of the daemon's machinery).
+    init(_ all: [ManagedFilesystem]) { self.all = all }
+
     init(config: Config) throws(SetupError) {
         var list: [ManagedFilesystem] = []
         for (i, fs) in config.filesystems.enumerated() {

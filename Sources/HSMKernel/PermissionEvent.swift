@@ -1,6 +1,13 @@
 import CHSMKernel
 import Glibc
 
+/// Where a permission event's answer goes: the fanotify group, or a recorder in tests.
+public protocol EventResponder: Sendable {
+    func respondOrFallBack(to eventFD: Int32, _ response: FanotifyResponse) -> Result<FanotifyResponse, SystemError>
+}
+
+extension FanotifyGroup: EventResponder {}
+
 /// A permission event taken from the kernel, answered exactly once.
 ///
 /// It owns the fd number the kernel knows the event by: the event fd, or, for an event a
@@ -11,7 +18,7 @@ import Glibc
 public struct PermissionEvent: ~Copyable, Sendable {
     public let number: Int32
     public let pid: Int32
-    private let groupFD: Int32
+    private let responder: any EventResponder
     private let log: EventLog?
     private let slot: Int32
     private let closesNumber: Bool
@@ -21,10 +28,10 @@ public struct PermissionEvent: ~Copyable, Sendable {
     /// Takes ownership of an event fd (or reserved number) of `group`. `closesNumber`:
     /// false for a predecessor's number this process could not reserve because it holds
     /// that fd for something else.
-    public init(number: Int32, pid: Int32, group: FanotifyGroup, log: EventLog?, slot: Int32, closesNumber: Bool = true) {
+    public init(number: Int32, pid: Int32, group: any EventResponder, log: EventLog?, slot: Int32, closesNumber: Bool = true) {
         self.number = number
         self.pid = pid
-        groupFD = group.fd
+        responder = group
         self.log = log
         self.slot = slot
         self.closesNumber = closesNumber
@@ -38,7 +45,7 @@ public struct PermissionEvent: ~Copyable, Sendable {
     @discardableResult
     public mutating func respond(_ response: FanotifyResponse) -> Result<FanotifyResponse, SystemError>? {
         guard answer == nil else { return nil }
-        let sent = FanotifyGroup(fd: groupFD).respondOrFallBack(to: number, response)
+        let sent = responder.respondOrFallBack(to: number, response)
         answer = (try? sent.get()) ?? response
         // The slot is freed only now: until the answer is written a successor must find it.
         if slot >= 0 { log?.done(slot) }
@@ -47,9 +54,8 @@ public struct PermissionEvent: ~Copyable, Sendable {
 
     deinit {
         if answer == nil {
-            let sent = FanotifyGroup(fd: groupFD).respondOrFallBack(to: number, .deny(errno: EIO))
+            _ = responder.respondOrFallBack(to: number, .deny(errno: EIO))
             if slot >= 0 { log?.done(slot) }
-            _ = sent
         }
         if closesNumber { Glibc.close(number) }
     }
