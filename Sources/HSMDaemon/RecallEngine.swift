@@ -319,13 +319,15 @@ final class RecallEngine: Sendable {
         func fill(_ blocks: [Int]) throws(RecallError) {
             do {
                 if blocks.count > 1 {
-                    var placed = 0
                     try BlockPipeline(blocks: blocks, reader: reader, blockSize: Int(layout.blockSize)).run { b, data in
                         try place(b, data)
+                        // Start writing the block to disk now, without waiting, so the
+                        // fdatasync before the marker finds little left to do.
+                        let r = layout.range(ofBlock: b)
+                        try? fd.writeBack(r.lowerBound..<min(r.upperBound, st.size), wait: false)
                         // A sequential reader is usually waiting for the next block: let it
-                        // go now rather than after the whole window.
-                        placed += 1
-                        if placed % 8 == 0 { try? persistDurably() }
+                        // go now rather than after the whole window (the marker follows at
+                        // the end of the window, once the data is durable).
                         answerSatisfied(key, marker, fileSize: st.size)
                     }
                 } else if let b = blocks.first {
