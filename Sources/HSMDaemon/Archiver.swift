@@ -254,7 +254,9 @@ struct Archiver: Sendable {
         if st.size != marker.size || st.mtimeNs != marker.mtimeNs { throw fail("dirty: changed since it was archived; archive it again", .dirty) }
         let record: ObjectRecord
         do { record = try fs.store.record(marker.object) } catch { throw fail("\(error)", .damaged) }
-        guard record.size == marker.size else { throw fail("object \(marker.object) does not match the marker (size)", .damaged) }
+        // Block indexes below come from the marker: they index the record's checksums
+        // only when both divide the same size into the same blocks.
+        if let why = record.mismatch(with: marker) { throw fail("object \(marker.object) does not match the file's marker: \(why)", .damaged) }
         let candidates = (0..<marker.offline.count).filter { record.checksums[$0] != nil && !marker.offline[$0] }
         if candidates.isEmpty {
             return FileResult(path: fd.path, outcome: .done, reason: "already released", state: statusOf(fd.path, st, marker, fs).state, object: marker.object.hex)
