@@ -123,6 +123,11 @@ struct Archiver: Sendable {
                 do { st = try fd.stat() } catch { throw Refusal(result: FileResult(path: fd.path, outcome: .failed, reason: "\(error)")) }
             }
         }
+        // The marker keeps the mtime in 64-bit nanoseconds and release puts it back after
+        // punching: a saturated one (before 1677 or after 2262) would change the file's.
+        guard st.mtimeNs != .min && st.mtimeNs != .max else {
+            throw Refusal(result: FileResult(path: fd.path, outcome: .failed, reason: "its modification time is outside 1677-2262, which hsmd cannot keep exactly; set it (touch) and archive again"))
+        }
         guard let shift = BlockLayout.shift(forFileSize: st.size, maxBits: MarkerCodec.maxBlocks) else {
             throw Refusal(result: FileResult(path: fd.path, outcome: .failed, reason: "too large: hsmd archives files up to \(MarkerCodec.maxBlocks) GiB"))
         }
