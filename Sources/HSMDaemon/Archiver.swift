@@ -19,7 +19,7 @@ struct Archiver: Sendable {
     static let punchChunk: Int64 = 64 << 20
     /// Test-only: pause between punch chunks so a test can open the file mid-release.
     static let punchPauseMicros: UInt32 = ProcessInfo.processInfo.environment["HSMD_TEST_PUNCH_PAUSE_MS"]
-        .flatMap { UInt32($0) }.map { $0 * 1000 } ?? 0
+        .flatMap { UInt32($0) }.map { $0.multipliedReportingOverflow(by: 1000).overflow ? UInt32.max : $0 * 1000 } ?? 0
 
     private struct Refusal: Error {
         let result: FileResult
