@@ -6,6 +6,7 @@ set -euo pipefail
 
 need_apt=()
 command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)
+command -v mkfs.btrfs >/dev/null || need_apt+=(btrfs-progs)   # tests of times ext4 cannot store
 command -v setfattr >/dev/null || need_apt+=(attr)
 command -v losetup >/dev/null || need_apt+=(mount)
 command -v tar >/dev/null || need_apt+=(tar)

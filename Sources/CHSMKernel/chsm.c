@@ -119,6 +119,14 @@ int64_t chsm_copy_file_range(int fd_in, int64_t off_in, int fd_out, int64_t off_
     return r < 0 ? -errno : r;
 }
 
+/* Nanoseconds since 1970, saturated: btrfs keeps 64-bit seconds, far beyond what 64-bit
+ * nanoseconds hold (1677 to 2262), and the plain product overflowed (undefined). */
+static int64_t time_ns(const struct statx_timestamp *t) {
+    if (t->tv_sec > INT64_MAX / 1000000000LL - 1) return INT64_MAX;
+    if (t->tv_sec < INT64_MIN / 1000000000LL + 1) return INT64_MIN;
+    return t->tv_sec * 1000000000LL + t->tv_nsec;
+}
+
 static void fill_stat(const struct statx *sx, chsm_stat *out) {
     out->dev = ((uint64_t)sx->stx_dev_major << 32) | sx->stx_dev_minor;
     out->ino = sx->stx_ino;
@@ -128,9 +136,9 @@ static void fill_stat(const struct statx *sx, chsm_stat *out) {
     out->uid = sx->stx_uid;
     out->gid = sx->stx_gid;
     out->nlink = sx->stx_nlink;
-    out->atime_ns = sx->stx_atime.tv_sec * 1000000000LL + sx->stx_atime.tv_nsec;
-    out->mtime_ns = sx->stx_mtime.tv_sec * 1000000000LL + sx->stx_mtime.tv_nsec;
-    out->ctime_ns = sx->stx_ctime.tv_sec * 1000000000LL + sx->stx_ctime.tv_nsec;
+    out->atime_ns = time_ns(&sx->stx_atime);
+    out->mtime_ns = time_ns(&sx->stx_mtime);
+    out->ctime_ns = time_ns(&sx->stx_ctime);
 }
 
 int chsm_fstat(int fd, chsm_stat *out) {

@@ -18,8 +18,10 @@ public struct BlockLayout: Equatable, Sendable {
         Int((fileSize >> Int64(shift)) + (fileSize & (blockSize - 1) != 0 ? 1 : 0))
     }
 
-    /// Byte range of block `i`, clipped to the file size.
+    /// Byte range of block `i`, clipped to the file size. A block past the end (an index
+    /// from a layout that does not match) is the empty range at the end, never a trap.
     public func range(ofBlock i: Int) -> Range<Int64> {
+        guard i >= 0, i < blockCount else { return max(fileSize, 0)..<max(fileSize, 0) }
         let start = Int64(i) << Int64(shift)
         return start..<min(start + blockSize, fileSize)
     }

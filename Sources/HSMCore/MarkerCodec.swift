@@ -13,6 +13,8 @@ public enum MarkerCodec {
     public static let magic: [UInt8] = Array("HSMK".utf8)
     public static let version: UInt8 = 1
     public static let headerSize = 48
+    /// Smallest block shift: 4 KiB blocks, the page size.
+    public static let minShift: UInt8 = 12
     /// ext4 keeps all of an inode's xattrs in one block; leave room for others.
     public static let maxEncodedSize = 3584
     public static var maxBlocks: Int { (maxEncodedSize - headerSize - 4) * 8 }
@@ -76,7 +78,7 @@ public enum MarkerCodec {
         guard Array(b[0..<4]) == magic else { throw .badMagic }
         guard b[4] == version else { throw .unsupportedVersion(b[4]) }
         let shift = b[5]
-        guard (12...BlockLayout.maxShift).contains(shift) else { throw .badBlockShift(shift) }
+        guard (minShift...BlockLayout.maxShift).contains(shift) else { throw .badBlockShift(shift) }
         let flags = Marker.Flags(rawValue: read(b, 6, as: UInt16.self))
         guard Marker.Flags.known.isSuperset(of: flags) else { throw .unknownFlags(flags.rawValue) }
         let size = Int64(bitPattern: read(b, 8, as: UInt64.self))

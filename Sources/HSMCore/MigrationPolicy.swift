@@ -25,7 +25,11 @@ public struct MigrationPolicy: Sendable, Equatable {
         if let minSize, stat.size < minSize { return "smaller than \(Units.formatBytes(minSize))" }
         if let olderThanSeconds {
             let last = max(stat.atimeNs, stat.mtimeNs)
-            if (nowNs - last) / 1_000_000_000 < olderThanSeconds { return "used in the last \(Units.formatDuration(olderThanSeconds))" }
+            // Times far from now (btrfs keeps any 64-bit second) overflow the age: such a
+            // file is as old, or as new, as can be.
+            let (age, overflow) = nowNs.subtractingReportingOverflow(last)
+            let ageSeconds = overflow ? (last > nowNs ? Int64.min : Int64.max) : age / 1_000_000_000
+            if ageSeconds < olderThanSeconds { return "used in the last \(Units.formatDuration(olderThanSeconds))" }
         }
         return nil
     }

@@ -25,7 +25,11 @@ public struct ObjectRecord: Codable, Sendable, Equatable {
     public var storedBytes: Int64
 
     public var layout: BlockLayout { BlockLayout(shift: blockShift, fileSize: size) }
-    public var dataExtents: [Range<Int64>] { extents.map { $0[0]..<$0[1] } }
+    /// The extents as ranges. A decoded record's are checked (`problem()`); a malformed
+    /// one is left out here rather than trapping.
+    public var dataExtents: [Range<Int64>] {
+        extents.compactMap { e in e.count == 2 && e[0] <= e[1] ? e[0]..<e[1] : nil }
+    }
 }
 
 public enum StoreError: Error, CustomStringConvertible {
@@ -58,7 +62,9 @@ public enum StoreError: Error, CustomStringConvertible {
 /// Reads one object's blocks, verifying each against its checksum.
 public protocol ObjectReader {
     /// Fills `buffer` with block `index` (its length: the block's size clipped to the
-    /// object) and verifies it. Returns the number of bytes.
+    /// object) and verifies it. Returns the number of bytes. `buffer` is exactly one block
+    /// of the record's layout: a caller whose block size differs works from a marker the
+    /// record does not match, and gets `badRecord` (never a read past the buffer).
     func read(block index: Int, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> Int
     /// A hint that these blocks will be read soon (the store may start fetching them).
     func prefetch(blocks: Range<Int>)

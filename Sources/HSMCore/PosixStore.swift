@@ -117,6 +117,8 @@ public final class PosixStore: ObjectStore {
             archivedAt: Int64(Date().timeIntervalSince1970), blockShift: blockShift, checksums: checksums,
             extents: extents.map { [$0.lowerBound, $0.upperBound] },
             xattrs: xattrs.mapValues { Data($0).base64EncodedString() }, storedBytes: stored)
+        // Never write a record the decoder would refuse: the object could not be recalled.
+        if let problem = record.problem() { throw .badRecord(id, path: recordPath(id), reason: "hsmd made an inconsistent record: \(problem)") }
         try renameIntoPlace(partial, dataPath(id))
         try writeRecord(record)
         finished = true
@@ -157,9 +159,14 @@ public final class PosixStore: ObjectStore {
         let final = recordPath(record.object), partial = final + ".partial"
         do {
             let bytes = [UInt8](try encoder.encode(record))
+            guard bytes.count <= ObjectRecord.maxEncodedBytes else {
+                throw StoreError.badRecord(record.object, path: final, reason: "\(bytes.count) bytes, more than a record may have (\(ObjectRecord.maxEncodedBytes >> 20) MiB): the file has too many data extents")
+            }
             let fd = try FileDescriptor.open(partial, [.writeOnly, .create, .truncate], mode: 0o600)
             defer { fd.close() }
             try fd.write(bytes, at: 0)
+        } catch let e as StoreError {
+            throw e
         } catch let e as SystemError {
             throw .io(e)
         } catch {
@@ -189,7 +196,8 @@ public final class PosixStore: ObjectStore {
         do {
             let fd = try FileDescriptor.open(path, [.readOnly])
             defer { fd.close() }
-            bytes = try fd.readAll()
+            // One byte over the limit, so an oversized record is refused, not cut short.
+            bytes = try fd.readAll(limit: ObjectRecord.maxEncodedBytes + 1)
         } catch {
             if error.errno == ENOENT {
                 if let problem = healthProblem() { throw .io(SystemError(errno: EIO, operation: problem, path: nil)) }
@@ -197,15 +205,7 @@ public final class PosixStore: ObjectStore {
             }
             throw .io(error)
         }
-        let decoder = JSONDecoder()
-        decoder.keyDecodingStrategy = .convertFromSnakeCase
-        let record: ObjectRecord
-        do { record = try decoder.decode(ObjectRecord.self, from: Data(bytes)) } catch {
-            throw .badRecord(id, path: path, reason: "\(error)")
-        }
-        guard record.object == id, record.checksums.count == record.layout.blockCount else {
-            throw .badRecord(id, path: path, reason: "object id or block count inconsistent")
-        }
+        let record = try ObjectRecord.decode(json: bytes, id: id, path: path)
         records.withLock { $0.insert(record) }
         return record
     }
@@ -213,7 +213,7 @@ public final class PosixStore: ObjectStore {
     public func reader(for record: ObjectRecord) throws(StoreError) -> ObjectReader {
         let path = dataPath(record.object)
         do {
-            return PosixObjectReader(record: record, fd: try FileDescriptor.open(path, [.readOnly]))
+            return PosixObjectReader(record: record, fd: try FileDescriptor.open(path, [.readOnly]), recordPath: recordPath(record.object))
         } catch {
             if error.errno == ENOENT { throw .objectMissing(record.object, path: path) }
             throw .io(error)
@@ -247,8 +247,17 @@ public final class PosixStore: ObjectStore {
 struct PosixObjectReader: ObjectReader {
     let record: ObjectRecord
     let fd: FileDescriptor
+    let recordPath: String
 
     func read(block index: Int, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> Int {
+        // The index and the buffer come from the file's marker: a record that does not
+        // match it must fail here, not index past its checksums or write past the buffer.
+        guard record.checksums.indices.contains(index) else {
+            throw .badRecord(record.object, path: recordPath, reason: "block \(index) asked for, the record has \(record.checksums.count): it does not match the file's marker")
+        }
+        guard buffer.count == Int(record.layout.blockSize) else {
+            throw .badRecord(record.object, path: recordPath, reason: "its blocks are \(record.layout.blockSize) bytes, the file's marker says \(buffer.count)")
+        }
         let range = record.layout.range(ofBlock: index)
         let len = Int(range.upperBound - range.lowerBound)
         let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<len])
@@ -265,9 +274,9 @@ struct PosixObjectReader: ObjectReader {
     }
 
     func prefetch(blocks: Range<Int>) {
-        let start = record.layout.range(ofBlock: blocks.lowerBound).lowerBound
-        let end = record.layout.range(ofBlock: blocks.upperBound - 1).upperBound
-        fd.adviseWillNeed(start..<end)
+        let valid = blocks.clamped(to: record.checksums.indices)
+        guard let first = valid.first, let last = valid.last else { return }
+        fd.adviseWillNeed(record.layout.range(ofBlock: first).lowerBound..<record.layout.range(ofBlock: last).upperBound)
     }
 
     func close() { fd.close() }

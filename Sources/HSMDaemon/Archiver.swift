@@ -19,7 +19,7 @@ struct Archiver: Sendable {
     static let punchChunk: Int64 = 64 << 20
     /// Test-only: pause between punch chunks so a test can open the file mid-release.
     static let punchPauseMicros: UInt32 = ProcessInfo.processInfo.environment["HSMD_TEST_PUNCH_PAUSE_MS"]
-        .flatMap { UInt32($0) }.map { $0 * 1000 } ?? 0
+        .flatMap { UInt32($0) }.map { $0.multipliedReportingOverflow(by: 1000).overflow ? UInt32.max : $0 * 1000 } ?? 0
 
     private struct Refusal: Error {
         let result: FileResult
@@ -122,6 +122,11 @@ struct Archiver: Sendable {
                 }
                 do { st = try fd.stat() } catch { throw Refusal(result: FileResult(path: fd.path, outcome: .failed, reason: "\(error)")) }
             }
+        }
+        // The marker keeps the mtime in 64-bit nanoseconds and release puts it back after
+        // punching: a saturated one (before 1677 or after 2262) would change the file's.
+        guard st.mtimeNs != .min && st.mtimeNs != .max else {
+            throw Refusal(result: FileResult(path: fd.path, outcome: .failed, reason: "its modification time is outside 1677-2262, which hsmd cannot keep exactly; set it (touch) and archive again"))
         }
         guard let shift = BlockLayout.shift(forFileSize: st.size, maxBits: MarkerCodec.maxBlocks) else {
             throw Refusal(result: FileResult(path: fd.path, outcome: .failed, reason: "too large: hsmd archives files up to \(MarkerCodec.maxBlocks) GiB"))
@@ -254,7 +259,9 @@ struct Archiver: Sendable {
         if st.size != marker.size || st.mtimeNs != marker.mtimeNs { throw fail("dirty: changed since it was archived; archive it again", .dirty) }
         let record: ObjectRecord
         do { record = try fs.store.record(marker.object) } catch { throw fail("\(error)", .damaged) }
-        guard record.size == marker.size else { throw fail("object \(marker.object) does not match the marker (size)", .damaged) }
+        // Block indexes below come from the marker: they index the record's checksums
+        // only when both divide the same size into the same blocks.
+        if let why = record.mismatch(with: marker) { throw fail("object \(marker.object) does not match the file's marker: \(why)", .damaged) }
         let candidates = (0..<marker.offline.count).filter { record.checksums[$0] != nil && !marker.offline[$0] }
         if candidates.isEmpty {
             return FileResult(path: fd.path, outcome: .done, reason: "already released", state: statusOf(fd.path, st, marker, fs).state, object: marker.object.hex)

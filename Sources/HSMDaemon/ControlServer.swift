@@ -16,6 +16,7 @@ final class ControlServer: Sendable {
     let info: @Sendable () -> [String: String]
     static let filesPerLine = 512
     static let trimAfterFiles = 1000
+    static let requestTimeoutSeconds = 20
 
     init(socketPath: String, archiver: Archiver, journal: Journal? = nil, log: Logger, info: @escaping @Sendable () -> [String: String]) throws(SystemError) {
         listener = try UnixListener.listen(socketPath, mode: 0o600)
@@ -60,19 +61,35 @@ final class ControlServer: Sendable {
             }
             try? conn.writeLine(ControlCodec.encode(r))
         }
-        guard let line = try? conn.readLine() else { return }
+        // A client that connects and then sends nothing must not hold a thread forever.
+        try? conn.setReceiveTimeout(seconds: Self.requestTimeoutSeconds)
+        let line: [UInt8]
+        switch conn.readRequest(limit: ControlRequestLimits.maxLineBytes) {
+        case .line(let l): line = l
+        case .closed: return
+        case .unterminated(let n):
+            reply(ControlReply(type: .error, message: "request cut off: \(n) bytes without the newline that ends a request; nothing was done"))
+            return
+        case .tooLong(let limit):
+            reply(ControlReply(type: .error, message: "request line longer than \(limit >> 20) MiB; name fewer paths per request"))
+            return
+        case .timedOut:
+            reply(ControlReply(type: .error, message: "no complete request line within \(Self.requestTimeoutSeconds) s; closing"))
+            return
+        case .failed(let e):
+            log.debug("control connection: \(e)")
+            return
+        }
+        // Every number is range-checked here, before anything computes with it.
         let request: ControlRequest
-        do { request = try ControlCodec.decode(ControlRequest.self, line) } catch {
-            reply(ControlReply(type: .error, message: "malformed request: \(error)"))
+        do { request = try ControlRequest.decode(line: line) } catch {
+            log.debug("refused a control request: \(error)")
+            reply(ControlReply(type: .error, message: error.message))
             return
         }
         let uid = (try? conn.peerUID()) ?? UInt32.max
         if uid != 0 && request.op != .ping {
             reply(ControlReply(type: .error, message: "permission denied: \(request.op.rawValue) needs root (caller uid \(uid))"))
-            return
-        }
-        if let bad = request.paths.first(where: { !$0.hasPrefix("/") }) {
-            reply(ControlReply(type: .error, message: "path \(bad) is not absolute"))
             return
         }
         // Requests that change files are worth an operator's line; lookups are not.
@@ -82,18 +99,11 @@ final class ControlServer: Sendable {
         case .ping:
             reply(ControlReply(type: .result, info: info()))
         case .archive:
-            reply(ControlReply(type: .result, files: archiver.archiveMany(request.paths, jobs: max(1, min(request.jobs, 64)), release: false)))
+            reply(ControlReply(type: .result, files: archiver.archiveMany(request.paths, jobs: request.jobs, release: false)))
         case .release:
             reply(ControlReply(type: .result, files: request.paths.map(archiver.release)))
         case .recall:
-            var range: Range<Int64>?
-            if let r = request.range {
-                guard r.count == 2, r[0] >= 0, r[1] > 0 else {
-                    reply(ControlReply(type: .error, message: "range must be OFFSET:LENGTH with LENGTH > 0"))
-                    return
-                }
-                range = r[0]..<(r[0] + r[1])
-            }
+            let range = request.recallRange
             reply(ControlReply(type: .result, files: request.paths.map { archiver.recall($0, range: range) }))
         case .status:
             var rows: [StatusRow] = [], problems: [FileResult] = []

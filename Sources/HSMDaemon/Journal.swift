@@ -111,8 +111,7 @@ final class Journal: Sendable {
             for (path, reason) in reasons.sorted(by: { $0.key < $1.key }) {
                 log.warning("change journal: the current epoch of \(path) is incomplete: \(reason)")
             }
-            for fs in filesystems {
-                let fsid = current.first { $0.path == fs.path }!.fsid
+            for (fs, (_, fsid)) in zip(filesystems, current) {
                 let row = try db.ensureFilesystem(path: fs.path, fsid: fsid, now: now)
                 let group: DirectoryChangeGroup
                 let mountFD: Int32

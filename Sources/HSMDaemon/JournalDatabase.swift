@@ -209,7 +209,11 @@ final class JournalDatabase: @unchecked Sendable {
             let id = sqlite3_last_insert_rowid(db)
             try run("INSERT INTO epoch(fs, epoch, started, complete) VALUES(?, 1, ?, 1)", [.int(id), .real(now)])
         }
-        return try filesystems().first(where: { $0.path == path })!
+        guard let row = try filesystems().first(where: { $0.path == path }) else {
+            // The row just inserted did not read back (another process edited the file?).
+            throw DatabaseError(code: SQLITE_CORRUPT, operation: "add filesystem \(path)", message: "the new row cannot be read back")
+        }
+        return row
     }
 
     func epochs(fs: Int64) throws(DatabaseError) -> [JournalEpoch] {

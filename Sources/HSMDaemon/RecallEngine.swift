@@ -64,7 +64,7 @@ final class RecallEngine: Sendable {
     private let state = Mutex(State())
     /// Test-only: a store that answers this slowly, to exercise recall_timeout.
     static let testStoreDelayMicros: UInt32 = ProcessInfo.processInfo.environment["HSMD_TEST_STORE_DELAY_MS"]
-        .flatMap { UInt32($0) }.map { $0 * 1000 } ?? 0
+        .flatMap { UInt32($0) }.map { $0 > UInt32.max / 1000 ? UInt32.max : $0 * 1000 } ?? 0
     private let work = DispatchSemaphore(value: 0)
 
     init(group: FanotifyGroup, filesystems: ManagedFilesystems, locks: InodeLocks, config: Config, log: Logger) {
@@ -266,8 +266,11 @@ final class RecallEngine: Sendable {
         if Self.testStoreDelayMicros > 0 { usleep(Self.testStoreDelayMicros) }
         let record: ObjectRecord
         let reader: any ObjectReader
-        do {
+        do throws(StoreError) {
             record = try store.record(marker.object)
+            if let why = record.mismatch(with: marker) {
+                throw StoreError.badRecord(marker.object, path: "record of \(fd.path)", reason: why)
+            }
             reader = try store.reader(for: record)
         } catch {
             try markDamaged(&marker, fd, error)
@@ -342,7 +345,9 @@ final class RecallEngine: Sendable {
             } catch {
                 let failure: RecallError
                 if let e = error as? StoreError {
-                    if case .corrupt = e { try? markDamaged(&marker, fd, e) }
+                    // Flagged here, written below after the fdatasync: the same marker
+                    // also clears the bits of the blocks placed before the failure.
+                    if Self.meansDamaged(e) { marker.flags.insert(.objectDamaged) }
                     failure = .store(e)
                 } else if let e = error as? RecallError {
                     failure = e
@@ -432,14 +437,19 @@ final class RecallEngine: Sendable {
     }
 
     /// Records in the marker that the object failed, so `status` shows `damaged`.
+    /// Only before anything was written: the marker is persisted without a sync.
     private func markDamaged(_ marker: inout Marker, _ fd: FileDescriptor, _ error: StoreError) throws(RecallError) {
+        if Self.meansDamaged(error) && !marker.flags.contains(.objectDamaged) {
+            marker.flags.insert(.objectDamaged)
+            try? persist(marker, fd)
+        }
+    }
+
+    /// The object itself is bad (not a passing I/O error): `status` shows `damaged`.
+    static func meansDamaged(_ error: StoreError) -> Bool {
         switch error {
-        case .objectMissing, .corrupt, .badRecord:
-            if !marker.flags.contains(.objectDamaged) {
-                marker.flags.insert(.objectDamaged)
-                try? persist(marker, fd)
-            }
-        default: break
+        case .objectMissing, .corrupt, .badRecord: return true
+        default: return false
         }
     }
 }

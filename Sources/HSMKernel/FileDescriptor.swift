@@ -225,6 +225,8 @@ public struct FileStat: Sendable, Equatable {
     public var uid: UInt32
     public var gid: UInt32
     public var linkCount: UInt32
+    /// Nanoseconds since 1970; a time outside 1677...2262 (btrfs allows them) is
+    /// saturated to Int64.min or Int64.max.
     public var atimeNs: Int64
     public var mtimeNs: Int64
     public var ctimeNs: Int64

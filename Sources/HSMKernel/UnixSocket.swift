@@ -37,6 +37,53 @@ public final class LineChannel {
         }
     }
 
+    /// How reading one request line ended.
+    public enum RequestLine: Equatable {
+        case line([UInt8])
+        /// The peer closed without sending anything.
+        case closed
+        /// The peer closed after `byteCount` bytes without a newline: a request cut off
+        /// (the client died mid-write) must not be run.
+        case unterminated(byteCount: Int)
+        /// More than `limit` bytes came without a newline.
+        case tooLong(limit: Int)
+        /// Nothing complete arrived within the receive timeout.
+        case timedOut
+        case failed(SystemError)
+    }
+
+    /// Reads one newline-terminated line, never more than `limit` bytes of it. Unlike
+    /// `readLine`, a last line without its newline is an error, not a line.
+    public func readRequest(limit: Int) -> RequestLine {
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        var scanned = 0  // bytes of `pending` known to hold no newline: each byte is looked at once
+        while true {
+            if let nl = pending[scanned...].firstIndex(of: UInt8(ascii: "\n")) {
+                guard nl <= limit else { return .tooLong(limit: limit) }
+                let line = Array(pending[..<nl])
+                pending.removeSubrange(...nl)
+                return .line(line)
+            }
+            scanned = pending.count
+            if pending.count > limit { return .tooLong(limit: limit) }
+            let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, min($0.count, limit + 1 - pending.count)) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                if errno == EAGAIN || errno == EWOULDBLOCK { return .timedOut }
+                return .failed(SystemError(errno: errno, operation: "read control socket"))
+            }
+            if n == 0 { return pending.isEmpty ? .closed : .unterminated(byteCount: pending.count) }
+            pending += chunk[0..<n]
+        }
+    }
+
+    /// Makes reads fail with EAGAIN after `seconds` without data (SO_RCVTIMEO).
+    public func setReceiveTimeout(seconds: Int) throws(SystemError) {
+        var tv = timeval(tv_sec: seconds, tv_usec: 0)
+        let r = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        if r != 0 { throw SystemError(errno: errno, operation: "setsockopt(SO_RCVTIMEO)") }
+    }
+
     public func writeLine(_ bytes: [UInt8]) throws(SystemError) {
         try LineWriter(fd: fd).writeLine(bytes)
     }

@@ -27,7 +27,11 @@ struct ControlClient {
             }
         }
         defer { conn.close() }
-        do { try conn.writeLine(ControlCodec.encode(request)) } catch { throw .unreachable("sending to hsmd: \(error)") }
+        let line = ControlCodec.encode(request)
+        guard line.count <= ControlRequestLimits.maxLineBytes else {
+            throw .refused("the request is \(line.count >> 20) MiB, more than hsmd reads in one (\(ControlRequestLimits.maxLineBytes >> 20) MiB); name fewer or shorter paths")
+        }
+        do { try conn.writeLine(line) } catch { throw .unreachable("sending to hsmd: \(error)") }
         var earlierFiles: [FileResult] = []
         while true {
             let line: [UInt8]?

@@ -44,6 +44,8 @@ func requireRoot(_ verb: String) throws {
 }
 
 func send(_ client: ControlClient, _ request: ControlRequest, onProgress: (ProgressReport) -> Void = { _ in }) throws -> ControlReply {
+    // The checks hsmd makes, made here first: a usage error before anything is sent.
+    do { try request.validate() } catch { throw fail(error.message) }
     do { return try client.send(request, onProgress: onProgress) } catch {
         switch error {
         case .unreachable(let m), .refused(let m): throw fail(m)

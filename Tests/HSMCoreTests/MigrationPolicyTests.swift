@@ -10,6 +10,27 @@ final class MigrationPolicyTests: XCTestCase {
         try makeStat(size: size, mtimeNs: now - ageSeconds * second, atimeNs: now - ageSeconds * second)
     }
 
+    /// btrfs keeps any 64-bit second, so a file's times reach hsmd saturated to Int64.min
+    /// or Int64.max; the age computation overflowed on the old one and killed hsmd.
+    func testTimesAtTheEdgesOfInt64AreNotATrap() throws {
+        let base = try stat()
+        let outcome = runIsolated { _ in
+            let p = MigrationPolicy(olderThanSeconds: 86_400)
+            for (atime, mtime, now, old) in [(Int64.min, Int64.min, self.now, true), (Int64.min, Int64.min, Int64.max, true),
+                                             (-9_000_000_000 * 1_000_000_000, Int64.min, self.now, true),
+                                             (Int64.max, Int64.max, self.now, false), (Int64.max, Int64.min, Int64.min, false),
+                                             (Int64.min, Int64.min, Int64.min, false)] {
+                var st = base
+                st.atimeNs = atime
+                st.mtimeNs = mtime
+                let skip = p.skipReason(path: "/d/f", stat: st, nowNs: now)
+                if (skip == nil) != old { return "atime \(atime) mtime \(mtime) now \(now): \(skip ?? "migrates")" }
+            }
+            return nil
+        }
+        assertIsolatedPasses(outcome, "policy with extreme times")
+    }
+
     func testMigratesWhenEverythingPasses() throws {
         let p = MigrationPolicy(olderThanSeconds: 3600, minSize: 4096, exclude: ["*.tmp", "/data/keep/*"])
         XCTAssertNil(p.skipReason(path: "/data/big.iso", stat: try stat(), nowNs: now))

@@ -44,7 +44,9 @@ def drop_caches():
 class HSM:
     """One managed filesystem, one store, one hsmd."""
 
-    def __init__(self, base: Path, image_size="1G"):
+    MKFS = {"ext4": ["mkfs.ext4", "-q", "-F"], "btrfs": ["mkfs.btrfs", "-q", "-f"]}
+
+    def __init__(self, base: Path, image_size="1G", fstype="ext4"):
         self.base = base
         self.image = base / "fs.img"
         self.mnt = base / "mnt"
@@ -58,7 +60,7 @@ class HSM:
         self.mnt.mkdir()
         self.store.mkdir()
         subprocess.run(["truncate", "-s", image_size, str(self.image)], check=True)
-        subprocess.run(["mkfs.ext4", "-q", "-F", str(self.image)], check=True)
+        subprocess.run([*self.MKFS[fstype], str(self.image)], check=True)
         subprocess.run(["mount", "-o", "loop", str(self.image), str(self.mnt)], check=True)
         self.mounted = True
         self.write_config()
@@ -187,12 +189,12 @@ class HSM:
 
 
 @contextlib.contextmanager
-def managed_filesystem(start):
-    """A fresh 1 GiB ext4 with its store (and hsmd if `start`), always torn down."""
+def managed_filesystem(start, fstype="ext4"):
+    """A fresh 1 GiB ext4 (or `fstype`) with its store (and hsmd if `start`), always torn down."""
     base = Path(tempfile.mkdtemp(prefix="hsmd-test-"))
     h = None
     try:
-        h = HSM(base)
+        h = HSM(base, fstype=fstype)
         if start:
             h.start()
         yield h
@@ -207,6 +209,13 @@ def managed_filesystem(start):
 def hsm():
     """A running hsmd managing a fresh 1 GiB ext4 filesystem."""
     with managed_filesystem(start=True) as h:
+        yield h
+
+
+@pytest.fixture
+def hsm_btrfs():
+    """Like `hsm`, on btrfs (which, unlike ext4, keeps any 64-bit time)."""
+    with managed_filesystem(start=True, fstype="btrfs") as h:
         yield h
 
 

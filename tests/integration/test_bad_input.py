@@ -430,3 +430,39 @@ def test_caller_not_root_is_refused(hsm, verb):
     assert store_listing(hsm) == objects
     drop_caches()
     assert sha256(p) == digest
+
+
+# --- file times outside what 64-bit nanoseconds hold ------------------------------------
+
+
+def test_migrate_by_age_of_files_with_times_far_in_the_past(hsm_btrfs):
+    """btrfs keeps any 64-bit second. A file last used in 283 BC (-9e18 ns, which still
+    fits) made hsmd's age computation overflow during `migrate --older-than` and killed
+    it; one from a million years BC does not fit in nanoseconds at all (the product
+    overflowed in C). The first migrates and keeps its exact times; the second is
+    refused with a reason, stays resident, and hsmd keeps running."""
+    hsm = hsm_btrfs
+    old, old_digest = hsm.write("old.bin", size=300_000)
+    ancient, ancient_digest = hsm.write("ancient.bin", size=300_000)
+    recent, _ = hsm.write("recent.bin", size=300_000)
+    old_ns = -9_000_000_000 * 10**9 + 123
+    os.utime(old, ns=(old_ns, old_ns))
+    ancient_s = -31_557_600 * 1_000_000  # about a million years before 1970
+    os.utime(ancient, (ancient_s, ancient_s))
+    assert os.stat(ancient).st_mtime == ancient_s, "this filesystem clamps times; the test needs btrfs"
+    r = hsm.ctl("migrate", "--json", "--older-than", "1d", hsm.mnt, check=False)
+    assert hsm.proc.poll() is None, f"hsmd died:\n{hsm.log_text()[-3000:]}"
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    by_path = {f["path"]: f for f in json.loads(r.stdout)["files"]}
+    assert by_path[str(old)]["outcome"] == "done", by_path
+    assert by_path[str(recent)]["outcome"] == "skipped", by_path
+    assert by_path[str(ancient)]["outcome"] == "failed", by_path
+    assert "modification time" in by_path[str(ancient)]["reason"], by_path
+    assert hsm.state(old) == "released"
+    assert os.stat(old).st_mtime_ns == old_ns, "release changed the file's mtime"
+    assert hsm.state(ancient) == "resident"
+    assert marker(ancient) is None
+    drop_caches()
+    assert sha256(old) == old_digest
+    assert sha256(ancient) == ancient_digest
+    assert hsm.proc.poll() is None
