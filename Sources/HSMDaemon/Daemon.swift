@@ -59,7 +59,14 @@ public enum Daemon {
             guard !filesystems.all.isEmpty else {
                 throw StartError(description: "no [[filesystem]] in the config: hsmd would manage nothing")
             }
-            if let g = inherited.group { group = g } else {
+            if let g = inherited.group {
+                group = g
+                // Before anything: a release the previous hsmd was in the middle of left
+                // its ignore mark on that file (the start walk marks resident files again).
+                // Its opens still reach the group (the mark ignores accesses only), so
+                // nobody read the holes meanwhile.
+                do { try g.flushInodeMarks() } catch { throw StartError(description: "kept pre-content group: \(error)") }
+            } else {
                 do { group = try FanotifyGroup.preContent() } catch {
                     throw StartError(description: "\(error): this kernel does not offer fanotify pre-content events (Linux 6.14 or later, CONFIG_FANOTIFY_ACCESS_PERMISSIONS, run as root)")
                 }

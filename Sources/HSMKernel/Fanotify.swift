@@ -87,6 +87,13 @@ public struct FanotifyGroup: Sendable {
         try SystemError.check(r, "fanotify_mark(FAN_MARK_IGNORE)", path)
     }
 
+    /// Removes every inode mark of the group (its filesystem marks stay). A kept group
+    /// still carries the ignore marks of a dead hsmd, among them one a release puts on a
+    /// file while it punches: left in place, reads of those holes would raise no event.
+    public func flushInodeMarks() throws(SystemError) {
+        try SystemError.check(chsm_fanotify_mark(fd, UInt32(FAN_MARK_FLUSH), 0, AT_FDCWD, nil), "fanotify_mark(FAN_MARK_FLUSH)")
+    }
+
     /// Removes the inode ignore mark; absent marks are not an error.
     public func stopIgnoring(fileAt fileFD: Int32, path: String) throws(SystemError) {
         let flags = UInt32(FAN_MARK_REMOVE | FAN_MARK_IGNORE | FAN_MARK_IGNORED_SURV_MODIFY)

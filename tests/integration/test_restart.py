@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import managed_filesystem, sha256
+from conftest import HSMCTL, managed_filesystem, sha256
 from fdstore import FDStore
 
 MiB = 1 << 20
@@ -144,5 +144,28 @@ def test_a_stop_during_a_recall_finishes_it_before_exiting(kept):
     assert f"for pid {reader.pid} in" in log, log[-2000:]       # "recalled ... for pid N in ... ms"
     assert "still unanswered at stop" not in log
     # The reader's later reads wait for the next hsmd (the group is kept).
+    hsm.start(fdstore=store)
+    assert_whole(reader, digest)
+
+
+def test_a_kill_9_in_the_middle_of_a_release_leaves_no_ignore_mark_over_the_holes(kept):
+    """Release ignore-marks the file while it punches. With the group kept, that mark
+    would outlive a killed hsmd and let reads of the punched holes through as zeros."""
+    hsm, store = kept
+    hsm.start(fdstore=store, env={"HSMD_TEST_PUNCH_PAUSE_MS": "3000"})
+    wait_for_names(store, "hsmd-precontent", "hsmd-eventlog")
+    p, digest = hsm.write("big.bin", size=192 * MiB)
+    hsm.ctl("archive", p)
+    env = dict(os.environ, HSMD_SOCKET=str(hsm.socket))
+    release = subprocess.Popen([str(HSMCTL), "release", str(p)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while os.stat(p).st_blocks * 512 > 150 * MiB and time.time() < deadline:
+        time.sleep(0.01)
+    assert os.stat(p).st_blocks * 512 <= 150 * MiB, "the first chunk was not punched"
+    hsm.stop(signal.SIGKILL)
+    release.communicate(timeout=30)
+    reader = start_reader(p)
+    assert_waits(reader, 1.0)
     hsm.start(fdstore=store)
     assert_whole(reader, digest)
