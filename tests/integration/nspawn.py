@@ -174,15 +174,24 @@ class Container:
                                    f"{self.console_text()}\n{self.run(['systemctl', '--failed', '--no-pager'], check=False).stdout}")
             time.sleep(0.2)
 
-    def run(self, cmd, check=True, timeout=120, input=None):
-        """Runs a command inside the container (all of its namespaces)."""
+    ENV = {"PATH": CONTAINER_PATH, "LANG": "C.UTF-8", "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"}
+
+    def command(self, cmd):
+        """The host command line that runs `cmd` inside the container (all its namespaces)."""
         if self.init_pid is None:
             raise HarnessError("the container is not booted")
-        full = ["nsenter", "-t", str(self.init_pid), "-a", *cmd]
+        return ["nsenter", "-t", str(self.init_pid), "-a", *cmd]
+
+    def popen(self, cmd):
+        """Starts `cmd` inside the container without waiting; output in .stdout (text)."""
+        return subprocess.Popen(self.command(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=self.ENV)
+
+    def run(self, cmd, check=True, timeout=120, input=None):
+        """Runs a command inside the container (all of its namespaces)."""
+        full = self.command(cmd)
         try:
-            r = subprocess.run(full, capture_output=True, text=True, timeout=timeout, input=input,
-                               env={"PATH": CONTAINER_PATH, "LANG": "C.UTF-8", "SYSTEMD_PAGER": "",
-                                    "SYSTEMD_COLORS": "0"})
+            r = subprocess.run(full, capture_output=True, text=True, timeout=timeout, input=input, env=self.ENV)
         except subprocess.TimeoutExpired as e:
             if check:
                 raise HarnessError(f"{' '.join(cmd)} (in the container) did not finish in {timeout} s") from e
