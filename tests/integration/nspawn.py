@@ -372,9 +372,12 @@ class SystemdHSM:
         raise HarnessError(f"hsmd.service not running with a new main pid after {timeout} s "
                            f"(last: {last}):\n{self.journal()}")
 
-    def journal(self, lines=120):
+    def journal(self, lines=120, since=None):
+        """hsmd.service's journal in the container (the last `lines`, or all since the
+        host time `since`: the container shares the host's clock)."""
+        window = ["--since", f"@{int(since) - 1}"] if since is not None else ["-n", str(lines)]
         return self.container.run(["journalctl", "--no-pager", "-o", "short-monotonic", "-u", "hsmd.service",
-                                   "-n", str(lines)], check=False).stdout
+                                   *window], check=False).stdout
 
     # --- hsmctl from the host ----------------------------------------------------------------
 

@@ -230,9 +230,9 @@ def assert_streaming(readers, what):
     assert not done, f"readers finished before {what}; the test proves nothing: {done}"
 
 
-def assert_whole(sd, failures, what):
+def assert_whole(sd, failures, what, since):
     assert not failures, (f"after {what}, {len(failures)} reader(s) did not get their data whole:\n  "
-                          + "\n  ".join(failures) + f"\nhsmd's journal:\n{sd.journal(40)}")
+                          + "\n  ".join(failures) + f"\nhsmd's journal since then:\n{sd.journal(since=since)}")
 
 
 # --- tests ---------------------------------------------------------------------------------
@@ -246,11 +246,12 @@ def test_sigkill_while_streaming_keeps_every_reader_whole(hsmd, readers):
     start_streamers(readers, files)
     readers.wait_until_reading()
     assert_streaming(readers, "the kill")
+    disrupted = time.time()
     hsmd.systemctl("kill", "--signal=KILL", "hsmd.service")
     start_late(readers, files)
     pid1, back = hsmd.wait_running(not_pid=pid0)
     assert hsmd.restarts() == n0 + 1
-    assert_whole(hsmd, readers.finish(back), "SIGKILL and automatic restart")
+    assert_whole(hsmd, readers.finish(back), "SIGKILL and automatic restart", disrupted)
 
 
 def test_restart_while_streaming_keeps_every_reader_whole(hsmd, readers):
@@ -260,6 +261,7 @@ def test_restart_while_streaming_keeps_every_reader_whole(hsmd, readers):
     start_streamers(readers, files)
     readers.wait_until_reading()
     assert_streaming(readers, "the restart")
+    disrupted = time.time()
     restart = hsmd.container.popen(["systemctl", "restart", "hsmd.service"])
     try:
         start_late(readers, files)
@@ -270,7 +272,7 @@ def test_restart_while_streaming_keeps_every_reader_whole(hsmd, readers):
             restart.wait()
     assert restart.returncode == 0, out
     pid1, back = hsmd.wait_running(not_pid=pid0)
-    assert_whole(hsmd, readers.finish(back), "systemctl restart")
+    assert_whole(hsmd, readers.finish(back), "systemctl restart", disrupted)
 
 
 def test_watchdog_abort_of_a_stalled_hsmd_keeps_every_reader_whole(hsmd, readers):
@@ -286,29 +288,35 @@ def test_watchdog_abort_of_a_stalled_hsmd_keeps_every_reader_whole(hsmd, readers
     start_streamers(readers, files)
     readers.wait_until_reading()
     assert_streaming(readers, "the stall")
+    stalled_at = time.time()
     hsmd.container.run(["touch", STALL_FILE])
     start_late(readers, files)
-    # The abort comes after 10 s without a ping; wait for it well past that.
+    # The abort comes after 10 s without a ping; wait for it well past that. The main pid
+    # changes (to 0) the moment the process is gone.
     deadline = time.time() + 60
-    while hsmd.restarts() == n0 and time.time() < deadline:
-        time.sleep(0.2)
-    restarted = hsmd.restarts() > n0
-    # A stalled loop answers nothing, so no streamer can have finished before the abort; one
+    while hsmd.main_pid() == pid0 and time.time() < deadline:
+        time.sleep(0.1)
+    # A stalled loop answers nothing, so no reader can have finished before the abort; one
     # that did means the abort had another cause (or the loop never stalled).
     finished_first = readers.ended()
+    aborted = hsmd.main_pid() != pid0
+    deadline = time.time() + 60
+    while aborted and hsmd.restarts() == n0 and time.time() < deadline:
+        time.sleep(0.1)
     # Whatever happened, the successor must not stall again (it cannot see the file: its
     # RuntimeDirectory is new), and the next tests need a healthy hsmd.
     hsmd.container.run(["rm", "-f", STALL_FILE])
-    assert restarted, ("systemd did not abort and restart hsmd within 60 s of the stall file appearing "
-                       f"(is HSMD_TEST_STALL_FILE implemented?): {hsmd.show('NRestarts', 'MainPID', 'Result')}\n"
-                       f"{hsmd.journal(30)}")
-    journal = hsmd.journal(400)
-    assert "Watchdog timeout" in journal, journal
+    assert aborted, ("systemd did not abort hsmd within 60 s of the stall file appearing "
+                     f"(is HSMD_TEST_STALL_FILE implemented?): {hsmd.show('NRestarts', 'MainPID', 'Result')}\n"
+                     f"{hsmd.journal(30)}")
+    journal = hsmd.journal(since=stalled_at)
+    assert "Watchdog timeout" in journal, f"hsmd went away, but not by a watchdog abort:\n{journal}"
     assert not finished_first, ("readers finished while hsmd was supposed to be stalled: the watchdog abort "
                                 f"was not caused by the stall (HSMD_TEST_STALL_FILE ignored?): {finished_first}\n"
                                 f"{hsmd.journal(30)}")
+    assert hsmd.restarts() == n0 + 1, f"systemd did not restart hsmd after the watchdog abort: {hsmd.show('NRestarts', 'Result')}"
     pid1, back = hsmd.wait_running(not_pid=pid0)
-    assert_whole(hsmd, readers.finish(back), "a watchdog abort and automatic restart")
+    assert_whole(hsmd, readers.finish(back), "a watchdog abort and automatic restart", stalled_at)
 
 
 def test_idle_under_the_shipped_watchdog_is_never_restarted(hsmd, readers):
@@ -326,7 +334,7 @@ def test_idle_under_the_shipped_watchdog_is_never_restarted(hsmd, readers):
         time.sleep(2)
     for p in sorted(files):
         readers.start(p, *files[p], pause=0)
-    assert_whole(hsmd, readers.finish(time.time()), "3 minutes idle")
+    assert_whole(hsmd, readers.finish(time.time()), "3 minutes idle", idle_until - 180)
     assert (hsmd.restarts(), hsmd.main_pid()) == (n0, pid0)
 
 
@@ -351,6 +359,7 @@ def test_sigkill_in_the_middle_of_a_release_leaves_a_true_state(hsmd, readers):
             time.sleep(0.01)
         allocated = os.stat(p).st_blocks * 512
         assert allocated <= size - 32 * MiB, "release did not start punching within 60 s"
+        disrupted = time.time()
         hsmd.systemctl("kill", "--signal=KILL", "hsmd.service")
         out, _ = release.communicate(timeout=60)
     finally:
@@ -363,7 +372,7 @@ def test_sigkill_in_the_middle_of_a_release_leaves_a_true_state(hsmd, readers):
     before = hsmd.status(p)
     # The data first: it is the promise that matters most.
     readers.start(p, digest, size, pause=0)
-    assert_whole(hsmd, readers.finish(back), "a kill -9 in the middle of a release")
+    assert_whole(hsmd, readers.finish(back), "a kill -9 in the middle of a release", disrupted)
     after = hsmd.status(p)
     assert before["state"] != "dirty", (
         f"an unmodified file is reported dirty after a kill mid-release (punching changes the mtime; "
@@ -372,10 +381,11 @@ def test_sigkill_in_the_middle_of_a_release_leaves_a_true_state(hsmd, readers):
     assert before["offline_bytes"] >= size - allocated, f"status claims less offline than was punched: {before}"
     assert after["state"] == "archived" and after["offline_bytes"] == 0, f"read back whole and unmodified, yet: {after}"
     # And it can be released again, and read back again.
+    again = time.time()
     hsmd.ctl("release", p)
     assert hsmd.status(p)["state"] == "released"
     readers.start(p, digest, size, pause=0)
-    assert_whole(hsmd, readers.finish(time.time()), "a second release")
+    assert_whole(hsmd, readers.finish(time.time()), "a second release", again)
 
 
 def test_sigkill_in_the_middle_of_an_archive_leaves_a_true_state(hsmd, readers):
@@ -397,6 +407,7 @@ def test_sigkill_in_the_middle_of_an_archive_leaves_a_true_state(hsmd, readers):
                 break
             time.sleep(0.005)
         assert partial, f"no partial object appeared in the store while archiving: {archive.poll()}"
+        disrupted = time.time()
         hsmd.systemctl("kill", "--signal=KILL", "hsmd.service")
         out, _ = archive.communicate(timeout=60)
     finally:
@@ -408,10 +419,11 @@ def test_sigkill_in_the_middle_of_an_archive_leaves_a_true_state(hsmd, readers):
     st = hsmd.status(p)
     assert st["state"] == "resident" and st["offline_bytes"] == 0, f"a killed archive must leave the file as it was: {st}"
     readers.start(p, digest, size, pause=0)
-    assert_whole(hsmd, readers.finish(back), "a kill -9 in the middle of an archive")
+    assert_whole(hsmd, readers.finish(back), "a kill -9 in the middle of an archive", disrupted)
+    again = time.time()
     hsmd.ctl("archive", p)
     hsmd.ctl("release", p)
     assert hsmd.status(p)["state"] == "released"
     readers.start(p, digest, size, pause=0)
-    assert_whole(hsmd, readers.finish(time.time()), "archiving and releasing it again")
+    assert_whole(hsmd, readers.finish(time.time()), "archiving and releasing it again", again)
     assert hsmd.status(p)["state"] == "archived"
