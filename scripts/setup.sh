@@ -11,6 +11,10 @@ command -v setfattr >/dev/null || need_apt+=(attr)
 command -v losetup >/dev/null || need_apt+=(mount)
 command -v tar >/dev/null || need_apt+=(tar)
 [ -f /usr/include/sqlite3.h ] || need_apt+=(libsqlite3-dev)   # the change journal's database
+# The tests under a real systemd (tests/integration/test_systemd_life.py) boot a Debian
+# root tree, built by debootstrap, in systemd-nspawn.
+command -v debootstrap >/dev/null || need_apt+=(debootstrap)
+command -v systemd-nspawn >/dev/null || need_apt+=(systemd-container)
 if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
