@@ -451,6 +451,7 @@ int chsm_name_to_handle(int dirfd, const char *path, int flags, chsm_handle *out
 
 int chsm_open_by_handle(int mount_fd, const chsm_handle *in, int flags) {
     if (flags == CHSM_OPEN_PATH_DIR) flags = O_PATH | O_DIRECTORY;
+    else if (flags == CHSM_OPEN_PATH_FILE) flags = O_PATH;
     struct {
         struct file_handle fh;
         unsigned char data[CHSM_HANDLE_MAX];

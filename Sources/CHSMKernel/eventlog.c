@@ -14,10 +14,6 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 
-#ifndef STATX_MNT_ID
-#define STATX_MNT_ID 0x00001000U
-#endif
-
 #define HEADER_BYTES 4096u
 
 typedef struct {
@@ -111,6 +107,14 @@ static int32_t record(header *h, const chsm_event *e) {
             s->has_handle = 0;
             s->mount_id = -1;
         }
+        chsm_stat st;   // the same encoding of the device as everywhere in hsmd
+        if (chsm_fstat(e->fd, &st) == 0) {
+            s->dev = st.dev;
+            s->ino = st.ino;
+        } else {
+            s->dev = 0;
+            s->ino = 0;
+        }
         __atomic_store_n(&s->state, 1u, __ATOMIC_RELEASE);
         h->hint = k + 1;
         return (int32_t)k;
@@ -164,31 +168,4 @@ int chsm_evlog_last_batch(const void *log, chsm_event *out, int maxout) {
     // before that read, so parsing stops at the first zero event_len.
     if (len == 0 || len > h->raw_bytes) len = h->raw_bytes;
     return chsm_parse_events(raw_area(log), (ssize_t)len, out, maxout);
-}
-
-int chsm_mount_device(int mount_id, uint32_t *major, uint32_t *minor) {
-    FILE *f = fopen("/proc/self/mountinfo", "re");
-    if (!f) return -errno;
-    char line[4096];
-    int found = -ENOENT;
-    while (fgets(line, sizeof line, f)) {
-        int id, parent;
-        unsigned ma, mi;
-        if (sscanf(line, "%d %d %u:%u", &id, &parent, &ma, &mi) == 4 && id == mount_id) {
-            *major = ma;
-            *minor = mi;
-            found = 0;
-            break;
-        }
-    }
-    fclose(f);
-    return found;
-}
-
-int chsm_fd_mount_id(int fd, int32_t *out) {
-    struct statx sx;
-    if (statx(fd, "", AT_EMPTY_PATH, STATX_MNT_ID, &sx) < 0) return -errno;
-    if (!(sx.stx_mask & STATX_MNT_ID)) return -EOPNOTSUPP;
-    *out = (int32_t)sx.stx_mnt_id;
-    return 0;
 }

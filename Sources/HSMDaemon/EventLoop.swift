@@ -143,7 +143,7 @@ final class EventLoop: Sendable {
         }
         guard let fs = filesystems.filesystem(ofOpenFile: e.fd, device: st.device) else {
             // Offline data on a filesystem hsmd cannot place: never allow over it.
-            log.error("\(FileDescriptor.currentPath(of: e.fd)) has offline data but is on no managed filesystem hsmd can identify (device \(st.device >> 8):\(st.device & 0xff)); the access fails with EIO")
+            log.error("\(FileDescriptor.currentPath(of: e.fd)) has offline data but is on no managed filesystem hsmd can identify (device \(st.device >> 32):\(st.device & 0xffff_ffff)); the access fails with EIO")
             answer(&event, .deny(errno: EIO))
             return
         }

@@ -8,9 +8,6 @@ struct ManagedFilesystem: Sendable {
     let path: String
     /// st_dev of its root. Files in btrfs subvolumes and snapshots have other st_devs.
     let device: UInt64
-    /// The superblock's device as /proc/self/mountinfo names it: one per filesystem,
-    /// whatever mount, bind mount or subvolume a file is reached through.
-    let superblock: UInt64
     /// An fd on its root, for open_by_handle_at. Open for hsmd's life.
     let rootFD: Int32
     let type: String
@@ -60,14 +57,10 @@ final class ManagedFilesystems: Sendable {
                 throw SetupError(description: "\(key): \(fs.path) is the same filesystem as another entry")
             }
             let root: FileDescriptor
-            let superblock: UInt64
-            do {
-                root = try FileDescriptor.open(fs.path, [.directory])
-                superblock = try Mounts.device(ofMount: Mounts.mountID(of: root.rawValue, path: fs.path))
-            } catch {
+            do { root = try FileDescriptor.open(fs.path, [.directory]) } catch {
                 throw SetupError(description: "\(key): \(fs.path): \(error)")
             }
-            list.append(ManagedFilesystem(path: fs.path, device: st.device, superblock: superblock, rootFD: root.rawValue, type: type, store: store))
+            list.append(ManagedFilesystem(path: fs.path, device: st.device, rootFD: root.rawValue, type: type, store: store))
         }
         all = list
     }
@@ -75,22 +68,27 @@ final class ManagedFilesystems: Sendable {
     func filesystem(device: UInt64) -> ManagedFilesystem? { all.first { $0.device == device } }
 
     /// The managed filesystem an open file is on. By st_dev first; a device that is no
-    /// root's (a btrfs subvolume or snapshot) is resolved once through the fd's mount and
-    /// its superblock, then remembered. nil: not a managed filesystem (the caller must not
+    /// root's (a btrfs subvolume or snapshot) is resolved once by the file's handle, then
+    /// remembered. nil: not a managed filesystem (the caller must not
     /// assume its data is local).
     func filesystem(ofOpenFile fd: Int32, device: UInt64) -> ManagedFilesystem? {
         if let fs = filesystem(device: device) { return fs }
         if let i = otherDevices.withLock({ $0[device] }) { return all[i] }
-        guard let mount = try? Mounts.mountID(of: fd, path: ""), let fs = filesystem(mountID: mount),
-              let i = all.firstIndex(where: { $0.path == fs.path }) else { return nil }
+        // The file's handle, decoded on each managed filesystem: the one where it names
+        // this very inode is the file's. Mount ids would not do: the event fd's mount may
+        // be in another mount namespace (a container's readers, or hsmd's).
+        guard let st = try? FileDescriptor(rawValue: fd, path: "").stat(),
+              let handle = try? InodeHandle.of(fd: fd, path: ""),
+              let i = all.firstIndex(where: { fs in
+                  handle.identity(onFilesystemOf: fs.rootFD).map { $0 == (st.device, st.inode) } ?? false
+              }) else { return nil }
         otherDevices.withLock { if $0.count < 4096 { $0[device] = i } }
-        return fs
+        return all[i]
     }
 
-    /// The managed filesystem mounted as mount `id` (a mount id from name_to_handle_at).
-    func filesystem(mountID id: Int32) -> ManagedFilesystem? {
-        guard let sb = try? Mounts.device(ofMount: id) else { return nil }
-        return all.first { $0.superblock == sb }
+    /// The managed filesystem on which `handle` names the inode (device, inode).
+    func filesystem(handle: InodeHandle, device: UInt64, inode: UInt64) -> ManagedFilesystem? {
+        all.first { fs in handle.identity(onFilesystemOf: fs.rootFD).map { $0 == (device, inode) } ?? false }
     }
 
     var pathsDescription: String { all.map(\.path).joined(separator: ", ") }

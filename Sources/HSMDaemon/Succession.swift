@@ -70,7 +70,7 @@ struct PredecessorEvents {
             }
         }
         for e in pending {
-            guard e.handle != nil, e.mountID >= 0, e.number >= 0 else {
+            guard e.handle != nil, e.device != 0, e.number >= 0 else {
                 if case .success = group.respondOrFallBack(to: e.number, .deny(errno: EIO)) {
                     denied += 1
                     log.error("an access by pid \(e.pid) that the previous hsmd left unanswered is denied with EIO (no file handle was recorded)")
@@ -100,7 +100,8 @@ struct PredecessorEvents {
         for item in identified {
             let e = item.event
             var event = PermissionEvent(number: e.number, pid: e.pid, group: group, log: eventLog, slot: e.slot, closesNumber: item.reserved)
-            guard let handle = e.handle, let fs = filesystems.filesystem(mountID: e.mountID) else {
+            guard let handle = e.handle, e.device != 0,
+                  let fs = filesystems.filesystem(handle: handle, device: e.device, inode: e.inode) else {
                 log.error("an access by pid \(e.pid) that the previous hsmd left unanswered is on no managed filesystem now; denied with EIO")
                 _ = event.respond(.deny(errno: EIO))
                 continue

@@ -12,6 +12,9 @@ public struct RecordedEvent: Sendable {
     /// name_to_handle_at's mount id and handle of the file, when they could be taken.
     public let mountID: Int32
     public let handle: InodeHandle?
+    /// st_dev and st_ino of the file, 0 when unknown.
+    public let device: UInt64
+    public let inode: UInt64
 
     public var isOpenPermission: Bool { mask & UInt64(FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM) != 0 }
 }
@@ -77,7 +80,8 @@ public final class EventLog: @unchecked Sendable {
             let s = out[i]
             return RecordedEvent(slot: index[i], number: s.fd, pid: s.pid, mask: s.mask,
                                  range: s.has_range != 0 ? FanotifyEvent.accessRange(offset: s.offset, count: s.count) : nil,
-                                 mountID: s.mount_id, handle: s.has_handle != 0 ? InodeHandle(s.handle) : nil)
+                                 mountID: s.mount_id, handle: s.has_handle != 0 ? InodeHandle(s.handle) : nil,
+                                 device: s.dev, inode: s.ino)
         }
     }
 

@@ -211,6 +211,17 @@ public final class DirectoryEventReader {
 }
 
 extension InodeHandle {
+    /// The (device, inode) the handle names on the filesystem of `mountFD`, found with an
+    /// O_PATH open (no open event, so the event thread may call it); nil when it names
+    /// nothing there. Works whatever mount namespace the handle came from.
+    public func identity(onFilesystemOf mountFD: Int32) -> (device: UInt64, inode: UInt64)? {
+        let fd = withRaw { chsm_open_by_handle(mountFD, $0, CHSM_OPEN_PATH_FILE) }
+        guard fd >= 0 else { return nil }
+        defer { Glibc.close(fd) }
+        guard let st = try? FileDescriptor(rawValue: fd, path: "").stat() else { return nil }
+        return (st.device, st.inode)
+    }
+
     /// open_by_handle_at for I/O (`flags` as for open, e.g. O_RDWR): how hsmd reaches a
     /// file it knows only by handle, such as an event a predecessor left unanswered.
     public func openFile(mountFD: Int32, flags: FileDescriptor.OpenFlags, what: String) throws(SystemError) -> FileDescriptor {

@@ -57,21 +57,3 @@ public enum FDNumbers {
         return true
     }
 }
-
-public enum Mounts {
-    /// The mount id of an open fd (statx STATX_MNT_ID).
-    public static func mountID(of fd: Int32, path: String) throws(SystemError) -> Int32 {
-        var id: Int32 = 0
-        try SystemError.check(chsm_fd_mount_id(fd, &id), "statx(STATX_MNT_ID)", path)
-        return id
-    }
-
-    /// The superblock device ("major:minor" in /proc/self/mountinfo) of a mount: the same
-    /// for every mount and bind mount of one filesystem, and unlike st_dev the same for
-    /// every btrfs subvolume of it.
-    public static func device(ofMount id: Int32) throws(SystemError) -> UInt64 {
-        var major: UInt32 = 0, minor: UInt32 = 0
-        try SystemError.check(chsm_mount_device(id, &major, &minor), "mountinfo lookup of mount \(id)")
-        return (UInt64(major) << 32) | UInt64(minor)
-    }
-}

@@ -30,7 +30,7 @@ final class RecallEngineTests: XCTestCase {
         posix = PosixStore(name: "t", root: dir + "/store")
         store = FaultyStore(posix)
         let st = try FileStat.of(path: dir)
-        fs = ManagedFilesystem(path: dir, device: st.device, superblock: 0, rootFD: -1, type: "ext4", store: store)
+        fs = ManagedFilesystem(path: dir, device: st.device, rootFD: -1, type: "ext4", store: store)
         recorder = AnswerRecorder()
     }
 

@@ -61,9 +61,9 @@ def assert_waits(reader, seconds=1.0):
     assert reader.poll() is None, ("the reader finished while no hsmd served it", reader.communicate())
 
 
-def assert_whole(reader, digest, timeout=60):
+def assert_whole(reader, digest, timeout=60, hsm=None):
     out, err = reader.communicate(timeout=timeout)
-    assert reader.returncode == 0, err
+    assert reader.returncode == 0, (err, hsm.log_text()[-4000:] if hsm else "")
     assert out.strip() == digest, "the reader got other bytes than the file's"
 
 
@@ -126,7 +126,7 @@ def test_a_hung_event_loop_killed_mid_batch_loses_nothing(kept):
     stall.unlink()
     hsm.start(fdstore=store)
     for r, (_, digest) in zip(readers, files):
-        assert_whole(r, digest)
+        assert_whole(r, digest, hsm=hsm)
     log = hsm.log_text()
     assert "will be finished, 0 denied with EIO" in log, log[-3000:]
     assert "is denied with EIO" not in log

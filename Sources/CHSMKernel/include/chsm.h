@@ -146,6 +146,8 @@ ssize_t chsm_lgetxattr(const char *path, const char *name, void *buf, size_t len
 /// Flag stand-ins for O_PATH|O_DIRECTORY and AT_EMPTY_PATH, which need _GNU_SOURCE
 /// (kept out of this header): the C functions below translate them.
 #define CHSM_OPEN_PATH_DIR (-1)
+/// O_PATH alone (a file, not opened: no fanotify open event), for chsm_open_by_handle.
+#define CHSM_OPEN_PATH_FILE (-2)
 #define CHSM_EMPTY_PATH (-1)
 
 /// Largest file handle hsmd keeps (MAX_HANDLE_SZ in the kernel is 128).

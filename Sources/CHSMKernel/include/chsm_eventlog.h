@@ -5,8 +5,8 @@
 // buffer itself is inside it, so an event is on record the moment read() returns; right
 // after, each permission event gets a slot with what a successor needs to finish it: the
 // event's fd number (the kernel answers responses by that number, even from another
-// process holding the same group), the pid, the range, and the file's handle and mount id
-// (name_to_handle_at on the event fd). A slot is freed after the answer is written and
+// process holding the same group), the pid, the range, and the file's handle
+// (name_to_handle_at on the event fd), device and inode. A slot is freed after the answer is written and
 // before the fd is closed, so a pending slot's fd number is never reused meanwhile.
 #ifndef CHSM_EVENTLOG_H
 #define CHSM_EVENTLOG_H
@@ -29,6 +29,9 @@ typedef struct {
     uint64_t batch;        // the read that delivered it
     int32_t mount_id;      // name_to_handle_at's mount id; -1 with no handle
     int32_t has_handle;
+    uint64_t dev;          // device (major << 32 | minor, as chsm_stat) and inode (0 when
+                           // fstat failed): mount ids
+    uint64_t ino;          // are per mount namespace, these are not
     chsm_handle handle;
 } chsm_evlog_slot;
 
@@ -54,11 +57,5 @@ int chsm_evlog_pending(const void *log, chsm_evlog_slot *out, int32_t *index, in
 /// For a successor: the events of the last batch still in the read buffer (parsed
 /// defensively: the writer may have died at any point).
 int chsm_evlog_last_batch(const void *log, chsm_event *out, int maxout);
-
-/// /proc/self/mountinfo's "major:minor" of mount `mount_id` (its superblock's device).
-/// 0 or -errno (-ENOENT: no such mount).
-int chsm_mount_device(int mount_id, uint32_t *major, uint32_t *minor);
-/// The mount id of an open fd (statx STATX_MNT_ID). 0 or -errno.
-int chsm_fd_mount_id(int fd, int32_t *out);
 
 #endif
