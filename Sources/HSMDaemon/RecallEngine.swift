@@ -291,6 +291,8 @@ final class RecallEngine: Sendable {
         let wasClean = st.size == marker.size && st.mtimeNs == marker.mtimeNs
         let objectData = record.dataExtents
         var written: Int64 = 0
+        // A write that fails (ENOSPC) still changes the mtime, as does punching it back.
+        var touched = false
 
         /// Writes one verified block into the holes of the file.
         func place(_ b: Int, _ buffer: UnsafeMutableRawBufferPointer) throws(RecallError) {
@@ -302,6 +304,7 @@ final class RecallEngine: Sendable {
                 for hole in holes {
                     for piece in intersect(hole, objectData) {
                         filled.append(piece)
+                        touched = true
                         let from = Int(piece.lowerBound - block.lowerBound), to = Int(piece.upperBound - block.lowerBound)
                         try fd.write(UnsafeRawBufferPointer(rebasing: buffer[from..<to]), at: piece.lowerBound)
                         written += piece.upperBound - piece.lowerBound
@@ -346,7 +349,7 @@ final class RecallEngine: Sendable {
                 }
                 // Keep what came back, and do not let a failed recall make the file look
                 // modified (a partly written block stays offline: recall fills holes only).
-                if wasClean && written > 0 { try? fd.setModificationTime(marker.mtimeNs) }
+                if wasClean && touched { try? fd.setModificationTime(marker.mtimeNs) }
                 try? persist(marker, fd)
                 throw failure
             }
