@@ -9,6 +9,7 @@ command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)
 command -v setfattr >/dev/null || need_apt+=(attr)
 command -v losetup >/dev/null || need_apt+=(mount)
 command -v tar >/dev/null || need_apt+=(tar)
+command -v strace >/dev/null || need_apt+=(strace)      # a test checks hsmd's syscall order
 [ -f /usr/include/sqlite3.h ] || need_apt+=(libsqlite3-dev)   # the change journal's database
 if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq

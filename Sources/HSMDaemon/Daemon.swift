@@ -87,6 +87,7 @@ public enum Daemon {
             log.critical("hsmd cannot start: \(error)")
             return 1
         }
+        archiver.recoverAtStart()
         server.start()
         premarker.start()
         startWatchdog(events, log: log)

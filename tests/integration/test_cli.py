@@ -295,6 +295,18 @@ def test_migrate_archives_a_hard_linked_inode_once(hsm):
     assert sha256(b) == digest
 
 
+def test_archive_of_two_names_of_one_file_makes_one_object(hsm):
+    a, _ = hsm.write("a.bin", size=300_000)
+    b = hsm.mnt / "b.bin"
+    os.link(a, b)
+    r = hsm.ctl("archive", "--json", a, b, check=False)
+    assert r.returncode == 0, r
+    files = {f["path"]: f for f in json.loads(r.stdout)["files"]}
+    assert files[str(a)]["outcome"] == "done"
+    assert files[str(b)]["outcome"] == "skipped" and str(a) in files[str(b)]["reason"], files
+    assert len(list((hsm.store / "objects").glob("*/*.json"))) == 1
+
+
 def test_migrate_is_idempotent(hsm):
     files = [hsm.write(f"m/f{i}.bin", size=300_000) for i in range(5)]
     hsm.write("m/small.bin", size=100)
