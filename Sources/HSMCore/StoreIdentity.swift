@@ -77,12 +77,13 @@ public final class StoreIdentity: Sendable {
         guard st.device == p.device && st.inode == p.inode else {
             return "store \(storeName): \(root) is not the directory whose identity hsmd verified (device \(Self.describe(p.device)) inode \(p.inode) then, device \(Self.describe(st.device)) inode \(st.inode) now): something is mounted over it, or it was remounted or replaced; archive and release are refused while it is so (if the store was remounted or moved on purpose, restart hsmd to verify it again)"
         }
-        switch readFile() {
-        case .present(let bytes, _) where bytes == p.bytes: return nil
-        case .present, .unreadable:
-            return "store \(storeName): the identity file \(filePath) changed since hsmd verified it (store \(p.id)); archive and release are refused"
-        case .missing:
+        // The bytes, not their meaning: this runs for every file archived or released.
+        switch readBytes() {
+        case .success(let bytes) where bytes == p.bytes: return nil
+        case .failure(let e) where e.errno == ENOENT:
             return "store \(storeName): the identity file \(filePath) of store \(p.id) is gone; archive and release are refused"
+        default:
+            return "store \(storeName): the identity file \(filePath) changed since hsmd verified it (store \(p.id)); archive and release are refused"
         }
     }
 
@@ -162,14 +163,21 @@ public final class StoreIdentity: Sendable {
         case unreadable(String)
     }
 
-    func readFile() -> FileState {
-        let bytes: [UInt8]
+    private func readBytes() -> Result<[UInt8], SystemError> {
         do {
             let fd = try FileDescriptor.open(filePath, [.readOnly, .noFollow])
             defer { fd.close() }
-            bytes = try fd.readAll(limit: 64 << 10)
+            return .success(try fd.readAll(limit: 64 << 10))
         } catch {
-            return error.errno == ENOENT ? .missing : .unreadable("\(error)")
+            return .failure(error)
+        }
+    }
+
+    func readFile() -> FileState {
+        let bytes: [UInt8]
+        switch readBytes() {
+        case .success(let b): bytes = b
+        case .failure(let error): return error.errno == ENOENT ? .missing : .unreadable("\(error)")
         }
         guard let content = try? JSONDecoder().decode(Content.self, from: Data(bytes)),
               content.format == 1, ObjectID(hex: content.id) != nil else {

@@ -12,6 +12,17 @@ struct Archiver: Sendable {
     let locks: InodeLocks
     let engine: RecallEngine
     let log: Logger
+    /// Notes of the operations under way (state_dir/in-progress), shared by every copy.
+    let inProgress: InProgress
+
+    init(group: FanotifyGroup, filesystems: ManagedFilesystems, locks: InodeLocks, engine: RecallEngine, log: Logger) {
+        self.group = group
+        self.filesystems = filesystems
+        self.locks = locks
+        self.engine = engine
+        self.log = log
+        inProgress = InProgress(stateDir: filesystems.stateDir)
+    }
 
     /// The lease-break signal; hsmd installs a no-op handler and polls F_GETLEASE.
     static let leaseSignal = SIGIO
@@ -25,12 +36,9 @@ struct Archiver: Sendable {
         let result: FileResult
     }
 
-    /// Notes of the operations under way (state_dir/in-progress).
-    var inProgress: InProgress { InProgress(stateDir: filesystems.stateDir) }
-
     /// Notes that `kind` of the file open as `fd` is starting (see InProgress).
     private func noteInProgress(_ kind: InProgress.Kind, _ fd: FileDescriptor, _ st: FileStat, object: ObjectID,
-                        previous: ObjectID? = nil, store: any ObjectStore) throws(Refusal) -> String {
+                        previous: ObjectID? = nil, store: any ObjectStore) throws(Refusal) -> InProgress.Note {
         let handle = try? InodeHandle.of(fd: fd.rawValue, path: fd.path)
         let entry = InProgress.Entry(kind: kind, object: object.hex, previous: previous?.hex, store: store.name, path: fd.path,
                                      device: st.device, inode: st.inode, handle: handle?.hex)
@@ -99,7 +107,7 @@ struct Archiver: Sendable {
         let previous: ObjectID?
         let fs: ManagedFilesystem
         /// The in-progress note, ended once the marker is set or the object dropped.
-        let note: String
+        let note: InProgress.Note
     }
 
     /// Drops a staged object no marker names, and its note.

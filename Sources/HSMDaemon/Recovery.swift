@@ -27,10 +27,10 @@ extension Archiver {
             log.error("cannot prepare \(inProgress.directory): \(error); archive and release will fail until it can be made")
             return
         }
-        for (name, entry) in inProgress.pending() {
+        for (note, entry) in inProgress.pending() {
             guard let entry, let object = ObjectID(hex: entry.object) else {
-                log.error("\(inProgress.directory)/\(name) is not a note hsmd can read; removed (an orphan object may remain in a store)")
-                inProgress.end(name)
+                log.error("\(inProgress.directory)/slot-\(note.slot) is not a note hsmd can read; cleared (an orphan object may remain in a store)")
+                inProgress.end(note)
                 continue
             }
             let done: Bool
@@ -38,7 +38,7 @@ extension Archiver {
             case .archive: done = undoArchive(entry, object)
             case .release: done = finishRelease(entry, object)
             }
-            if done { inProgress.end(name) }
+            if done { inProgress.end(note) }
         }
     }
 
