@@ -104,8 +104,11 @@ public final class StoreIdentity: Sendable {
             return .refused("store \(storeName): \(root): \(error)")
         }
         guard st.fileType == .directory else { return .refused("store \(storeName): \(root) is not a directory") }
-        let remembered: String?
-        do { remembered = try rememberedID() } catch { return .refused("store \(storeName): \(error)") }
+        let memory: Remembered?
+        do { memory = try rememberedStore() } catch { return .refused("store \(storeName): \(error)") }
+        let remembered = memory?.id
+        // Where hsmd last used the remembered store, when the config now names another path.
+        let there = memory.map { $0.path == root ? "there" : "at \($0.path)" } ?? "there"
         let help = "remove the entry \"\(storeName)\" from \(memoryPath ?? Self.memoryName) and restart hsmd only if the old store is lost for good (files released to it then read EIO)"
         switch readFile() {
         case .unreadable(let why):
@@ -115,9 +118,13 @@ public final class StoreIdentity: Sendable {
                 return .refused("store \(storeName): \(root) holds store \"\(content.store)\" (id \(content.id)), not \"\(storeName)\"; name the store \"\(content.store)\" in the config or point it at the right directory")
             }
             if let remembered, remembered != content.id {
-                return .refused("store \(storeName): \(root) holds store id \(content.id), but hsmd archived to store id \(remembered) there; mount the right store, or \(help)")
+                return .refused("store \(storeName): \(root) holds store id \(content.id), but hsmd archived to store id \(remembered) \(there); mount the right store, or \(help)")
             }
             var outcome = Outcome.verified(id: content.id)
+            if let memory, memory.path != root {
+                // The same store, moved: remember where it is now.
+                do { try remember(content.id) } catch { return .refused("store \(storeName): \(error)") }
+            }
             if remembered == nil {
                 do { try remember(content.id) } catch { return .refused("store \(storeName): \(error)") }
                 outcome = .adopted(id: content.id, why: "its identity file was not yet remembered in \(memoryPath ?? "state_dir")")
@@ -126,7 +133,7 @@ public final class StoreIdentity: Sendable {
             return outcome
         case .missing:
             if let remembered {
-                return .refused("store \(storeName): \(root) has no identity file, but hsmd archived to store id \(remembered) there: is the store's filesystem mounted (an empty directory, NFS not mounted, a bind mount over it)? Archive and release are refused; to start a new store there, \(help)")
+                return .refused("store \(storeName): \(root) has no identity file, but hsmd archived to store id \(remembered) \(there): is the store's filesystem mounted (an empty directory, NFS not mounted, a bind mount over it), or has store.path changed? Archive and release are refused; to start a new store there, \(help)")
             }
             let entries: [String]
             do { entries = try Directory.entries(root).filter { $0 != "lost+found" } } catch {
@@ -226,9 +233,9 @@ public final class StoreIdentity: Sendable {
         var path: String
     }
 
-    private func rememberedID() throws(SystemError) -> String? {
+    private func rememberedStore() throws(SystemError) -> Remembered? {
         guard let memoryPath else { return nil }
-        return try Self.memoryLock.withLock { _ throws(SystemError) -> String? in try Self.loadMemory(memoryPath)[storeName]?.id }
+        return try Self.memoryLock.withLock { _ throws(SystemError) -> Remembered? in try Self.loadMemory(memoryPath)[storeName] }
     }
 
     private func remember(_ id: String) throws(SystemError) {

@@ -80,6 +80,19 @@ final class StoreIdentityTests: XCTestCase {
         XCTAssertEqual(identity().establish(), .adopted(id: id, why: "its identity file was not yet remembered in \(state)/\(StoreIdentity.memoryName)"))
     }
 
+    func testAMovedStoreIsFollowedAndAnEmptyNewPathIsRefused() throws {
+        guard case .initialised(let id) = identity().establish() else { return XCTFail("not initialised") }
+        let moved = base + "/moved"
+        XCTAssertEqual(rename(store, moved), 0)
+        XCTAssertEqual(StoreIdentity(storeName: "tier1", root: moved, stateDir: state).establish(), .verified(id: id))
+        let memory = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: state + "/" + StoreIdentity.memoryName)))
+        XCTAssertEqual(((memory as? [String: Any])?["tier1"] as? [String: Any])?["path"] as? String, moved)
+        let empty = base + "/empty"
+        XCTAssertEqual(mkdir(empty, 0o700), 0)
+        let why = try XCTUnwrap(refusal(StoreIdentity(storeName: "tier1", root: empty, stateDir: state).establish()))
+        XCTAssertTrue(why.contains("at \(moved)"), why)
+    }
+
     func testAGarbledMemoryIsAnErrorNotAFirstUse() throws {
         XCTAssertTrue(FileManager.default.createFile(atPath: state + "/" + StoreIdentity.memoryName, contents: Data("{".utf8)))
         XCTAssertNotNil(refusal(identity().establish()))
