@@ -37,6 +37,9 @@ public enum StoreError: Error, CustomStringConvertible {
     case corrupt(ObjectID, block: Int, path: String)
     case badRecord(ObjectID, path: String, reason: String)
     case changedDuringArchive(path: String)
+    /// The store is not usable now (it does not prove its identity): nothing is archived
+    /// to it or released against it, and a missing object is not the object's fault.
+    case unusable(String)
     case io(SystemError)
 
     public var description: String {
@@ -45,6 +48,7 @@ public enum StoreError: Error, CustomStringConvertible {
         case .corrupt(let id, let b, let p): return "object \(id) block \(b) fails its checksum (\(p))"
         case .badRecord(let id, let p, let r): return "object \(id) has an unreadable record \(p): \(r)"
         case .changedDuringArchive(let p): return "\(p) changed while it was being archived; try again when it is idle"
+        case .unusable(let why): return why
         case .io(let e): return e.description
         }
     }
@@ -74,18 +78,25 @@ public protocol ObjectReader {
 /// One tier. Objects are immutable once put; a new archive of a file makes a new object.
 public protocol ObjectStore: Sendable {
     var name: String { get }
-    /// Copies the data ranges of `source` (fully resident) into a new object. It is
+    /// Copies the data ranges of `source` (fully resident) into a new object named `id`
+    /// (the caller picks it, so it can note the object as in progress first). It is
     /// durable only after the next `makeDurable()`; no marker may name it before then.
-    func put(_ source: FileDescriptor, stat: FileStat, blockShift: UInt8, originalPath: String,
+    func put(_ source: FileDescriptor, as id: ObjectID, stat: FileStat, blockShift: UInt8, originalPath: String,
              xattrs: [String: [UInt8]]) throws(StoreError) -> ObjectRecord
     /// Makes every object put so far durable (one flush for many objects).
     func makeDurable() throws(StoreError)
+    /// The object's record, possibly from a cache (recall).
     func record(_ id: ObjectID) throws(StoreError) -> ObjectRecord
+    /// The object's record read from the store itself, never from a cache: what release
+    /// verifies against before it punches (DESIGN invariant 8).
+    func storedRecord(_ id: ObjectID) throws(StoreError) -> ObjectRecord
     func reader(for record: ObjectRecord) throws(StoreError) -> ObjectReader
+    /// Removes the object, complete or not (the leftovers of an interrupted put too).
     func delete(_ id: ObjectID) throws(StoreError)
     /// True when the object's record and data are both present (not verified).
     func contains(_ id: ObjectID) -> Bool
     func list() throws(StoreError) -> [ObjectID]
-    /// A short problem description when the store cannot be used, nil when it is fine.
+    /// A short problem description when the store cannot be used, nil when it is fine:
+    /// for archive and release this includes proving its identity.
     func healthProblem() -> String?
 }

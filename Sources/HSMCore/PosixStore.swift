@@ -9,26 +9,36 @@ import Synchronization
 ///     <root>/objects/<first two hex digits>/<object id>.json   ObjectRecord
 ///
 /// The data file has the original file's offsets, so holes stay holes and a block is read
-/// with one pread. The .json appears last: an object without one is incomplete.
+/// with one pread. The .json appears last: an object without one is incomplete. Both are
+/// written under a `.partial` name first and renamed into place when complete.
+/// `<root>/hsmd-store.json` is the store's identity (StoreIdentity).
 public final class PosixStore: ObjectStore {
     public let name: String
     public let root: String
+    public let identity: StoreIdentity
     static let writeBackWindow: Int64 = 32 << 20
+    /// Test-only: pause after each write-back window of a put, and once the object is
+    /// complete, so a test can kill hsmd in the middle of an archive.
+    public static let testPauseMicros: UInt32 = ProcessInfo.processInfo.environment["HSMD_TEST_ARCHIVE_PAUSE_MS"]
+        .flatMap { UInt32($0) }.map { $0 * 1000 } ?? 0
     private let records = Mutex(RecordCache())
     /// Source devices copy_file_range cannot copy from into this store (EXDEV): asking
     /// again for every file would cost a syscall each.
     private let noKernelCopy = Mutex<Set<UInt64>>([])
     private let madeDirectories = Mutex<Set<String>>([])
 
-    public init(name: String, root: String) {
+    /// `stateDir`: where hsmd remembers the store's id (nil: nowhere).
+    public init(name: String, root: String, stateDir: String? = nil) {
         self.name = name
         self.root = root
+        identity = StoreIdentity(storeName: name, root: root, stateDir: stateDir)
     }
 
     public func dataPath(_ id: ObjectID) -> String { "\(root)/objects/\(id.hex.prefix(2))/\(id.hex).data" }
     public func recordPath(_ id: ObjectID) -> String { "\(root)/objects/\(id.hex.prefix(2))/\(id.hex).json" }
 
-    public func healthProblem() -> String? {
+    /// The directory exists (what hsmd needs to start at all).
+    public func directoryProblem() -> String? {
         do {
             let st = try FileStat.of(path: root, followLinks: true)
             return st.fileType == .directory ? nil : "store \(name): \(root) is not a directory"
@@ -37,14 +47,13 @@ public final class PosixStore: ObjectStore {
         }
     }
 
+    public func healthProblem() -> String? { directoryProblem() ?? identity.problem() }
+
     // MARK: put
 
-    public func put(_ source: FileDescriptor, stat: FileStat, blockShift: UInt8, originalPath: String,
+    public func put(_ source: FileDescriptor, as id: ObjectID, stat: FileStat, blockShift: UInt8, originalPath: String,
                     xattrs: [String: [UInt8]]) throws(StoreError) -> ObjectRecord {
-        if let problem = healthProblem() {
-            throw .io(SystemError(errno: ENOENT, operation: "archive to \(problem)", path: nil))
-        }
-        let id = ObjectID.random()
+        if let problem = healthProblem() { throw .unusable(problem) }
         let dir = "\(root)/objects/\(id.hex.prefix(2))"
         try makeDirectory(dir)
         let partial = dataPath(id) + ".partial"
@@ -59,7 +68,7 @@ public final class PosixStore: ObjectStore {
         var finished = false
         defer {
             dest.close()
-            if !finished { unlink(partial); unlink(recordPath(id) + ".partial") }
+            if !finished { unlink(partial); unlink(dataPath(id)); unlink(recordPath(id) + ".partial") }
         }
         let layout = BlockLayout(shift: blockShift, fileSize: stat.size)
         var checksums: [UInt32?] = []
@@ -102,6 +111,7 @@ public final class PosixStore: ObjectStore {
                     if let previous = previousWindow { try dest.writeBack(previous, wait: true) }
                     previousWindow = windowStart..<range.upperBound
                     windowStart = range.upperBound
+                    if Self.testPauseMicros > 0 { usleep(Self.testPauseMicros) }
                 }
             }
         } catch let e as StoreError {
@@ -123,6 +133,7 @@ public final class PosixStore: ObjectStore {
         try writeRecord(record)
         finished = true
         records.withLock { $0.insert(record) }
+        if Self.testPauseMicros > 0 { usleep(Self.testPauseMicros) }
         return record
     }
 
@@ -191,6 +202,18 @@ public final class PosixStore: ObjectStore {
 
     public func record(_ id: ObjectID) throws(StoreError) -> ObjectRecord {
         if let r = records.withLock({ $0[id] }) { return r }
+        return try storedRecord(id)
+    }
+
+    public func storedRecord(_ id: ObjectID) throws(StoreError) -> ObjectRecord {
+        do { return try readRecord(id) } catch {
+            // What the store says now is the truth: a cached copy must not outlive it.
+            records.withLock { $0.remove(id) }
+            throw error
+        }
+    }
+
+    private func readRecord(_ id: ObjectID) throws(StoreError) -> ObjectRecord {
         let path = recordPath(id)
         let bytes: [UInt8]
         do {
@@ -199,10 +222,7 @@ public final class PosixStore: ObjectStore {
             // One byte over the limit, so an oversized record is refused, not cut short.
             bytes = try fd.readAll(limit: ObjectRecord.maxEncodedBytes + 1)
         } catch {
-            if error.errno == ENOENT {
-                if let problem = healthProblem() { throw .io(SystemError(errno: EIO, operation: problem, path: nil)) }
-                throw .objectMissing(id, path: path)
-            }
+            if error.errno == ENOENT { throw missing(id, path) }
             throw .io(error)
         }
         let record = try ObjectRecord.decode(json: bytes, id: id, path: path)
@@ -215,14 +235,23 @@ public final class PosixStore: ObjectStore {
         do {
             return PosixObjectReader(record: record, fd: try FileDescriptor.open(path, [.readOnly]), recordPath: recordPath(record.object))
         } catch {
-            if error.errno == ENOENT { throw .objectMissing(record.object, path: path) }
+            if error.errno == ENOENT { throw missing(record.object, path) }
             throw .io(error)
         }
     }
 
+    /// An object that is not found is missing only from a store that proves its identity;
+    /// otherwise the store is not there (not mounted, replaced), which is not the object's
+    /// fault: an I/O error, and no marker is flagged damaged for it.
+    private func missing(_ id: ObjectID, _ path: String) -> StoreError {
+        if let problem = healthProblem() { return .unusable(problem) }
+        return .objectMissing(id, path: path)
+    }
+
     public func delete(_ id: ObjectID) throws(StoreError) {
         records.withLock { $0.remove(id) }
-        for p in [recordPath(id), dataPath(id)] where unlink(p) != 0 && errno != ENOENT {
+        let leftovers = [recordPath(id) + ".partial", dataPath(id) + ".partial"]
+        for p in [recordPath(id), dataPath(id)] + leftovers where unlink(p) != 0 && errno != ENOENT {
             throw .io(SystemError(errno: errno, operation: "unlink", path: p))
         }
     }

@@ -12,6 +12,17 @@ struct Archiver: Sendable {
     let locks: InodeLocks
     let engine: RecallEngine
     let log: Logger
+    /// Notes of the operations under way (state_dir/in-progress), shared by every copy.
+    let inProgress: InProgress
+
+    init(group: FanotifyGroup, filesystems: ManagedFilesystems, locks: InodeLocks, engine: RecallEngine, log: Logger) {
+        self.group = group
+        self.filesystems = filesystems
+        self.locks = locks
+        self.engine = engine
+        self.log = log
+        inProgress = InProgress(stateDir: filesystems.stateDir)
+    }
 
     /// The lease-break signal; hsmd installs a no-op handler and polls F_GETLEASE.
     static let leaseSignal = SIGIO
@@ -23,6 +34,17 @@ struct Archiver: Sendable {
 
     private struct Refusal: Error {
         let result: FileResult
+    }
+
+    /// Notes that `kind` of the file open as `fd` is starting (see InProgress).
+    private func noteInProgress(_ kind: InProgress.Kind, _ fd: FileDescriptor, _ st: FileStat, object: ObjectID,
+                        previous: ObjectID? = nil, store: any ObjectStore) throws(Refusal) -> InProgress.Note {
+        let handle = try? InodeHandle.of(fd: fd.rawValue, path: fd.path)
+        let entry = InProgress.Entry(kind: kind, object: object.hex, previous: previous?.hex, store: store.name, path: fd.path,
+                                     device: st.device, inode: st.inode, handle: handle?.hex)
+        do { return try inProgress.begin(entry) } catch {
+            throw Refusal(result: FileResult(path: fd.path, outcome: .failed, reason: "\(error)"))
+        }
     }
 
     // MARK: Opening
@@ -84,6 +106,14 @@ struct Archiver: Sendable {
         let record: ObjectRecord
         let previous: ObjectID?
         let fs: ManagedFilesystem
+        /// The in-progress note, ended once the marker is set or the object dropped.
+        let note: InProgress.Note
+    }
+
+    /// Drops a staged object no marker names, and its note.
+    private func drop(_ s: StagedArchive) {
+        try? s.fs.store.delete(s.record.object)
+        inProgress.end(s.note)
     }
 
     enum Staging: Sendable {
@@ -93,10 +123,12 @@ struct Archiver: Sendable {
 
     /// Copies the file into its store (recalling a dirty file's offline part first). The
     /// object is durable only after the store's next `makeDurable()`.
-    func stage(_ path: String) -> Staging {
+    /// `unusable`: stores known not to prove their identity (name → why), refused at once.
+    func stage(_ path: String, unusable: [String: String] = [:]) -> Staging {
         do {
             let (fd, st, fs) = try openManaged(path, [.readWrite, .noAccessTime])
             defer { fd.close() }
+            if let why = unusable[fs.store.name] { return .finished(FileResult(path: path, outcome: .failed, reason: why)) }
             return try locks.withLock(st.inodeKey) { try stageLocked(fd, st, fs) }
         } catch let r as Refusal {
             return .finished(r.result)
@@ -131,21 +163,26 @@ struct Archiver: Sendable {
         guard let shift = BlockLayout.shift(forFileSize: st.size, maxBits: MarkerCodec.maxBlocks) else {
             throw Refusal(result: FileResult(path: fd.path, outcome: .failed, reason: "too large: hsmd archives files up to \(MarkerCodec.maxBlocks) GiB"))
         }
+        let id = ObjectID.random()
+        let note = try noteInProgress(.archive, fd, st, object: id, previous: old?.object, store: fs.store)
         let record: ObjectRecord
         do {
-            record = try fs.store.put(fd, stat: st, blockShift: shift, originalPath: fd.path, xattrs: ownXattrs(fd))
+            record = try fs.store.put(fd, as: id, stat: st, blockShift: shift, originalPath: fd.path, xattrs: ownXattrs(fd))
         } catch {
+            inProgress.end(note)
             log.error("archive of \(fd.path) to store \(fs.store.name) failed: \(error)")
-            throw Refusal(result: FileResult(path: fd.path, outcome: .failed, reason: "store \(fs.store.name): \(error)"))
+            let reason = if case .unusable = error { "\(error)" } else { "store \(fs.store.name): \(error)" }
+            throw Refusal(result: FileResult(path: fd.path, outcome: .failed, reason: reason))
         }
-        return .staged(StagedArchive(path: fd.path, stat: st, record: record, previous: old?.object, fs: fs))
+        return .staged(StagedArchive(path: fd.path, stat: st, record: record, previous: old?.object, fs: fs, note: note))
     }
 
     /// Sets the marker of a staged file whose object is durable, if the file is still
-    /// exactly what was copied; otherwise drops the object.
+    /// exactly what was copied; otherwise drops the object. A re-archive's old object is
+    /// deleted only once the new marker is durable (DESIGN invariant 8).
     func commit(_ s: StagedArchive) -> FileResult {
         func fail(_ reason: String) -> FileResult {
-            try? s.fs.store.delete(s.record.object)
+            drop(s)
             return FileResult(path: s.path, outcome: .failed, reason: reason)
         }
         let fd: FileDescriptor
@@ -161,11 +198,8 @@ struct Archiver: Sendable {
                 }
                 let m = Marker(object: s.record.object, size: s.stat.size, mtimeNs: s.stat.mtimeNs, blockShift: s.record.blockShift)
                 try fd.setXattr(Marker.xattrName, MarkerCodec.encode(m))
-                if let previous = s.previous {
-                    do { try s.fs.store.delete(previous) } catch {
-                        log.warning("could not delete the stale object \(previous) of \(s.path): \(error)")
-                    }
-                }
+                defer { inProgress.end(s.note) }
+                if let previous = s.previous { deletePrevious(previous, of: fd, from: s.fs.store) }
                 log.info("archived \(s.path) as object \(s.record.object) (\(Units.formatBytes(s.record.storedBytes)))")
                 return FileResult(path: s.path, outcome: .done, state: .archived, object: s.record.object.hex, bytesArchived: s.record.storedBytes)
             }
@@ -174,23 +208,65 @@ struct Archiver: Sendable {
         }
     }
 
+    /// Deletes a re-archived file's old object once the marker that no longer names it is
+    /// durable: on ext4 (and xfs, btrfs) an xattr change reaches the disk with an fsync of
+    /// the file. If the fsync fails the old object stays (an orphan, never a dangling marker).
+    func deletePrevious(_ previous: ObjectID, of fd: FileDescriptor, from store: any ObjectStore) {
+        do { try fd.sync() } catch {
+            log.warning("kept the stale object \(previous) of \(fd.path): the new marker could not be made durable: \(error)")
+            return
+        }
+        do { try store.delete(previous) } catch {
+            log.warning("could not delete the stale object \(previous) of \(fd.path): \(error)")
+        }
+    }
+
     /// Archives (and optionally releases) many files: stage a chunk on `jobs` threads,
     /// make the chunk's objects durable with one flush per store, then commit and release.
-    func archiveMany(_ paths: [String], jobs: Int, release: Bool, chunk: Int = 256,
+    /// Several names of one inode (hard links) are archived once, by the first name.
+    func archiveMany(_ named: [String], jobs: Int, release: Bool, chunk: Int = 256,
                      onResult: @escaping @Sendable (FileResult) -> Void = { _ in }) -> [FileResult] {
         var results: [FileResult] = []
+        var paths: [String] = []
+        var firstName: [InodeKey: String] = [:]
+        for p in named {
+            if let st = try? FileStat.of(path: p), st.fileType == .regular {
+                if let first = firstName[st.inodeKey] {
+                    let r = FileResult(path: p, outcome: .skipped, reason: "another name of \(first) (hard link), done once")
+                    onResult(r)
+                    results.append(r)
+                    continue
+                }
+                firstName[st.inodeKey] = p
+            }
+            paths.append(p)
+        }
         var start = 0
+        var logged = Set<String>()
         while start < paths.count {
             let part = Array(paths[start..<min(start + chunk, paths.count)])
             start += part.count
             let t0 = monotonicNanos()
-            let staged = parallelMap(part, jobs: jobs) { stage($0) }
+            // One identity check per store and chunk (and one log line per request), rather
+            // than a failed put and a log line for each of thousands of files.
+            var unusable: [String: String] = [:]
+            for store in filesystems.stores {
+                if let problem = store.healthProblem() {
+                    unusable[store.name] = problem
+                    if logged.insert(store.name).inserted { log.error("archive refused: \(problem)") }
+                }
+            }
+            let refused = unusable
+            let staged = parallelMap(part, jobs: jobs) { stage($0, unusable: refused) }
             let t1 = monotonicNanos()
             var stores: [String: any ObjectStore] = [:]
             for case .staged(let s) in staged { stores[s.fs.store.name] = s.fs.store }
             var flushFailed: [String: String] = [:]
             for (name, store) in stores {
                 do { try store.makeDurable() } catch { flushFailed[name] = "\(error)" }
+                // The store must still be the store before any marker names its objects
+                // and anything is released against them.
+                if flushFailed[name] == nil, let problem = store.healthProblem() { flushFailed[name] = problem }
             }
             let failures = flushFailed
             let t2 = monotonicNanos()
@@ -205,8 +281,8 @@ struct Archiver: Sendable {
                 case .finished(let f): r = f
                 case .staged(let s):
                     if let why = failures[s.fs.store.name] {
-                        try? s.fs.store.delete(s.record.object)
-                        r = FileResult(path: s.path, outcome: .failed, reason: "store \(s.fs.store.name): \(why)")
+                        drop(s)
+                        r = FileResult(path: s.path, outcome: .failed, reason: why.hasPrefix("store \(s.fs.store.name):") ? why : "store \(s.fs.store.name): \(why)")
                     } else {
                         r = commit(s)
                     }
@@ -250,18 +326,24 @@ struct Archiver: Sendable {
     }
 
     /// DESIGN invariant 2: ignore mark → lease → verify → marker → punch in chunks →
-    /// unmark → unlock. Only blocks whose bytes match the stored checksums are punched.
+    /// unmark → unlock. Only blocks whose bytes match the stored checksums are punched,
+    /// and only when the store itself (not a cache) holds them intact (invariant 8).
     private func releaseLocked(_ fd: FileDescriptor, _ st: FileStat, _ fs: ManagedFilesystem) throws(Refusal) -> FileResult {
         func fail(_ reason: String, _ state: HSMState? = nil) -> Refusal {
             Refusal(result: FileResult(path: fd.path, outcome: .failed, reason: reason, state: state))
         }
         guard var marker = try readMarker(fd) else { throw fail("not archived; run hsmctl archive first (or hsmctl migrate)", .resident) }
         if st.size != marker.size || st.mtimeNs != marker.mtimeNs { throw fail("dirty: changed since it was archived; archive it again", .dirty) }
+        if let problem = fs.store.healthProblem() { throw fail(problem) }
         let record: ObjectRecord
-        do { record = try fs.store.record(marker.object) } catch { throw fail("\(error)", .damaged) }
-        // Block indexes below come from the marker: they index the record's checksums
-        // only when both divide the same size into the same blocks.
-        if let why = record.mismatch(with: marker) { throw fail("object \(marker.object) does not match the file's marker: \(why)", .damaged) }
+        do { record = try fs.store.storedRecord(marker.object) } catch {
+            if case .unusable(let why) = error { throw fail(why) }
+            throw fail("store \(fs.store.name): \(error); nothing released", .damaged)
+        }
+        guard record.size == marker.size, record.blockShift == marker.blockShift, record.mtimeNs == marker.mtimeNs,
+              record.checksums.count == marker.offline.count else {
+            throw fail("store \(fs.store.name): object \(marker.object) does not match the marker (size, block size or mtime); nothing released", .damaged)
+        }
         let candidates = (0..<marker.offline.count).filter { record.checksums[$0] != nil && !marker.offline[$0] }
         if candidates.isEmpty {
             return FileResult(path: fd.path, outcome: .done, reason: "already released", state: statusOf(fd.path, st, marker, fs).state, object: marker.object.hex)
@@ -301,10 +383,17 @@ struct Archiver: Sendable {
             guard now.size == marker.size && now.mtimeNs == marker.mtimeNs else { throw fail("dirty: changed since it was archived", .dirty) }
         } catch let r as Refusal { throw r } catch { throw fail("\(error)") }
 
-        // Verify every block against the stored checksums before anything is punched.
+        // Verify every block against the stored checksums before anything is punched: the
+        // local bytes, and the store's own copy of them.
         let layout = marker.layout
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(layout.blockSize), alignment: 4096)
         defer { buffer.deallocate() }
+        let reader: any ObjectReader
+        do { reader = try fs.store.reader(for: record) } catch {
+            if case .unusable(let why) = error { throw fail(why) }
+            throw fail("store \(fs.store.name): \(error); nothing released", .damaged)
+        }
+        defer { reader.close() }
         for (i, b) in candidates.enumerated() {
             if i % 64 == 0, (try? fd.lease()) != .write { throw fail("busy: opened by another process during release; nothing changed") }
             let r = layout.range(ofBlock: b)
@@ -315,7 +404,15 @@ struct Archiver: Sendable {
             guard n == len, CRC32C.checksum(UnsafeRawBufferPointer(view)) == record.checksums[b] else {
                 throw fail("dirty: block \(b) differs from the stored copy; archive it again", .dirty)
             }
+            do { _ = try reader.read(block: b, into: buffer) } catch {
+                throw fail("store \(fs.store.name): \(error); nothing released", .damaged)
+            }
         }
+        let note = try noteInProgress(.release, fd, st, object: marker.object, store: fs.store)
+        // Ended once the marker and the mtime are true again; kept only when blocks the
+        // marker lists offline could not be made holes or local again, for the next start.
+        var keepNote = false
+        defer { if !keepNote { inProgress.end(note) } }
 
         // Marker first: from here on a crash leaves blocks that are offline by the marker
         // but still allocated, which recall treats as already local (invariant 1).
@@ -359,6 +456,7 @@ struct Archiver: Sendable {
                 // The marker still lists them offline and they are not holes: refuse access
                 // rather than serve zeros.
                 log.critical("\(fd.path): could not rewrite blocks from the store: \(error)")
+                keepNote = true
                 return FileResult(path: fd.path, outcome: .failed, reason: "blocks left allocated after punching and could not be restored: \(error)", state: .damaged)
             }
             punched.subtract(keptLocal)

@@ -127,6 +127,7 @@ public enum Daemon {
             return 1
         }
         predecessor?.submit(to: engine, group: group, eventLog: eventLog, filesystems: filesystems, log: log)
+        archiver.recoverAtStart()
         server.start()
         premarker.start()
         startWatchdog(events, log: log)

@@ -42,6 +42,7 @@ final class JournalDatabase: @unchecked Sendable {
 
     init(path: String) throws(DatabaseError) {
         self.path = path
+        try Self.makePrivate(path)
         var handle: OpaquePointer?
         let rc = sqlite3_open_v2(path, &handle, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, nil)
         guard rc == SQLITE_OK, let handle else {
@@ -55,6 +56,24 @@ final class JournalDatabase: @unchecked Sendable {
     }
 
     deinit { sqlite3_close(db) }
+
+    /// The database names every changed directory: root only. SQLite gives its -wal and
+    /// -shm files the database file's mode, so the file is created 0600 before SQLite
+    /// opens it, and one an older hsmd left readable is made 0600 (with its companions).
+    private static func makePrivate(_ path: String) throws(DatabaseError) {
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        guard fd >= 0 else {
+            throw DatabaseError(code: SQLITE_CANTOPEN, operation: "open \(path)", message: String(cString: strerror(errno)))
+        }
+        close(fd)
+        for p in [path, path + "-wal", path + "-shm"] {
+            var st = stat()
+            guard lstat(p, &st) == 0, st.st_mode & 0o077 != 0 else { continue }
+            if chmod(p, 0o600) != 0 {
+                throw DatabaseError(code: SQLITE_PERM, operation: "chmod 0600 \(p)", message: String(cString: strerror(errno)))
+            }
+        }
+    }
 
     // MARK: Primitives
 

@@ -14,9 +14,14 @@ struct ManagedFilesystem: Sendable {
     let store: any ObjectStore
 }
 
-/// The filesystems of the config, checked and keyed by device. Fixed after start.
+/// The filesystems of the config, checked and keyed by device, and their stores (one
+/// instance per store, its identity established). Fixed after start.
 final class ManagedFilesystems: Sendable {
     let all: [ManagedFilesystem]
+    /// hsmd's own state (store ids, operations in progress).
+    let stateDir: String
+    /// What establishing each store's identity found at start, for the log.
+    let storeIdentities: [(store: String, outcome: StoreIdentity.Outcome)]
     /// st_dev → index in `all`, for devices that are not a root's (btrfs subvolumes).
     private let otherDevices = Mutex<[UInt64: Int]>([:])
 
@@ -25,10 +30,16 @@ final class ManagedFilesystems: Sendable {
     }
 
     /// Filesystems set up by the caller (tests of the daemon's machinery).
-    init(_ all: [ManagedFilesystem]) { self.all = all }
+    init(_ all: [ManagedFilesystem], stateDir: String = "") {
+        self.all = all
+        self.stateDir = stateDir
+        storeIdentities = []
+    }
 
     init(config: Config) throws(SetupError) {
         var list: [ManagedFilesystem] = []
+        var stores: [String: PosixStore] = [:]
+        var identities: [(store: String, outcome: StoreIdentity.Outcome)] = []
         for (i, fs) in config.filesystems.enumerated() {
             let key = "filesystem[\(i)].path"
             let st: FileStat
@@ -46,8 +57,8 @@ final class ManagedFilesystems: Sendable {
             guard let storeConfig = config.store(named: fs.store) else {
                 throw SetupError(description: "filesystem[\(i)].store: no store named \(fs.store)")
             }
-            let store = PosixStore(name: storeConfig.name, root: storeConfig.path)
-            if let problem = store.healthProblem() {
+            let store = stores[storeConfig.name] ?? PosixStore(name: storeConfig.name, root: storeConfig.path, stateDir: config.stateDir)
+            if let problem = store.directoryProblem() {
                 throw SetupError(description: "\(problem) (create the directory or fix store.path)")
             }
             if let storeStat = try? FileStat.of(path: storeConfig.path, followLinks: true), storeStat.device == st.device {
@@ -56,6 +67,13 @@ final class ManagedFilesystems: Sendable {
             if list.contains(where: { $0.device == st.device }) {
                 throw SetupError(description: "\(key): \(fs.path) is the same filesystem as another entry")
             }
+            if stores[storeConfig.name] == nil {
+                // A store that does not prove its identity does not stop hsmd: without
+                // hsmd, released ranges would read as zeros; with it they fail with EIO
+                // until the store is back, and archive and release are refused meanwhile.
+                stores[storeConfig.name] = store
+                identities.append((storeConfig.name, store.identity.establish()))
+            }
             let root: FileDescriptor
             do { root = try FileDescriptor.open(fs.path, [.directory]) } catch {
                 throw SetupError(description: "\(key): \(fs.path): \(error)")
@@ -63,6 +81,8 @@ final class ManagedFilesystems: Sendable {
             list.append(ManagedFilesystem(path: fs.path, device: st.device, rootFD: root.rawValue, type: type, store: store))
         }
         all = list
+        stateDir = config.stateDir
+        storeIdentities = identities
     }
 
     func filesystem(device: UInt64) -> ManagedFilesystem? { all.first { $0.device == device } }
@@ -89,6 +109,12 @@ final class ManagedFilesystems: Sendable {
     /// The managed filesystem on which `handle` names the inode (device, inode).
     func filesystem(handle: InodeHandle, device: UInt64, inode: UInt64) -> ManagedFilesystem? {
         all.first { fs in handle.identity(onFilesystemOf: fs.rootFD).map { $0 == (device, inode) } ?? false }
+    }
+
+    /// Each store once, in config order.
+    var stores: [any ObjectStore] {
+        var seen = Set<String>()
+        return all.compactMap { seen.insert($0.store.name).inserted ? $0.store : nil }
     }
 
     var pathsDescription: String { all.map(\.path).joined(separator: ", ") }

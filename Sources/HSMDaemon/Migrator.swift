@@ -22,6 +22,7 @@ struct Migrator: Sendable {
         var results: [FileResult] = []
         var candidates: [String] = []
         var considered = Set<String>()
+        var seenInodes = Set<InodeKey>()
         var remember: [(fs: Int, path: String, epoch: Int64)] = []
         let report = Mutex(ProgressReport())
 
@@ -36,7 +37,12 @@ struct Migrator: Sendable {
             }
             if let why = policy.skipReason(path: path, stat: st, nowNs: now) {
                 results.append(FileResult(path: path, outcome: .skipped, reason: why))
+            } else if seenInodes.contains(st.inodeKey) {
+                // Hard links: one inode, one archive (a dry run counts its bytes once too).
+                // The reason names no path, so the summary counts these on one line.
+                results.append(FileResult(path: path, outcome: .skipped, reason: "hard link: another name of a file done in this run"))
             } else {
+                seenInodes.insert(st.inodeKey)
                 candidates.append(path)
             }
         }

@@ -293,6 +293,8 @@ final class RecallEngine: Sendable {
             }
             try persist(marker, fd)
         }
+        // A write that fails (ENOSPC) still changes the mtime, as does punching it back.
+        var touched = false
 
         /// Writes one verified block into the holes of the file.
         func place(_ b: Int, _ buffer: UnsafeMutableRawBufferPointer) throws(RecallError) {
@@ -304,6 +306,7 @@ final class RecallEngine: Sendable {
                 for hole in holes {
                     for piece in intersect(hole, objectData) {
                         filled.append(piece)
+                        touched = true
                         let from = Int(piece.lowerBound - block.lowerBound), to = Int(piece.upperBound - block.lowerBound)
                         try fd.write(UnsafeRawBufferPointer(rebasing: buffer[from..<to]), at: piece.lowerBound)
                         written += piece.upperBound - piece.lowerBound
@@ -358,7 +361,7 @@ final class RecallEngine: Sendable {
                 }
                 // Keep what came back, and do not let a failed recall make the file look
                 // modified (a partly written block stays offline: recall fills holes only).
-                if wasClean && written > 0 { try? fd.setModificationTime(marker.mtimeNs) }
+                if wasClean && touched { try? fd.setModificationTime(marker.mtimeNs) }
                 try? persistDurably()
                 throw failure
             }

@@ -33,7 +33,7 @@ public struct InodeHandle: Hashable, Sendable, CustomStringConvertible {
         "\(type):" + bytes.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined()
     }
 
-    private func withRaw<T>(_ body: (UnsafePointer<chsm_handle>) -> T) -> T {
+    fileprivate func withRaw<T>(_ body: (UnsafePointer<chsm_handle>) -> T) -> T {
         var h = chsm_handle()
         h.type = type
         h.bytes = UInt32(bytes.count)
@@ -62,6 +62,15 @@ public struct InodeHandle: Hashable, Sendable, CustomStringConvertible {
     public func openPath(mountFD: Int32, what: String) throws(SystemError) -> Int32 {
         let fd = withRaw { chsm_open_by_handle(mountFD, $0, CHSM_OPEN_PATH_DIR) }
         return try SystemError.check(fd, "open_by_handle_at", what)
+    }
+}
+
+extension InodeHandle {
+    /// open_by_handle_at with ordinary open flags: the inode itself, whatever its names
+    /// are now (ESTALE when it was deleted). `mountFD` is any fd on its filesystem.
+    public func open(mountFD: Int32, _ flags: FileDescriptor.OpenFlags, path: String) throws(SystemError) -> FileDescriptor {
+        let fd = withRaw { chsm_open_by_handle(mountFD, $0, flags.rawValue) }
+        return FileDescriptor(rawValue: try SystemError.check(fd, "open_by_handle_at", path), path: path)
     }
 }
 

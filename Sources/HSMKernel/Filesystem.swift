@@ -7,6 +7,14 @@ public enum Filesystem {
         0xEF53: "ext4", 0x58465342: "xfs", 0x9123683E: "btrfs",
     ]
 
+    /// statfs magic numbers of filesystems whose contents vanish at unmount or reboot.
+    public static let volatileTypes: [Int64: String] = [0x01021994: "tmpfs", 0x858458F6: "ramfs"]
+
+    /// The statfs magic number of the filesystem holding `path`.
+    public static func typeMagic(of path: String) throws(SystemError) -> Int64 {
+        try SystemError.check(chsm_fs_type(path), "statfs", path)
+    }
+
     public static func typeName(of path: String) throws(SystemError) -> String? {
         let t = try SystemError.check(chsm_fs_type(path), "statfs", path)
         return supportedTypes[t]

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Glibc
 import HSMCore
 import HSMDaemon
 import Logging
@@ -40,6 +41,9 @@ struct HSMD: ParsableCommand {
             h.logLevel = level
             return h
         }
+        // Everything hsmd creates for itself (state, store objects, temporary files) is
+        // root's alone; modes given explicitly are narrowed, never widened.
+        umask(0o077)
         let status = Daemon.run(config: cfg, log: Logger(label: "hsmd"))
         if status != 0 { throw ExitCode(status) }
     }

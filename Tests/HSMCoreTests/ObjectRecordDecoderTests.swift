@@ -178,8 +178,9 @@ final class PosixStoreRecordTests: XCTestCase {
         XCTAssertTrue(FileManager.default.createFile(atPath: path, contents: Data((0..<size).map { _ in UInt8.random(in: 0...255, using: &g) })))
         let fd = try FileDescriptor.open(path, [.readOnly])
         defer { fd.close() }
-        let store = PosixStore(name: "t", root: dir + "/store")
-        return (store, try store.put(fd, stat: try fd.stat(), blockShift: 20, originalPath: path, xattrs: [:]))
+        let store = PosixStore(name: "t", root: dir + "/store", stateDir: dir)
+        store.identity.establish()
+        return (store, try store.put(fd, as: ObjectID.random(), stat: try fd.stat(), blockShift: 20, originalPath: path, xattrs: [:]))
     }
 
     func testAnEditedRecordIsABadRecordForAFreshStore() throws {

@@ -27,7 +27,8 @@ final class RecallEngineTests: XCTestCase {
         try XCTSkipUnless(geteuid() == 0, "trusted.* xattrs need root")
         dir = NSTemporaryDirectory() + "hsmd-engine-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: dir + "/store", withIntermediateDirectories: true)
-        posix = PosixStore(name: "t", root: dir + "/store")
+        posix = PosixStore(name: "t", root: dir + "/store", stateDir: dir)
+        posix.identity.establish()
         store = FaultyStore(posix)
         let st = try FileStat.of(path: dir)
         fs = ManagedFilesystem(path: dir, device: st.device, rootFD: -1, type: "ext4", store: store)
@@ -62,7 +63,7 @@ final class RecallEngineTests: XCTestCase {
         let fd = try FileDescriptor.open(path, [.readWrite])
         defer { fd.close() }
         let st = try fd.stat()
-        let record = try store.put(fd, stat: st, blockShift: Self.blockShift, originalPath: path, xattrs: [:])
+        let record = try store.put(fd, as: ObjectID.random(), stat: st, blockShift: Self.blockShift, originalPath: path, xattrs: [:])
         try store.makeDurable()
         var marker = Marker(object: record.object, size: st.size, mtimeNs: st.mtimeNs, blockShift: Self.blockShift)
         for b in 0..<marker.offline.count { marker.offline[b] = true }
@@ -292,10 +293,11 @@ final class FaultyStore: ObjectStore {
     init(_ base: any ObjectStore) { self.base = base }
 
     var name: String { base.name }
-    func put(_ source: FileDescriptor, stat: FileStat, blockShift: UInt8, originalPath: String,
+    func put(_ source: FileDescriptor, as id: ObjectID, stat: FileStat, blockShift: UInt8, originalPath: String,
              xattrs: [String: [UInt8]]) throws(StoreError) -> ObjectRecord {
-        try base.put(source, stat: stat, blockShift: blockShift, originalPath: originalPath, xattrs: xattrs)
+        try base.put(source, as: id, stat: stat, blockShift: blockShift, originalPath: originalPath, xattrs: xattrs)
     }
+    func storedRecord(_ id: ObjectID) throws(StoreError) -> ObjectRecord { try base.storedRecord(id) }
     func makeDurable() throws(StoreError) { try base.makeDurable() }
     func record(_ id: ObjectID) throws(StoreError) -> ObjectRecord {
         let d = delayMicros.load(ordering: .relaxed)

@@ -18,6 +18,7 @@ SUMMARY_KEYS = {"files", "done", "skipped", "not_done", "bytes_archived", "bytes
 STATUS_KEYS = {"path", "state", "size", "offline_bytes", "object"}
 COMMANDS = ("archive", "release", "recall", "status", "migrate", "doctor")
 DAY = 86400
+MiB = 1 << 20
 
 
 def states(hsm, path):
@@ -272,6 +273,38 @@ def test_migrate_summary_mentions_bytes_freed(hsm):
     scale = {"B": 1, "bytes": 1, None: 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}[m.group(2)]
     assert float(m.group(1)) * scale >= 5.5 * (1 << 20), lines[-1]
     assert re.search(r"\b3\b", lines[-1]), lines[-1]
+
+
+# --- hard links ---------------------------------------------------------------------------
+
+
+def test_migrate_archives_a_hard_linked_inode_once(hsm):
+    a, digest = hsm.write("h/a.bin", size=3 * MiB)
+    b = hsm.mnt / "h" / "b.bin"
+    os.link(a, b)
+    r = hsm.ctl("migrate", "--dry-run", "--json", hsm.mnt / "h", check=False)
+    assert r.returncode == 0, r
+    outcomes = sorted(f["outcome"] for f in json.loads(r.stdout)["files"])
+    assert outcomes == ["done", "skipped"], r.stdout
+    r = hsm.ctl("migrate", hsm.mnt / "h", check=False)
+    assert r.returncode == 0, r
+    assert "skipped 1: hard link" in r.stdout, r.stdout
+    assert hsm.state(a) == "released" and hsm.state(b) == "released"
+    assert len(list((hsm.store / "objects").glob("*/*.json"))) == 1
+    drop_caches()
+    assert sha256(b) == digest
+
+
+def test_archive_of_two_names_of_one_file_makes_one_object(hsm):
+    a, _ = hsm.write("a.bin", size=300_000)
+    b = hsm.mnt / "b.bin"
+    os.link(a, b)
+    r = hsm.ctl("archive", "--json", a, b, check=False)
+    assert r.returncode == 0, r
+    files = {f["path"]: f for f in json.loads(r.stdout)["files"]}
+    assert files[str(a)]["outcome"] == "done"
+    assert files[str(b)]["outcome"] == "skipped" and str(a) in files[str(b)]["reason"], files
+    assert len(list((hsm.store / "objects").glob("*/*.json"))) == 1
 
 
 def test_migrate_is_idempotent(hsm):

@@ -57,3 +57,24 @@ def test_recall_into_a_full_filesystem_fails_with_enospc_and_loses_nothing(hsm):
     filler.unlink()
     drop_caches()
     assert sha256(p) == digest
+
+
+def test_a_recall_that_fails_with_enospc_leaves_an_unmodified_file_clean(hsm):
+    p, digest = hsm.write("cold.bin", size=8 * MiB)
+    hsm.migrate(p)
+    # Fill the managed filesystem to its last block, so the recall's first write fails.
+    filler = hsm.mnt / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        for chunk in (4 * MiB, 4096):
+            try:
+                while True:
+                    f.write(b"\xaa" * chunk)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC
+    drop_caches()
+    assert _read_errno(p) == errno.ENOSPC
+    assert hsm.state(p) in ("released", "partial")
+    filler.unlink()
+    drop_caches()
+    assert sha256(p) == digest
+    assert hsm.state(p) == "archived"
