@@ -91,22 +91,7 @@ static int32_t record(header *h, const chsm_event *e) {
         s->offset = e->offset;
         s->count = e->count;
         s->batch = h->batch;
-        struct {
-            struct file_handle fh;
-            unsigned char data[CHSM_HANDLE_MAX];
-        } fh;
-        fh.fh.handle_bytes = CHSM_HANDLE_MAX;
-        int mount_id = -1;
-        if (name_to_handle_at(e->fd, "", &fh.fh, &mount_id, AT_EMPTY_PATH) == 0 && fh.fh.handle_bytes <= CHSM_HANDLE_MAX) {
-            s->has_handle = 1;
-            s->mount_id = mount_id;
-            s->handle.type = fh.fh.handle_type;
-            s->handle.bytes = fh.fh.handle_bytes;
-            memcpy(s->handle.data, fh.fh.f_handle, fh.fh.handle_bytes);
-        } else {
-            s->has_handle = 0;
-            s->mount_id = -1;
-        }
+        s->has_handle = chsm_name_to_handle(e->fd, "", CHSM_EMPTY_PATH, &s->handle) == 0;
         chsm_stat st;   // the same encoding of the device as everywhere in hsmd
         if (chsm_fstat(e->fd, &st) == 0) {
             s->dev = st.dev;

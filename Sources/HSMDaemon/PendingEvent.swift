@@ -21,22 +21,20 @@ final class PendingEvent: Sendable {
     private let event: Mutex<PermissionEvent?>
 
     /// An event read by this process: its event fd is also where recall writes.
-    init(_ event: consuming PermissionEvent, range: Range<Int64>, atOpen: Bool, filesystem: ManagedFilesystem) {
-        file = event.number
-        ownsFile = false
-        pid = event.pid
-        self.range = range
-        self.atOpen = atOpen
-        self.filesystem = filesystem
-        received = monotonicNanos()
-        self.event = Mutex(event)
+    convenience init(_ event: consuming PermissionEvent, range: Range<Int64>, atOpen: Bool, filesystem: ManagedFilesystem) {
+        let fd = event.number
+        self.init(event, file: fd, ownsFile: false, range: range, atOpen: atOpen, filesystem: filesystem)
     }
 
     /// An event a dead predecessor read: answered by its old number, recalled through
     /// `file` (opened by handle; closed with the event).
-    init(inherited event: consuming PermissionEvent, file: FileDescriptor, range: Range<Int64>, atOpen: Bool, filesystem: ManagedFilesystem) {
-        self.file = file.rawValue
-        ownsFile = true
+    convenience init(inherited event: consuming PermissionEvent, file: FileDescriptor, range: Range<Int64>, atOpen: Bool, filesystem: ManagedFilesystem) {
+        self.init(event, file: file.rawValue, ownsFile: true, range: range, atOpen: atOpen, filesystem: filesystem)
+    }
+
+    private init(_ event: consuming PermissionEvent, file: Int32, ownsFile: Bool, range: Range<Int64>, atOpen: Bool, filesystem: ManagedFilesystem) {
+        self.file = file
+        self.ownsFile = ownsFile
         pid = event.pid
         self.range = range
         self.atOpen = atOpen

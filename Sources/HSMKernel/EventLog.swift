@@ -9,8 +9,7 @@ public struct RecordedEvent: Sendable {
     public let pid: Int32
     public let mask: UInt64
     public let range: Range<Int64>?
-    /// name_to_handle_at's mount id and handle of the file, when they could be taken.
-    public let mountID: Int32
+    /// The file's handle (name_to_handle_at), when it could be taken.
     public let handle: InodeHandle?
     /// st_dev and st_ino of the file, 0 when unknown.
     public let device: UInt64
@@ -80,7 +79,7 @@ public final class EventLog: @unchecked Sendable {
             let s = out[i]
             return RecordedEvent(slot: index[i], number: s.fd, pid: s.pid, mask: s.mask,
                                  range: s.has_range != 0 ? FanotifyEvent.accessRange(offset: s.offset, count: s.count) : nil,
-                                 mountID: s.mount_id, handle: s.has_handle != 0 ? InodeHandle(s.handle) : nil,
+                                 handle: s.has_handle != 0 ? InodeHandle(s.handle) : nil,
                                  device: s.dev, inode: s.ino)
         }
     }

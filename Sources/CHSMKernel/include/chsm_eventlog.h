@@ -27,8 +27,8 @@ typedef struct {
     uint64_t offset;
     uint64_t count;
     uint64_t batch;        // the read that delivered it
-    int32_t mount_id;      // name_to_handle_at's mount id; -1 with no handle
     int32_t has_handle;
+    int32_t pad;
     uint64_t dev;          // device (major << 32 | minor, as chsm_stat) and inode (0 when
                            // fstat failed): mount ids
     uint64_t ino;          // are per mount namespace, these are not
