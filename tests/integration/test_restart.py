@@ -169,3 +169,19 @@ def test_a_kill_9_in_the_middle_of_a_release_leaves_no_ignore_mark_over_the_hole
     assert_waits(reader, 1.0)
     hsm.start(fdstore=store)
     assert_whole(reader, digest)
+
+
+def test_a_btrfs_snapshot_of_released_files_recalls_instead_of_reading_zeros(hsm_btrfs):
+    """A snapshot's files have an st_dev of their own: hsmd used to allow their accesses
+    (not a managed device), and their released ranges read as zeros."""
+    hsm = hsm_btrfs
+    p, digest = hsm.write("f.bin", size=3 * MiB)
+    hsm.migrate(p)
+    # A snapshot of the top-level subvolume: the file's marker and holes come along.
+    subprocess.run(["btrfs", "-q", "subvolume", "snapshot", str(hsm.mnt), str(hsm.mnt / "snap")], check=True)
+    copy = hsm.mnt / "snap" / "f.bin"
+    assert os.stat(copy).st_dev != os.stat(p).st_dev
+    out = subprocess.run([sys.executable, "-c", READER, str(copy)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, (out.stderr, hsm.log_text()[-3000:])
+    assert out.stdout.strip() == digest, "the snapshot's released ranges read as other bytes (zeros?)"
+    assert sha256(p) == digest
