@@ -26,6 +26,10 @@ public final class PosixStore: ObjectStore {
     /// again for every file would cost a syscall each.
     private let noKernelCopy = Mutex<Set<UInt64>>([])
     private let madeDirectories = Mutex<Set<String>>([])
+    /// Length and CRC32C of the record files this process wrote lately: a record read back
+    /// from the store with exactly those bytes is the cached one, and need not be decoded
+    /// again (release re-reads every record right after migrate wrote it).
+    private let writtenRecords = Mutex<[ObjectID: (length: Int, crc: UInt32)]>([:])
 
     /// `stateDir`: where hsmd remembers the store's id (nil: nowhere).
     public init(name: String, root: String, stateDir: String? = nil) {
@@ -47,13 +51,16 @@ public final class PosixStore: ObjectStore {
         }
     }
 
-    public func healthProblem() -> String? { directoryProblem() ?? identity.problem() }
+    public func healthProblem(readingIdentity: Bool) -> String? {
+        directoryProblem() ?? identity.problem(readingFile: readingIdentity)
+    }
 
     // MARK: put
 
     public func put(_ source: FileDescriptor, as id: ObjectID, stat: FileStat, blockShift: UInt8, originalPath: String,
                     xattrs: [String: [UInt8]]) throws(StoreError) -> ObjectRecord {
-        if let problem = healthProblem() { throw .unusable(problem) }
+        // archiveMany reads the identity for each chunk; here the pin (a stat) suffices.
+        if let problem = healthProblem(readingIdentity: false) { throw .unusable(problem) }
         let dir = "\(root)/objects/\(id.hex.prefix(2))"
         try makeDirectory(dir)
         let partial = dataPath(id) + ".partial"
@@ -128,7 +135,11 @@ public final class PosixStore: ObjectStore {
             extents: extents.map { [$0.lowerBound, $0.upperBound] },
             xattrs: xattrs.mapValues { Data($0).base64EncodedString() }, storedBytes: stored)
         try renameIntoPlace(partial, dataPath(id))
-        try writeRecord(record)
+        let bytes = try writeRecord(record)
+        writtenRecords.withLock { w in
+            if w.count >= 4096 { w.removeAll() }
+            w[id] = (bytes.count, CRC32C.checksum(bytes))
+        }
         finished = true
         records.withLock { $0.insert(record) }
         if Self.testPauseMicros > 0 { usleep(Self.testPauseMicros) }
@@ -161,13 +172,15 @@ public final class PosixStore: ObjectStore {
         } catch { throw .io(error) }
     }
 
-    private func writeRecord(_ record: ObjectRecord) throws(StoreError) {
+    @discardableResult
+    private func writeRecord(_ record: ObjectRecord) throws(StoreError) -> [UInt8] {
         let encoder = JSONEncoder()
         encoder.keyEncodingStrategy = .convertToSnakeCase
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         let final = recordPath(record.object), partial = final + ".partial"
+        let bytes: [UInt8]
         do {
-            let bytes = [UInt8](try encoder.encode(record))
+            bytes = [UInt8](try encoder.encode(record))
             let fd = try FileDescriptor.open(partial, [.writeOnly, .create, .truncate], mode: 0o600)
             defer { fd.close() }
             try fd.write(bytes, at: 0)
@@ -177,6 +190,7 @@ public final class PosixStore: ObjectStore {
             throw .io(SystemError(errno: EIO, operation: "encode record", path: partial))
         }
         try renameIntoPlace(partial, final)
+        return bytes
     }
 
     private func renameIntoPlace(_ from: String, _ to: String) throws(StoreError) {
@@ -217,6 +231,10 @@ public final class PosixStore: ObjectStore {
             if error.errno == ENOENT { throw missing(id, path) }
             throw .io(error)
         }
+        if let w = writtenRecords.withLock({ $0[id] }), w.length == bytes.count, w.crc == CRC32C.checksum(bytes),
+           let cached = records.withLock({ $0[id] }) {
+            return cached
+        }
         let decoder = JSONDecoder()
         decoder.keyDecodingStrategy = .convertFromSnakeCase
         let record: ObjectRecord
@@ -250,6 +268,7 @@ public final class PosixStore: ObjectStore {
 
     public func delete(_ id: ObjectID) throws(StoreError) {
         records.withLock { $0.remove(id) }
+        writtenRecords.withLock { _ = $0.removeValue(forKey: id) }
         let leftovers = [recordPath(id) + ".partial", dataPath(id) + ".partial"]
         for p in [recordPath(id), dataPath(id)] + leftovers where unlink(p) != 0 && errno != ENOENT {
             throw .io(SystemError(errno: errno, operation: "unlink", path: p))
