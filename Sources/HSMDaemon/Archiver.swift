@@ -204,7 +204,7 @@ struct Archiver: Sendable {
     }
 
     /// Deletes a re-archived file's old object once the marker that no longer names it is
-    /// durable: on ext4 (and xfs, btrfs) an xattr change reaches the disk with an fsync of
+    /// durable: an xattr change is inode metadata, which reaches the disk with an fsync of
     /// the file. If the fsync fails the old object stays (an orphan, never a dangling marker).
     func deletePrevious(_ previous: ObjectID, of fd: FileDescriptor, from store: any ObjectStore) {
         do { try fd.sync() } catch {
