@@ -97,6 +97,12 @@ public protocol ObjectStore: Sendable {
     func contains(_ id: ObjectID) -> Bool
     func list() throws(StoreError) -> [ObjectID]
     /// A short problem description when the store cannot be used, nil when it is fine:
-    /// for archive and release this includes proving its identity.
-    func healthProblem() -> String?
+    /// for archive and release this includes proving its identity. `readingIdentity`
+    /// false: only what costs no I/O beyond a stat (for each file of a batch whose store
+    /// was fully checked just before).
+    func healthProblem(readingIdentity: Bool) -> String?
+}
+
+extension ObjectStore {
+    public func healthProblem() -> String? { healthProblem(readingIdentity: true) }
 }

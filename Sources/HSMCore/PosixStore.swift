@@ -26,6 +26,10 @@ public final class PosixStore: ObjectStore {
     /// again for every file would cost a syscall each.
     private let noKernelCopy = Mutex<Set<UInt64>>([])
     private let madeDirectories = Mutex<Set<String>>([])
+    /// Length and CRC32C of the record files this process wrote lately: a record read back
+    /// from the store with exactly those bytes is the cached one, and need not be decoded
+    /// again (release re-reads every record right after migrate wrote it).
+    private let writtenRecords = Mutex<[ObjectID: (length: Int, crc: UInt32)]>([:])
 
     /// `stateDir`: where hsmd remembers the store's id (nil: nowhere).
     public init(name: String, root: String, stateDir: String? = nil) {
@@ -47,13 +51,16 @@ public final class PosixStore: ObjectStore {
         }
     }
 
-    public func healthProblem() -> String? { directoryProblem() ?? identity.problem() }
+    public func healthProblem(readingIdentity: Bool) -> String? {
+        directoryProblem() ?? identity.problem(readingFile: readingIdentity)
+    }
 
     // MARK: put
 
     public func put(_ source: FileDescriptor, as id: ObjectID, stat: FileStat, blockShift: UInt8, originalPath: String,
                     xattrs: [String: [UInt8]]) throws(StoreError) -> ObjectRecord {
-        if let problem = healthProblem() { throw .unusable(problem) }
+        // archiveMany reads the identity for each chunk; here the pin (a stat) suffices.
+        if let problem = healthProblem(readingIdentity: false) { throw .unusable(problem) }
         let dir = "\(root)/objects/\(id.hex.prefix(2))"
         try makeDirectory(dir)
         let partial = dataPath(id) + ".partial"
@@ -130,7 +137,11 @@ public final class PosixStore: ObjectStore {
         // Never write a record the decoder would refuse: the object could not be recalled.
         if let problem = record.problem() { throw .badRecord(id, path: recordPath(id), reason: "hsmd made an inconsistent record: \(problem)") }
         try renameIntoPlace(partial, dataPath(id))
-        try writeRecord(record)
+        let bytes = try writeRecord(record)
+        writtenRecords.withLock { w in
+            if w.count >= 4096 { w.removeAll() }
+            w[id] = (bytes.count, CRC32C.checksum(bytes))
+        }
         finished = true
         records.withLock { $0.insert(record) }
         if Self.testPauseMicros > 0 { usleep(Self.testPauseMicros) }
@@ -163,13 +174,15 @@ public final class PosixStore: ObjectStore {
         } catch { throw .io(error) }
     }
 
-    private func writeRecord(_ record: ObjectRecord) throws(StoreError) {
+    @discardableResult
+    private func writeRecord(_ record: ObjectRecord) throws(StoreError) -> [UInt8] {
         let encoder = JSONEncoder()
         encoder.keyEncodingStrategy = .convertToSnakeCase
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         let final = recordPath(record.object), partial = final + ".partial"
+        let bytes: [UInt8]
         do {
-            let bytes = [UInt8](try encoder.encode(record))
+            bytes = [UInt8](try encoder.encode(record))
             guard bytes.count <= ObjectRecord.maxEncodedBytes else {
                 throw StoreError.badRecord(record.object, path: final, reason: "\(bytes.count) bytes, more than a record may have (\(ObjectRecord.maxEncodedBytes >> 20) MiB): the file has too many data extents")
             }
@@ -184,6 +197,7 @@ public final class PosixStore: ObjectStore {
             throw .io(SystemError(errno: EIO, operation: "encode record", path: partial))
         }
         try renameIntoPlace(partial, final)
+        return bytes
     }
 
     private func renameIntoPlace(_ from: String, _ to: String) throws(StoreError) {
@@ -225,6 +239,10 @@ public final class PosixStore: ObjectStore {
             if error.errno == ENOENT { throw missing(id, path) }
             throw .io(error)
         }
+        if let w = writtenRecords.withLock({ $0[id] }), w.length == bytes.count, w.crc == CRC32C.checksum(bytes),
+           let cached = records.withLock({ $0[id] }) {
+            return cached
+        }
         let record = try ObjectRecord.decode(json: bytes, id: id, path: path)
         records.withLock { $0.insert(record) }
         return record
@@ -250,6 +268,7 @@ public final class PosixStore: ObjectStore {
 
     public func delete(_ id: ObjectID) throws(StoreError) {
         records.withLock { $0.remove(id) }
+        writtenRecords.withLock { _ = $0.removeValue(forKey: id) }
         let leftovers = [recordPath(id) + ".partial", dataPath(id) + ".partial"]
         for p in [recordPath(id), dataPath(id)] + leftovers where unlink(p) != 0 && errno != ENOENT {
             throw .io(SystemError(errno: errno, operation: "unlink", path: p))

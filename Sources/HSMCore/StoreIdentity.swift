@@ -65,7 +65,8 @@ public final class StoreIdentity: Sendable {
 
     /// Before archive and release: nil when the store is the one pinned (or, if nothing
     /// is pinned yet, when it now proves its identity), else what is wrong.
-    public func problem() -> String? {
+    /// `readingFile` false: the directory's device and inode only.
+    public func problem(readingFile: Bool = true) -> String? {
         guard let p = pin.withLock({ $0 }) else {
             if case .refused(let why) = establish(mayInitialise: false) { return why }
             return nil
@@ -77,7 +78,8 @@ public final class StoreIdentity: Sendable {
         guard st.device == p.device && st.inode == p.inode else {
             return "store \(storeName): \(root) is not the directory whose identity hsmd verified (device \(Self.describe(p.device)) inode \(p.inode) then, device \(Self.describe(st.device)) inode \(st.inode) now): something is mounted over it, or it was remounted or replaced; archive and release are refused while it is so (if the store was remounted or moved on purpose, restart hsmd to verify it again)"
         }
-        // The bytes, not their meaning: this runs for every file archived or released.
+        guard readingFile else { return nil }
+        // The bytes, not their meaning: this runs for every file released.
         switch readBytes() {
         case .success(let bytes) where bytes == p.bytes: return nil
         case .failure(let e) where e.errno == ENOENT:

@@ -209,7 +209,7 @@ struct Archiver: Sendable {
     }
 
     /// Deletes a re-archived file's old object once the marker that no longer names it is
-    /// durable: on ext4 (and xfs, btrfs) an xattr change reaches the disk with an fsync of
+    /// durable: an xattr change is inode metadata, which reaches the disk with an fsync of
     /// the file. If the fsync fails the old object stays (an orphan, never a dangling marker).
     func deletePrevious(_ previous: ObjectID, of fd: FileDescriptor, from store: any ObjectStore) {
         do { try fd.sync() } catch {
@@ -289,7 +289,8 @@ struct Archiver: Sendable {
                 }
                 if release && r.outcome == .done {
                     let archived = r
-                    r = self.release(archived.path)
+                    // The chunk's store passed the full identity check after its flush.
+                    r = self.release(archived.path, storeChecked: true)
                     r.bytesArchived = archived.bytesArchived
                     if r.outcome == .done && archived.reason == "already archived" && r.reason == "already released" {
                         r.outcome = .skipped
@@ -313,11 +314,15 @@ struct Archiver: Sendable {
 
     // MARK: Release
 
-    func release(_ path: String) -> FileResult {
+    func release(_ path: String) -> FileResult { release(path, storeChecked: false) }
+
+    /// `storeChecked`: the store's identity file was read for this batch just before; the
+    /// pin (a stat) is checked again here.
+    private func release(_ path: String, storeChecked: Bool) -> FileResult {
         do {
             let (fd, st, fs) = try openManaged(path, [.readWrite])
             defer { fd.close() }
-            return try locks.withLock(st.inodeKey) { try releaseLocked(fd, st, fs) }
+            return try locks.withLock(st.inodeKey) { try releaseLocked(fd, st, fs, storeChecked: storeChecked) }
         } catch let r as Refusal {
             return r.result
         } catch {
@@ -328,13 +333,13 @@ struct Archiver: Sendable {
     /// DESIGN invariant 2: ignore mark → lease → verify → marker → punch in chunks →
     /// unmark → unlock. Only blocks whose bytes match the stored checksums are punched,
     /// and only when the store itself (not a cache) holds them intact (invariant 8).
-    private func releaseLocked(_ fd: FileDescriptor, _ st: FileStat, _ fs: ManagedFilesystem) throws(Refusal) -> FileResult {
+    private func releaseLocked(_ fd: FileDescriptor, _ st: FileStat, _ fs: ManagedFilesystem, storeChecked: Bool) throws(Refusal) -> FileResult {
         func fail(_ reason: String, _ state: HSMState? = nil) -> Refusal {
             Refusal(result: FileResult(path: fd.path, outcome: .failed, reason: reason, state: state))
         }
         guard var marker = try readMarker(fd) else { throw fail("not archived; run hsmctl archive first (or hsmctl migrate)", .resident) }
         if st.size != marker.size || st.mtimeNs != marker.mtimeNs { throw fail("dirty: changed since it was archived; archive it again", .dirty) }
-        if let problem = fs.store.healthProblem() { throw fail(problem) }
+        if let problem = fs.store.healthProblem(readingIdentity: !storeChecked) { throw fail(problem) }
         let record: ObjectRecord
         do { record = try fs.store.storedRecord(marker.object) } catch {
             if case .unusable(let why) = error { throw fail(why) }

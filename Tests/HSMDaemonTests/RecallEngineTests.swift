@@ -308,5 +308,5 @@ final class FaultyStore: ObjectStore {
     func delete(_ id: ObjectID) throws(StoreError) { try base.delete(id) }
     func contains(_ id: ObjectID) -> Bool { base.contains(id) }
     func list() throws(StoreError) -> [ObjectID] { try base.list() }
-    func healthProblem() -> String? { base.healthProblem() }
+    func healthProblem(readingIdentity: Bool) -> String? { base.healthProblem(readingIdentity: readingIdentity) }
 }

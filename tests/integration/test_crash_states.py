@@ -108,7 +108,8 @@ def test_kill_during_the_copy_of_an_archive_leaves_nothing_in_the_store(hsm_stop
 def test_kill_between_the_copy_and_the_marker_leaves_nothing_in_the_store(hsm_stopped):
     hsm = hsm_stopped
     hsm.start(env={"HSMD_TEST_ARCHIVE_PAUSE_MS": "3000"})
-    p, digest = hsm.write("b.bin", size=3 * MiB)
+    # A name JSON must escape: the note that finds the file again keeps it whole.
+    p, digest = hsm.write('b "quoted"\\\n\tname.bin', size=3 * MiB)
     archive = ctl_in_background(hsm, "archive", p)
     try:
         assert wait_until(lambda: any(f.endswith(".json") for f in store_files(hsm)))
