@@ -1,5 +1,5 @@
 /// A file's persistent HSM state, stored in the `trusted.hsm` xattr. It alone says which
-/// blocks are offline and which object holds them (DESIGN invariant 4).
+/// blocks are offline and which object holds them (docs/ARCHITECTURE.md, invariant 4).
 public struct Marker: Equatable, Sendable {
     public static let xattrName = "trusted.hsm"
 

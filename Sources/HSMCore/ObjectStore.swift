@@ -88,7 +88,7 @@ public protocol ObjectStore: Sendable {
     /// The object's record, possibly from a cache (recall).
     func record(_ id: ObjectID) throws(StoreError) -> ObjectRecord
     /// The object's record read from the store itself, never from a cache: what release
-    /// verifies against before it punches (DESIGN invariant 8).
+    /// verifies against before it punches (docs/ARCHITECTURE.md, invariant 8).
     func storedRecord(_ id: ObjectID) throws(StoreError) -> ObjectRecord
     func reader(for record: ObjectRecord) throws(StoreError) -> ObjectReader
     /// Removes the object, complete or not (the leftovers of an interrupted put too).

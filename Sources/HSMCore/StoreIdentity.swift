@@ -3,7 +3,7 @@ import Glibc
 import HSMKernel
 import Synchronization
 
-/// Proof that a store directory is the store hsmd archived to (DESIGN invariant 8).
+/// Proof that a store directory is the store hsmd archived to (docs/ARCHITECTURE.md, invariant 8).
 ///
 /// The directory carries `hsmd-store.json` (the store's name and a random id), written at
 /// first use; hsmd remembers the id in `state_dir/stores.json`. The identity is

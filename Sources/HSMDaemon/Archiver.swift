@@ -179,7 +179,7 @@ struct Archiver: Sendable {
 
     /// Sets the marker of a staged file whose object is durable, if the file is still
     /// exactly what was copied; otherwise drops the object. A re-archive's old object is
-    /// deleted only once the new marker is durable (DESIGN invariant 8).
+    /// deleted only once the new marker is durable (docs/ARCHITECTURE.md, invariant 8).
     func commit(_ s: StagedArchive) -> FileResult {
         func fail(_ reason: String) -> FileResult {
             drop(s)
@@ -330,7 +330,7 @@ struct Archiver: Sendable {
         }
     }
 
-    /// DESIGN invariant 2: ignore mark → lease → verify → marker → punch in chunks →
+    /// docs/ARCHITECTURE.md invariant 2: ignore mark → lease → verify → marker → punch in chunks →
     /// unmark → unlock. Only blocks whose bytes match the stored checksums are punched,
     /// and only when the store itself (not a cache) holds them intact (invariant 8).
     private func releaseLocked(_ fd: FileDescriptor, _ st: FileStat, _ fs: ManagedFilesystem, storeChecked: Bool) throws(Refusal) -> FileResult {

@@ -2,8 +2,8 @@ import Foundation
 import HSMKernel
 import Synchronization
 
-/// Serializes every hsmd operation on one inode (recall, archive, release: DESIGN
-/// invariant 5) while operations on different inodes run in parallel.
+/// Serializes every hsmd operation on one inode (recall, archive, release:
+/// docs/ARCHITECTURE.md invariant 5) while operations on different inodes run in parallel.
 final class InodeLocks: Sendable {
     private final class Entry: Sendable {
         let lock = NSLock()

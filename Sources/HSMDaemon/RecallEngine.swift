@@ -210,7 +210,7 @@ final class RecallEngine: Sendable {
     // MARK: The recall itself
 
     /// Recalls the offline blocks `range` needs (plus read-ahead) into `fd`, filling holes
-    /// only (DESIGN invariant 1), then persists the marker. The caller holds the inode
+    /// only (docs/ARCHITECTURE.md, invariant 1), then persists the marker. The caller holds the inode
     /// lock. Returns the bytes written.
     /// `neededIsIn` is called once the blocks `range` needs are in and recorded, before
     /// any read-ahead: the accessing program can be let go then.
@@ -281,7 +281,7 @@ final class RecallEngine: Sendable {
         let objectData = record.dataExtents
         var written: Int64 = 0
         /// Data written since the last fdatasync: the marker may say "local" only for
-        /// data on disk (DESIGN invariant 8), or a power cut could leave holes that the
+        /// data on disk (docs/ARCHITECTURE.md, invariant 8), or a power cut could leave holes that the
         /// marker calls resident, and they would read as zeros.
         var unsynced = false
 
