@@ -149,7 +149,7 @@ struct Archiver: Sendable {
             // Dirty: bring back whatever is still offline before reading it, so the new
             // copy never contains holes where data belongs.
             if !old.offline.isEmpty {
-                do { _ = try engine.recall(fd, range: 0..<st.size, key: st.inodeKey, store: fs.store, readahead: false) } catch {
+                do { _ = try engine.recall(fd, range: .wholeFile, key: st.inodeKey, store: fs.store, readahead: false) } catch {
                     throw Refusal(result: FileResult(path: fd.path, outcome: .failed, reason: "cannot recall the offline part of this dirty file: \(error)"))
                 }
                 do { st = try fd.stat() } catch { throw Refusal(result: FileResult(path: fd.path, outcome: .failed, reason: "\(error)")) }
@@ -505,7 +505,8 @@ struct Archiver: Sendable {
             defer { fd.close() }
             return try locks.withLock(st.inodeKey) { () throws(Refusal) -> FileResult in
                 let bytes: Int64
-                do { bytes = try engine.recall(fd, range: range ?? 0..<max(st.size, 1), key: st.inodeKey, store: fs.store, readahead: false) } catch {
+                do { bytes = try engine.recall(fd, range: range.map { AccessRange(offset: $0.lowerBound, count: max($0.upperBound - $0.lowerBound, 1)) } ?? .wholeFile,
+                                             key: st.inodeKey, store: fs.store, readahead: false) } catch {
                     log.error("recall of \(fd.path) failed: \(error)")
                     throw Refusal(result: FileResult(path: fd.path, outcome: .failed, reason: "\(error)", state: .damaged))
                 }

@@ -106,6 +106,13 @@ public enum Daemon {
         let restartState = inherited.group != nil ? "pre-content group kept across the last restart"
             : (SystemdNotify.isAvailable ? "fresh start; groups handed to systemd's fd store"
                 : "fresh start without systemd: while hsmd is stopped, released data reads as zeros")
+        // Telling a read from a truncation or a shifting fallocate needs the blocked
+        // process's /proc/PID/task/*/syscall, which needs CAP_SYS_PTRACE (docs/KERNEL-FACTS.md).
+        let processView = ProcessThreads.syscallLines(pid: 1, limit: 64).map { !$0.isEmpty && $0.allSatisfy { $0 != nil } } ?? false
+        let processViewText = processView ? "yes" : "no (cannot read /proc/1/task/*/syscall: CAP_SYS_PTRACE missing?)"
+        if !processView {
+            log.warning("cannot see what accessing processes are doing (/proc/PID/task/*/syscall needs CAP_SYS_PTRACE): an access to a file with offline blocks counts as a possible insert/collapse-range (on ext4 and xfs: it recalls up to the end of the file) and as a possible truncation (no read-ahead)")
+        }
         let server: ControlServer
         do {
             server = try ControlServer(socketPath: config.socket, archiver: archiver, journal: journal, log: log) {
@@ -114,6 +121,7 @@ public enum Daemon {
                  "events": "\(events.eventsSeen.load(ordering: .relaxed))",
                  "premark": premarker.summary,
                  "restart": restartState,
+                 "process_view": processViewText,
                  "journal": journal.map { "on, \($0.eventsRead.load(ordering: .relaxed)) events, \($0.transactions.load(ordering: .relaxed)) transactions" } ?? "off"]
             }
         } catch {

@@ -150,19 +150,37 @@ final class EventLoop: Sendable {
         if e.isOpenPermission {
             // Opening a file with offline blocks: the engine decides (by program) whether
             // the whole file must come back before the open returns.
-            engine.submit(PendingEvent(event, range: 0..<Int64.max, atOpen: true, filesystem: fs), key: st.inodeKey)
+            engine.submit(PendingEvent(event, range: nil, atOpen: true, filesystem: fs), key: st.inodeKey)
             return
         }
-        let range = e.range ?? 0..<Int64.max
         // A file cut below its archived size has offline bits past its end: the engine
         // must drop them before anything (this access may extend the file) lets the old
         // data come back into what are now real holes.
         let truncated = st.size < marker.size && !marker.offline.setIndices(in: Int(st.size >> Int64(marker.blockShift))..<marker.offline.count).isEmpty
-        if !truncated && marker.offline.setIndices(in: marker.layout.blocks(covering: range)).isEmpty {
-            answer(&event, .allow)
-            return
+        // The event does not say what it is (a read, a write, a truncation and a shifting
+        // fallocate look the same): the worst case, unless the blocked process shows less.
+        var nature: EventNature?
+        if !truncated && AccessPlan.neededBlocks(e.range, .event, fileSize: st.size, marker: marker).isEmpty {
+            let worst = AccessPlan.conservativeIntent(e.range, canShift: fs.canShiftData)
+            // While hsmd writes into the inode, an access that may cut the file must wait
+            // for the engine: its writes would undo the cut.
+            let busy = engine.isBusy(st.inodeKey)
+            if !busy && AccessPlan.neededBlocks(e.range, worst, fileSize: st.size, marker: marker).isEmpty {
+                answer(&event, .allow)
+                return
+            }
+            // /proc/PID/task/*/syscall touches no managed filesystem and cannot wait on an
+            // event (docs/KERNEL-FACTS.md): safe on this thread, about 10 µs for a process
+            // with one thread. Processes with many threads are left to the engine.
+            if let n = engine.classify(pid: e.pid, e.range, canShift: fs.canShiftData, quick: true) {
+                if AccessPlan.neededBlocks(e.range, n.intent, fileSize: st.size, marker: marker).isEmpty && (!busy || !n.mayCut) {
+                    answer(&event, .allow)
+                    return
+                }
+                nature = n
+            }
         }
-        engine.submit(PendingEvent(event, range: range, atOpen: false, filesystem: fs), key: st.inodeKey)
+        engine.submit(PendingEvent(event, range: e.range, atOpen: false, filesystem: fs, nature: nature), key: st.inodeKey)
     }
 
     /// Resident inodes get an evictable ignore mark: their later accesses cost no trip

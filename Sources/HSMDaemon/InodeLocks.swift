@@ -11,6 +11,9 @@ final class InodeLocks: Sendable {
 
     private let table = Mutex<[InodeKey: (entry: Entry, users: Int)]>([:])
 
+    /// Whether some hsmd operation holds or waits for the inode's lock.
+    func isHeld(_ key: InodeKey) -> Bool { table.withLock { $0[key] != nil } }
+
     func withLock<T>(_ key: InodeKey, _ body: () throws -> T) rethrows -> T {
         let entry = table.withLock { t -> Entry in
             let e = t[key]?.entry ?? Entry()

@@ -12,6 +12,11 @@ struct ManagedFilesystem: Sendable {
     let rootFD: Int32
     let type: String
     let store: any ObjectStore
+
+    /// fallocate INSERT_RANGE / COLLAPSE_RANGE can move data here (ext4, xfs). btrfs refuses
+    /// them with EOPNOTSUPP after raising the event (docs/KERNEL-FACTS.md), so an event on
+    /// btrfs never shifts data. Unknown types count as able to.
+    var canShiftData: Bool { type != "btrfs" }
 }
 
 /// The filesystems of the config, checked and keyed by device, and their stores (one

@@ -13,7 +13,11 @@ final class PendingEvent: Sendable {
     let file: Int32
     private let ownsFile: Bool
     let pid: Int32
-    let range: Range<Int64>
+    /// The kernel's range record (count 0: to the end of the file); nil: the whole file.
+    let range: AccessRange?
+    /// What the event turned out to be, once the blocked process was looked at
+    /// (RecallEngine.nature(of:…)); looked at once per event at most.
+    let nature: Mutex<EventNature?>
     /// A FAN_OPEN_PERM event rather than an access.
     let atOpen: Bool
     let filesystem: ManagedFilesystem
@@ -21,22 +25,23 @@ final class PendingEvent: Sendable {
     private let event: Mutex<PermissionEvent?>
 
     /// An event read by this process: its event fd is also where recall writes.
-    convenience init(_ event: consuming PermissionEvent, range: Range<Int64>, atOpen: Bool, filesystem: ManagedFilesystem) {
+    convenience init(_ event: consuming PermissionEvent, range: AccessRange?, atOpen: Bool, filesystem: ManagedFilesystem, nature: EventNature? = nil) {
         let fd = event.number
-        self.init(event, file: fd, ownsFile: false, range: range, atOpen: atOpen, filesystem: filesystem)
+        self.init(event, file: fd, ownsFile: false, range: range, atOpen: atOpen, filesystem: filesystem, nature: nature)
     }
 
     /// An event a dead predecessor read: answered by its old number, recalled through
     /// `file` (opened by handle; closed with the event).
-    convenience init(inherited event: consuming PermissionEvent, file: FileDescriptor, range: Range<Int64>, atOpen: Bool, filesystem: ManagedFilesystem) {
-        self.init(event, file: file.rawValue, ownsFile: true, range: range, atOpen: atOpen, filesystem: filesystem)
+    convenience init(inherited event: consuming PermissionEvent, file: FileDescriptor, range: AccessRange?, atOpen: Bool, filesystem: ManagedFilesystem, nature: EventNature? = nil) {
+        self.init(event, file: file.rawValue, ownsFile: true, range: range, atOpen: atOpen, filesystem: filesystem, nature: nature)
     }
 
-    private init(_ event: consuming PermissionEvent, file: Int32, ownsFile: Bool, range: Range<Int64>, atOpen: Bool, filesystem: ManagedFilesystem) {
+    private init(_ event: consuming PermissionEvent, file: Int32, ownsFile: Bool, range: AccessRange?, atOpen: Bool, filesystem: ManagedFilesystem, nature: EventNature? = nil) {
         self.file = file
         self.ownsFile = ownsFile
         pid = event.pid
         self.range = range
+        self.nature = Mutex(nature)
         self.atOpen = atOpen
         self.filesystem = filesystem
         received = monotonicNanos()

@@ -157,7 +157,7 @@ final class RecallEngine: Sendable {
                 event.answer(.allow)
                 return
             }
-            range = 0..<Int64.max
+            range = nil
             opener = program
         }
         // The path (a readlink) only for events that recall: it names the file in errors.
@@ -168,7 +168,8 @@ final class RecallEngine: Sendable {
         let started = monotonicNanos()
         var allowed = false
         do {
-            let bytes = try recall(fd, range: range, key: key, store: fs.store, readahead: !event.atOpen) {
+            let bytes = try recall(fd, range: range, key: key, store: fs.store, readahead: !event.atOpen,
+                                   event: event, canShift: fs.canShiftData) {
                 allowed = event.answer(.allow)
             }
             if allowed && bytes > 0 {
@@ -177,11 +178,49 @@ final class RecallEngine: Sendable {
             }
         } catch {
             if event.answer(.deny(errno: error.errno)) {
-                log.error("recall failed for \(fd.path) (pid \(event.pid), bytes \(event.range.lowerBound)..<\(event.range.upperBound)): \(error); the access fails with \(String(cString: strerror(error.errno)))")
+                log.error("recall failed for \(fd.path) (pid \(event.pid), bytes \(event.range?.description ?? "all")): \(error); the access fails with \(String(cString: strerror(error.errno)))")
             } else if allowed {
                 log.warning("read-ahead of \(fd.path) failed after the access itself was served: \(error)")
             }
         }
+    }
+
+    /// What an event is: looks at the blocked process (/proc/PID/task/*/syscall) only when
+    /// the blocks it needs depend on that, or when the caller must know whether it may cut
+    /// the file (`mustKnowCut`); once per event. An open-time recall is a request.
+    private func nature(of event: PendingEvent, fileSize: Int64, marker: Marker, canShift: Bool, mustKnowCut: Bool) -> EventNature {
+        if event.atOpen { return EventNature(intent: .request, mayCut: true) }
+        if let known = event.nature.withLock({ $0 }) { return known }
+        guard mustKnowCut || AccessPlan.intentMatters(event.range, fileSize: fileSize, marker: marker, canShift: canShift) else {
+            return EventNature(intent: .event, mayCut: true)
+        }
+        let nature = classify(pid: event.pid, event.range, canShift: canShift)
+            ?? EventNature(intent: AccessPlan.conservativeIntent(event.range, canShift: canShift), mayCut: true)
+        event.nature.withLock { $0 = nature }
+        return nature
+    }
+
+    /// Looks at what the threads of `pid` are doing (/proc/PID/task/*/syscall).
+    /// With `quick`, a process with more than `quickThreadLimit` threads (or one whose
+    /// threads cannot be read) gives nil: the event thread leaves it to a worker.
+    func classify(pid: Int32, _ range: AccessRange?, canShift: Bool, quick: Bool = false) -> EventNature? {
+        let lines = ProcessThreads.syscallLines(pid: pid, limit: quick ? Self.quickThreadLimit : Self.threadLimit)
+        if quick && lines == nil { return nil }
+        return BlockedThreads.classify(range, states: lines?.map { ThreadState(line: $0) }, canShift: canShift)
+    }
+
+    /// The event thread reads at most this many threads' lines (about 6 µs each).
+    static let quickThreadLimit = 16
+
+    /// Processes with more threads than this are not looked at: their events count as
+    /// the worst case (to the end of the file), which costs recall, never correctness.
+    static let threadLimit = 256
+
+    /// Whether an inode's data may be being written by hsmd right now (a recall queued or
+    /// running, or any operation holding its lock): the event loop then lets the engine
+    /// answer, in order, instead of answering at once.
+    func isBusy(_ key: InodeKey) -> Bool {
+        state.withLock { $0.scheduled.contains(key) } || locks.isHeld(key)
     }
 
     /// The kernel's name for a process (/proc/PID/comm, at most 15 characters).
@@ -214,8 +253,11 @@ final class RecallEngine: Sendable {
     /// lock. Returns the bytes written.
     /// `neededIsIn` is called once the blocks `range` needs are in and recorded, before
     /// any read-ahead: the accessing program can be let go then.
-    func recall(_ fd: FileDescriptor, range: Range<Int64>, key: InodeKey, store: any ObjectStore,
-                readahead: Bool, neededIsIn: (() -> Void)? = nil) throws(RecallError) -> Int64 {
+    /// `range` nil is the whole file. `event` is the pre-access event being served (what
+    /// it needs: AccessPlan); nil for hsmctl recall and archive, which want exactly `range`.
+    func recall(_ fd: FileDescriptor, range: AccessRange?, key: InodeKey, store: any ObjectStore,
+                readahead: Bool, event: PendingEvent? = nil, canShift: Bool = true,
+                neededIsIn: (() -> Void)? = nil) throws(RecallError) -> Int64 {
         let st: FileStat
         let raw: [UInt8]?
         do {
@@ -235,23 +277,29 @@ final class RecallEngine: Sendable {
 
         // Blocks wholly past the current end of file were truncated away: never recall
         // into them, or a later extension would resurrect old data. The block holding
-        // the end comes back now (up to the end only), so that past the end there are
-        // only real holes.
+        // the end comes back now (up to the end only; AccessPlan asks for it), so that
+        // past the end there are only real holes.
         let liveBlocks = layout.blocks(covering: 0..<st.size).upperBound
-        var eofBlock: [Int] = []
-        if st.size < marker.size {
-            if !marker.offline.setIndices(in: liveBlocks..<marker.offline.count).isEmpty {
-                marker.offline.clear(from: liveBlocks)
-                markerChanged = true
-            }
-            if st.size % layout.blockSize != 0 && marker.offline[liveBlocks - 1] { eofBlock = [liveBlocks - 1] }
+        if st.size < marker.size && !marker.offline.setIndices(in: liveBlocks..<marker.offline.count).isEmpty {
+            marker.offline.clear(from: liveBlocks)
+            markerChanged = true
         }
-        let needed = Array(Set(marker.offline.setIndices(in: layout.blocks(covering: range)) + eofBlock)).sorted()
+        let intent = event.map { nature(of: $0, fileSize: st.size, marker: marker, canShift: canShift, mustKnowCut: false).intent } ?? .request
+        let needed = AccessPlan.neededBlocks(range, intent, fileSize: st.size, marker: marker)
         var ahead: [Int] = []
-        if readahead, let first = needed.first, let last = needed.last {
+        // Read-ahead follows the access's own blocks, not the end-of-file block it may add.
+        let own = layout.blocks(covering: (range ?? .wholeFile).bytes(fileSize: st.size))
+        let core = needed.filter { own.contains($0) }
+        if readahead, let first = core.first, let last = core.last {
             let window = nextWindow(key: key, first: first, blockSize: layout.blockSize)
             if window > 0 {
                 ahead = marker.offline.setIndices(in: (last + 1)..<min(last + 1 + window, liveBlocks))
+                // Read-ahead goes on after the access is let go: not for one that may cut
+                // the file, whose cut the read-ahead's writes would undo.
+                if !ahead.isEmpty, let event,
+                   nature(of: event, fileSize: st.size, marker: marker, canShift: canShift, mustKnowCut: true).mayCut {
+                    ahead = []
+                }
             }
             state.withLock { s in
                 s.readahead[key, default: Readahead(nextBlock: 0, window: 0)].nextBlock = (ahead.last ?? last) + 1
@@ -299,9 +347,11 @@ final class RecallEngine: Sendable {
         /// Writes one verified block into the holes of the file.
         func place(_ b: Int, _ buffer: UnsafeMutableRawBufferPointer) throws(RecallError) {
             let block = layout.range(ofBlock: b)
-            let live = block.lowerBound..<min(block.upperBound, st.size)
             var filled: [Range<Int64>] = []
             do {
+                // Never past the end as it is now: another process may have cut the file
+                // since the recall began, and a write there would extend it with old data.
+                let live = block.lowerBound..<max(block.lowerBound, min(block.upperBound, st.size, try fd.stat().size))
                 let holes = subtract(try fd.dataExtents(in: live), from: live)
                 for hole in holes {
                     for piece in intersect(hole, objectData) {
@@ -322,11 +372,14 @@ final class RecallEngine: Sendable {
 
         /// Copies blocks in, fills holes only, and leaves the file clean; the caller then
         /// makes it durable and writes the marker.
-        func fill(_ blocks: [Int]) throws(RecallError) {
+        /// `more`: other writes follow this fill (the read-ahead after the needed blocks).
+        func fill(_ blocks: [Int], more: Bool) throws(RecallError) {
             do {
                 if blocks.count > 1 {
+                    var placed = 0
                     try BlockPipeline(blocks: blocks, reader: reader, blockSize: Int(layout.blockSize)).run { b, data in
                         try place(b, data)
+                        placed += 1
                         // Start writing the block to disk now, without waiting, so the
                         // fdatasync before the marker finds little left to do.
                         let r = layout.range(ofBlock: b)
@@ -334,7 +387,8 @@ final class RecallEngine: Sendable {
                         // A sequential reader is usually waiting for the next block: let it
                         // go now rather than after the whole window (the marker follows at
                         // the end of the window, once the data is durable).
-                        answerSatisfied(key, marker, fileSize: st.size)
+                        answerSatisfied(key, marker, fileSize: st.size, canShift: canShift,
+                                        writesFollow: more || placed < blocks.count)
                     }
                 } else if let b = blocks.first {
                     // Allocated here, not for every recall: the pipeline brings its own
@@ -378,14 +432,14 @@ final class RecallEngine: Sendable {
         // crash fills only what is still a hole. A whole-file recall at open waits for the
         // marker: writing it changes the ctime, which a program that has just opened the
         // file (tar) would take for a change under its feet.
-        try fill(needed)
+        try fill(needed, more: !ahead.isEmpty)
         if !readahead { try persistDurably() }
         neededIsIn?()
         if readahead { try persistDurably() }
         if let from = ahead.first, let to = ahead.last {
             // After the answer: asking the kernel to read ahead submits I/O synchronously.
             reader.prefetch(blocks: from..<to + 1)
-            try fill(ahead)
+            try fill(ahead, more: false)
             try persistDurably()
         }
         if marker.offline.isEmpty { try? group.ignore(fileAt: fd.rawValue, path: fd.path) }
@@ -407,14 +461,22 @@ final class RecallEngine: Sendable {
 
     /// Allows the queued accesses of `key` whose blocks are all in already. Only plain
     /// accesses inside the file: anything reaching past its end waits for the worker.
-    private func answerSatisfied(_ key: InodeKey, _ marker: Marker, fileSize: Int64) {
-        let ready = state.withLock { s in
+    /// While more recall writes follow (`writesFollow`), only accesses that cannot cut the
+    /// file go early: the writes would extend it again past a cut.
+    private func answerSatisfied(_ key: InodeKey, _ marker: Marker, fileSize: Int64, canShift: Bool, writesFollow: Bool) {
+        let queued = state.withLock { s in
             (s.queues[key] ?? []).filter { e in
-                !e.atOpen && !e.isAnswered && e.range.upperBound <= fileSize && fileSize >= marker.size
-                    && marker.offline.setIndices(in: marker.layout.blocks(covering: e.range)).isEmpty
+                !e.atOpen && !e.isAnswered && fileSize >= marker.size
+                    && (e.range ?? .wholeFile).bytes(fileSize: fileSize).upperBound <= fileSize
             }
         }
-        for e in ready { e.answer(.allow) }
+        // Outside the lock: working out what an event is may read /proc.
+        for e in queued {
+            let n = nature(of: e, fileSize: fileSize, marker: marker, canShift: canShift, mustKnowCut: writesFollow)
+            if (!writesFollow || !n.mayCut) && AccessPlan.neededBlocks(e.range, n.intent, fileSize: fileSize, marker: marker).isEmpty {
+                e.answer(.allow)
+            }
+        }
     }
 
     /// Sequential readers get a window that doubles up to readahead_max; a jump resets it.

@@ -116,7 +116,7 @@ struct PredecessorEvents {
                 _ = event.respond(.deny(errno: EIO))
                 continue
             }
-            let range = e.isOpenPermission ? 0..<Int64.max : (e.range ?? 0..<Int64.max)
+            let range = e.isOpenPermission ? nil : e.range
             log.info("finishing an access by pid \(e.pid) to \(FileDescriptor.currentPath(of: file.rawValue)) that the previous hsmd left unanswered")
             engine.submit(PendingEvent(inherited: event, file: file, range: range, atOpen: e.isOpenPermission, filesystem: fs), key: st.inodeKey)
         }

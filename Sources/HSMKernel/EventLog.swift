@@ -8,7 +8,7 @@ public struct RecordedEvent: Sendable {
     public let number: Int32
     public let pid: Int32
     public let mask: UInt64
-    public let range: Range<Int64>?
+    public let range: AccessRange?
     /// The file's handle (name_to_handle_at), when it could be taken.
     public let handle: InodeHandle?
     /// st_dev and st_ino of the file, 0 when unknown.
@@ -78,7 +78,7 @@ public final class EventLog: @unchecked Sendable {
         return (0..<n).map { i in
             let s = out[i]
             return RecordedEvent(slot: index[i], number: s.fd, pid: s.pid, mask: s.mask,
-                                 range: s.has_range != 0 ? FanotifyEvent.accessRange(offset: s.offset, count: s.count) : nil,
+                                 range: s.has_range != 0 ? AccessRange(kernelOffset: s.offset, count: s.count) : nil,
                                  handle: s.has_handle != 0 ? InodeHandle(s.handle) : nil,
                                  device: s.dev, inode: s.ino)
         }

@@ -1,13 +1,46 @@
 import CHSMKernel
 import Glibc
 
+/// The range record of a pre-access event, as the kernel reports it (page-rounded).
+/// `count == 0` means "from `offset` to the end of the file" (FICLONE, FICLONERANGE with
+/// length 0, ftruncate to a page-aligned size; docs/KERNEL-FACTS.md), never an empty range.
+public struct AccessRange: Sendable, Equatable, CustomStringConvertible {
+    public let offset: Int64
+    public let count: Int64
+
+    public init(offset: Int64, count: Int64) {
+        self.offset = max(offset, 0)
+        self.count = max(count, 0)
+    }
+
+    /// The kernel's record, clamped into Int64.
+    public init(kernelOffset offset: UInt64, count: UInt64) {
+        self.init(offset: Int64(clamping: offset), count: Int64(clamping: count))
+    }
+
+    /// Everything: an event without a range record, a whole-file recall.
+    public static let wholeFile = AccessRange(offset: 0, count: 0)
+
+    public var toEndOfFile: Bool { count == 0 }
+
+    /// The bytes it covers in a file of `fileSize` bytes.
+    public func bytes(fileSize: Int64) -> Range<Int64> {
+        if count == 0 { return offset..<max(offset, fileSize) }
+        let (end, overflow) = offset.addingReportingOverflow(count)
+        return offset..<(overflow ? Int64.max : end)
+    }
+
+    public var description: String { count == 0 ? "\(offset)..EOF" : "\(offset)+\(count)" }
+}
+
 /// One fanotify event with its range record, if any.
 public struct FanotifyEvent: Sendable {
     public let mask: UInt64
     /// The event's fd (opened by the kernel with FMODE_NONOTIFY), or -errno on failure.
     public let fd: Int32
     public let pid: Int32
-    public let range: Range<Int64>?
+    /// nil when the event carried no range record (open-permission events).
+    public let range: AccessRange?
     /// Its slot in the event log, or -1 (not a permission event, or the log was full).
     public let slot: Int32
 
@@ -20,19 +53,10 @@ public struct FanotifyEvent: Sendable {
         mask = e.mask
         fd = e.fd
         pid = e.pid
-        range = e.has_range != 0 ? Self.accessRange(offset: e.offset, count: e.count) : nil
+        range = e.has_range != 0 ? AccessRange(kernelOffset: e.offset, count: e.count) : nil
         slot = e.slot
     }
 
-    /// The bytes a range record names. Count 0 means "from offset to the end of the file"
-    /// (whole-file clones, ftruncate: docs/KERNEL-FACTS.md), never an empty range; the
-    /// end is then Int64.max, which every user clamps to the file's size.
-    static func accessRange(offset: UInt64, count: UInt64) -> Range<Int64> {
-        let lo = Int64(clamping: offset)
-        if count == 0 { return lo..<Int64.max }
-        let (end, overflow) = offset.addingReportingOverflow(count)
-        return lo..<(overflow ? Int64.max : max(lo, Int64(clamping: end)))
-    }
 }
 
 /// The answer to a permission event.

@@ -276,6 +276,9 @@ struct Doctor: ParsableCommand {
             line(true, "managed: \(info["filesystems"] ?? "none")")
             if let premark = info["premark"] { line(true, "resident-file walk at start: \(premark)") }
             if let journal = info["journal"] { line(true, "change journal: \(journal)") }
+            if let view = info["process_view"] {
+                line(true, "sees what accessing processes do (tells reads from truncations and shifting fallocates): \(view)")
+            }
             if let restart = info["restart"] {
                 // Not a failure, but an administrator must know when a stop means zeros.
                 print("\(restart.contains("without systemd") ? "warn" : "ok  ") restarts: \(restart)")
