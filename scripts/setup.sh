@@ -6,7 +6,8 @@ set -euo pipefail
 
 need_apt=()
 command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)
-command -v mkfs.btrfs >/dev/null || need_apt+=(btrfs-progs)   # tests of times ext4 cannot store
+command -v mkfs.xfs >/dev/null || need_apt+=(xfsprogs)       # tests on xfs loop images
+command -v mkfs.btrfs >/dev/null || need_apt+=(btrfs-progs)  # tests on btrfs loop images, and of times ext4 cannot store
 command -v setfattr >/dev/null || need_apt+=(attr)
 command -v losetup >/dev/null || need_apt+=(mount)
 command -v tar >/dev/null || need_apt+=(tar)

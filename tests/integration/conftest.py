@@ -44,7 +44,7 @@ def drop_caches():
 class HSM:
     """One managed filesystem, one store, one hsmd."""
 
-    MKFS = {"ext4": ["mkfs.ext4", "-q", "-F"], "btrfs": ["mkfs.btrfs", "-q", "-f"]}
+    MKFS = {"ext4": ["mkfs.ext4", "-q", "-F"], "xfs": ["mkfs.xfs", "-q", "-f"], "btrfs": ["mkfs.btrfs", "-q", "-f"]}
 
     def __init__(self, base: Path, image_size="1G", fstype="ext4"):
         self.base = base
@@ -57,10 +57,11 @@ class HSM:
         self.log = base / "hsmd.log"
         self.proc = None
         self.mounted = False
+        self.fstype = fstype
         self.mnt.mkdir()
         self.store.mkdir()
         subprocess.run(["truncate", "-s", image_size, str(self.image)], check=True)
-        subprocess.run([*self.MKFS[fstype], str(self.image)], check=True)
+        subprocess.run([*self.MKFS[fstype], str(self.image)], check=True, stdout=subprocess.DEVNULL)
         subprocess.run(["mount", "-o", "loop", str(self.image), str(self.mnt)], check=True)
         self.mounted = True
         self.write_config()
@@ -82,11 +83,12 @@ class HSM:
 
     # --- hsmd process -------------------------------------------------------------
 
-    def start(self, timeout=20, env=None, fdstore=None):
-        """Starts hsmd; with `fdstore` (fdstore.FDStore) as systemd would, fds and all."""
+    def start(self, timeout=20, env=None, fdstore=None, wrapper=()):
+        """Starts hsmd; with `fdstore` (fdstore.FDStore) as systemd would, fds and all;
+        `wrapper`: a command that execs hsmd, e.g. setpriv with a smaller bounding set."""
         assert self.proc is None
         self.logfile = open(self.log, "ab")
-        argv = [str(HSMD), "--config", str(self.config)]
+        argv = [*wrapper, str(HSMD), "--config", str(self.config)]
         full_env = dict(os.environ, **(env or {}))
         preexec, pass_fds = None, ()
         if fdstore is not None:
@@ -216,6 +218,14 @@ def hsm():
 def hsm_btrfs():
     """Like `hsm`, on btrfs (which, unlike ext4, keeps any 64-bit time)."""
     with managed_filesystem(start=True, fstype="btrfs") as h:
+        yield h
+
+
+@pytest.fixture
+def hsm_fs(request):
+    """Like `hsm`, on the filesystem type given by indirect parametrization:
+    `@pytest.mark.parametrize("hsm_fs", ["xfs", "btrfs"], indirect=True)`."""
+    with managed_filesystem(start=True, fstype=getattr(request, "param", "ext4")) as h:
         yield h
 
 
