@@ -41,6 +41,12 @@ WORK = Path(os.environ.get("HSMD_NSPAWN_WORKDIR", "/srv/hsmd-nspawn-tests"))
 # in a service without it); hsmd's change journal also opens files by handle.
 SYSCALLS = "fanotify_init fanotify_mark open_by_handle_at"
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# One container at a time on this machine. On a host without systemd, `--keep-unit` puts
+# every container's cgroups at the same place of the one cgroup2 hierarchy
+# (/payload/system.slice/hsmd.service): two test runs at once then see each other's hsmd
+# there, as pid 0, and `systemctl kill` fails "Failed to send signal SIGKILL to auxiliary
+# processes: Input/output error". Concurrent runs wait for each other instead.
+BOOT_LOCK = Path("/run/lock/hsmd-nspawn.lock")
 
 
 class HarnessError(Exception):
@@ -258,6 +264,7 @@ class SystemdHSM:
         self.mounted = False
         self.container = None
         self.base = None
+        self.lock = None
         for b in ("hsmd", "hsmctl"):
             if not (BIN / b).exists():
                 raise HarnessError(f"{BIN / b} is missing: build first (swift build) or set HSMD_BIN_DIR")
@@ -318,6 +325,10 @@ class SystemdHSM:
     # --- container and unit ----------------------------------------------------------------
 
     def boot(self):
+        if self.lock is None:
+            BOOT_LOCK.parent.mkdir(parents=True, exist_ok=True)
+            self.lock = open(BOOT_LOCK, "w")
+            fcntl.flock(self.lock, fcntl.LOCK_EX)
         self.container = Container(self.root, [
             f"--bind={self.base}",
             f"--bind-ro={swift_runtime_dir(self.hsmd)}",
@@ -416,6 +427,9 @@ class SystemdHSM:
                 else:
                     subprocess.run(["umount", "-l", str(self.mnt)])
                 self.mounted = False
+            if self.lock is not None:
+                self.lock.close()  # lets the next run's container boot
+                self.lock = None
             if self.base is not None:
                 shutil.rmtree(self.base, ignore_errors=True)
             try:
