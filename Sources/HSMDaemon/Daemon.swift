@@ -106,6 +106,7 @@ public enum Daemon {
         let restartState = inherited.group != nil ? "pre-content group kept across the last restart"
             : (SystemdNotify.isAvailable ? "fresh start; groups handed to systemd's fd store"
                 : "fresh start without systemd: while hsmd is stopped, released data reads as zeros")
+        let privileges = Self.privilegeKeeping(log: log)
         let server: ControlServer
         do {
             server = try ControlServer(socketPath: config.socket, archiver: archiver, journal: journal, log: log) {
@@ -114,6 +115,7 @@ public enum Daemon {
                  "events": "\(events.eventsSeen.load(ordering: .relaxed))",
                  "premark": premarker.summary,
                  "restart": restartState,
+                 "privileges": privileges,
                  "journal": journal.map { "on, \($0.eventsRead.load(ordering: .relaxed)) events, \($0.transactions.load(ordering: .relaxed)) transactions" } ?? "off"]
             }
         } catch {
@@ -153,6 +155,19 @@ public enum Daemon {
         warnAboutOfflineFiles(filesystems, log: log)
         log.notice("hsmd stopped")
         return 0
+    }
+
+    /// Whether release and recall can keep files' setuid/setgid bits and capabilities
+    /// (FilePrivileges): "kept", or what is missing, also logged once.
+    static func privilegeKeeping(log: Logger) -> String {
+        guard let held = OwnCapabilities.effective() else { return "unknown: /proc/self/status unreadable" }
+        var missing: [String] = []
+        if held & (1 << OwnCapabilities.fsetid) == 0 { missing.append("CAP_FSETID (setuid/setgid bits)") }
+        if held & (1 << OwnCapabilities.setfcap) == 0 { missing.append("CAP_SETFCAP (security.capability)") }
+        if missing.isEmpty { return "kept across release and recall" }
+        let text = "lost at release and recall: missing \(missing.joined(separator: ", "))"
+        log.warning("files' privileges are \(text); the shipped unit grants both")
+        return text
     }
 
     /// Hands the groups and the event log to systemd's fd store, so a restart (or a crash

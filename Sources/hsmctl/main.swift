@@ -276,6 +276,9 @@ struct Doctor: ParsableCommand {
             line(true, "managed: \(info["filesystems"] ?? "none")")
             if let premark = info["premark"] { line(true, "resident-file walk at start: \(premark)") }
             if let journal = info["journal"] { line(true, "change journal: \(journal)") }
+            if let privileges = info["privileges"] {
+                print("\(privileges.hasPrefix("kept") ? "ok  " : "warn") files' setuid/setgid bits and capabilities: \(privileges)")
+            }
             if let restart = info["restart"] {
                 // Not a failure, but an administrator must know when a stop means zeros.
                 print("\(restart.contains("without systemd") ? "warn" : "ok  ") restarts: \(restart)")

@@ -82,11 +82,12 @@ class HSM:
 
     # --- hsmd process -------------------------------------------------------------
 
-    def start(self, timeout=20, env=None, fdstore=None):
-        """Starts hsmd; with `fdstore` (fdstore.FDStore) as systemd would, fds and all."""
+    def start(self, timeout=20, env=None, fdstore=None, wrapper=()):
+        """Starts hsmd; with `fdstore` (fdstore.FDStore) as systemd would, fds and all;
+        `wrapper` is a command that runs it (e.g. setpriv with the unit's capabilities)."""
         assert self.proc is None
         self.logfile = open(self.log, "ab")
-        argv = [str(HSMD), "--config", str(self.config)]
+        argv = [*wrapper, str(HSMD), "--config", str(self.config)]
         full_env = dict(os.environ, **(env or {}))
         preexec, pass_fds = None, ()
         if fdstore is not None:
