@@ -30,22 +30,31 @@ public struct FilePrivileges: Sendable, Equatable {
     /// the file has now (its other bits are not hsmd's to change); the capability is
     /// written whenever the file has one to keep, since every write strips it.
     public func restore(_ fd: FileDescriptor) throws(SystemError) {
-        if setIDBits != 0 {
-            let mode = try fd.stat().mode
-            if mode & setIDBits != setIDBits {
-                let wanted = (mode & 0o7777) | setIDBits
-                if Glibc.fchmod(fd.rawValue, mode_t(wanted)) != 0 {
-                    throw SystemError(errno: errno, operation: "fchmod \(String(wanted, radix: 8))", path: fd.path)
-                }
-                // Without CAP_FSETID the kernel silently drops a setgid bit for a group
-                // the caller is not in: say so rather than believe it.
-                if try fd.stat().mode & setIDBits != setIDBits {
-                    throw SystemError(errno: EPERM, operation: "fchmod \(String(wanted, radix: 8)) (set-id bits refused: CAP_FSETID missing?)", path: fd.path)
-                }
-            }
-        }
+        // Both are tried; the first failure is reported.
+        var failure: SystemError?
         if let capability {
-            try fd.setXattr(Self.capabilityXattr, capability)
+            do { try fd.setXattr(Self.capabilityXattr, capability) } catch { failure = error }
+        }
+        do {
+            try restoreSetIDBits(fd)
+        } catch {
+            if failure == nil { failure = error }
+        }
+        if let failure { throw failure }
+    }
+
+    private func restoreSetIDBits(_ fd: FileDescriptor) throws(SystemError) {
+        guard setIDBits != 0 else { return }
+        let mode = try fd.stat().mode
+        guard mode & setIDBits != setIDBits else { return }
+        let wanted = (mode & 0o7777) | setIDBits
+        if Glibc.fchmod(fd.rawValue, mode_t(wanted)) != 0 {
+            throw SystemError(errno: errno, operation: "fchmod \(String(wanted, radix: 8))", path: fd.path)
+        }
+        // Without CAP_FSETID the kernel silently drops a setgid bit for a group the
+        // caller is not in: say so rather than believe it.
+        if try fd.stat().mode & setIDBits != setIDBits {
+            throw SystemError(errno: EPERM, operation: "fchmod \(String(wanted, radix: 8)) (set-id bits refused: CAP_FSETID missing?)", path: fd.path)
         }
     }
 
