@@ -38,10 +38,14 @@ struct Archiver: Sendable {
 
     /// Notes that `kind` of the file open as `fd` is starting (see InProgress).
     private func noteInProgress(_ kind: InProgress.Kind, _ fd: FileDescriptor, _ st: FileStat, object: ObjectID,
-                        previous: ObjectID? = nil, store: any ObjectStore) throws(Refusal) -> InProgress.Note {
+                        previous: ObjectID? = nil, store: any ObjectStore, privileges: FilePrivileges? = nil) throws(Refusal) -> InProgress.Note {
         let handle = try? InodeHandle.of(fd: fd.rawValue, path: fd.path)
-        let entry = InProgress.Entry(kind: kind, object: object.hex, previous: previous?.hex, store: store.name, path: fd.path,
+        var entry = InProgress.Entry(kind: kind, object: object.hex, previous: previous?.hex, store: store.name, path: fd.path,
                                      device: st.device, inode: st.inode, handle: handle?.hex)
+        if let privileges {
+            entry.setIDBits = privileges.setIDBits
+            entry.capability = privileges.capability.map(FilePrivileges.hex)
+        }
         do { return try inProgress.begin(entry) } catch {
             throw Refusal(result: FileResult(path: fd.path, outcome: .failed, reason: "\(error)"))
         }
@@ -383,9 +387,13 @@ struct Archiver: Sendable {
         }
         leased = true
         let allocatedBefore = st.allocatedBytes
+        // Punching strips security.capability (and, without CAP_FSETID, the set-id bits):
+        // read under the lease, put back before it goes (no one can open the file meanwhile).
+        let privileges: FilePrivileges?
         do {
             let now = try fd.stat()
             guard now.size == marker.size && now.mtimeNs == marker.mtimeNs else { throw fail("dirty: changed since it was archived", .dirty) }
+            privileges = try FilePrivileges.of(fd, mode: now.mode)
         } catch let r as Refusal { throw r } catch { throw fail("\(error)") }
 
         // Verify every block against the stored checksums before anything is punched: the
@@ -413,11 +421,20 @@ struct Archiver: Sendable {
                 throw fail("store \(fs.store.name): \(error); nothing released", .damaged)
             }
         }
-        let note = try noteInProgress(.release, fd, st, object: marker.object, store: fs.store)
+        let note = try noteInProgress(.release, fd, st, object: marker.object, store: fs.store, privileges: privileges)
         // Ended once the marker and the mtime are true again; kept only when blocks the
         // marker lists offline could not be made holes or local again, for the next start.
         var keepNote = false
         defer { if !keepNote { inProgress.end(note) } }
+        // Before the note ends and the lease goes (defers run last first); the note holds
+        // them for the next start should hsmd die before this.
+        defer {
+            if let privileges {
+                do { try privileges.restore(fd) } catch {
+                    log.critical("\(fd.path): punching removed its \(privileges.description) and putting them back failed: \(error); set them again by hand")
+                }
+            }
+        }
 
         // Marker first: from here on a crash leaves blocks that are offline by the marker
         // but still allocated, which recall treats as already local (invariant 1).

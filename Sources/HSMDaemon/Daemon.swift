@@ -113,6 +113,7 @@ public enum Daemon {
         if !processView {
             log.warning("cannot see what accessing processes are doing (/proc/PID/task/*/syscall needs CAP_SYS_PTRACE): an access to a file with offline blocks counts as a possible insert/collapse-range (on ext4 and xfs: it recalls up to the end of the file) and as a possible truncation (no read-ahead)")
         }
+        let privileges = Self.privilegeKeeping(log: log)
         let server: ControlServer
         do {
             server = try ControlServer(socketPath: config.socket, archiver: archiver, journal: journal, log: log) {
@@ -122,6 +123,7 @@ public enum Daemon {
                  "premark": premarker.summary,
                  "restart": restartState,
                  "process_view": processViewText,
+                 "privileges": privileges,
                  "journal": journal.map { "on, \($0.eventsRead.load(ordering: .relaxed)) events, \($0.transactions.load(ordering: .relaxed)) transactions" } ?? "off"]
             }
         } catch {
@@ -161,6 +163,19 @@ public enum Daemon {
         warnAboutOfflineFiles(filesystems, log: log)
         log.notice("hsmd stopped")
         return 0
+    }
+
+    /// Whether release and recall can keep files' setuid/setgid bits and capabilities
+    /// (FilePrivileges): "kept", or what is missing, also logged once.
+    static func privilegeKeeping(log: Logger) -> String {
+        guard let held = OwnCapabilities.effective() else { return "unknown: /proc/self/status unreadable" }
+        var missing: [String] = []
+        if held & (1 << OwnCapabilities.fsetid) == 0 { missing.append("CAP_FSETID (setuid/setgid bits)") }
+        if held & (1 << OwnCapabilities.setfcap) == 0 { missing.append("CAP_SETFCAP (security.capability)") }
+        if missing.isEmpty { return "kept across release and recall" }
+        let text = "lost at release and recall: missing \(missing.joined(separator: ", "))"
+        log.warning("files' privileges are \(text); the shipped unit grants both")
+        return text
     }
 
     /// Hands the groups and the event log to systemd's fd store, so a restart (or a crash

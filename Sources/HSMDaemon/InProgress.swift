@@ -31,6 +31,32 @@ final class InProgress: Sendable {
         var inode: UInt64
         /// The file's handle (InodeHandle.encoded, hex): finds it after a rename.
         var handle: String?
+        /// A release's file had these privileges, which punching strips (FilePrivileges):
+        /// S_ISUID/S_ISGID bits, and the security.capability value in hex.
+        var setIDBits: UInt32?
+        var capability: String?
+
+        /// The privileges noted, nil when none (or unreadable).
+        var privileges: FilePrivileges? {
+            let cap = capability.flatMap(Self.bytes(hex:))
+            if capability != nil && cap == nil { return nil }
+            let bits = setIDBits ?? 0
+            if bits == 0 && cap == nil { return nil }
+            return FilePrivileges(setIDBits: bits, capability: cap)
+        }
+
+        static func bytes(hex: String) -> [UInt8]? {
+            let chars = Array(hex.utf8)
+            guard chars.count % 2 == 0 else { return nil }
+            var out: [UInt8] = []
+            var i = 0
+            while i + 1 < chars.count {
+                guard let v = UInt8(String(decoding: chars[i...i + 1], as: UTF8.self), radix: 16) else { return nil }
+                out.append(v)
+                i += 2
+            }
+            return out
+        }
 
         /// The same JSON JSONEncoder would write, by hand: two notes per file archived,
         /// and Foundation's encoder showed in migrate's profile.
@@ -40,6 +66,8 @@ final class InProgress: Sendable {
                           "\"device\":\(device)", "\"inode\":\(inode)"]
             if let previous { fields.append("\"previous\":\(Self.quoted(previous))") }
             if let handle { fields.append("\"handle\":\(Self.quoted(handle))") }
+            if let setIDBits { fields.append("\"setIDBits\":\(setIDBits)") }
+            if let capability { fields.append("\"capability\":\(Self.quoted(capability))") }
             return Array(("{" + fields.joined(separator: ",") + "}").utf8)
         }
 

@@ -343,6 +343,25 @@ final class RecallEngine: Sendable {
         }
         // A write that fails (ENOSPC) still changes the mtime, as does punching it back.
         var touched = false
+        // Every write strips security.capability (and, without CAP_FSETID, the set-id
+        // bits): put back after each block, so they are there again before any access is
+        // answered. An exec reads them just after the reads it was answered for, so for
+        // such a file nothing is written once an access has been let go: no read-ahead
+        // and no early answers (they are usually small programs).
+        let privileges: FilePrivileges?
+        do { privileges = try FilePrivileges.of(fd, mode: st.mode) } catch { throw .system(error) }
+        let writesAfterAnswers = privileges == nil
+        if !writesAfterAnswers { ahead = [] }
+        var privilegesLost = false
+        func keepPrivileges() {
+            guard let privileges else { return }
+            do { try privileges.restore(fd) } catch {
+                if !privilegesLost {
+                    log.critical("\(fd.path): recall's writes removed its \(privileges.description) and putting them back failed: \(error); set them again by hand")
+                }
+                privilegesLost = true
+            }
+        }
 
         /// Writes one verified block into the holes of the file.
         func place(_ b: Int, _ buffer: UnsafeMutableRawBufferPointer) throws(RecallError) {
@@ -365,8 +384,10 @@ final class RecallEngine: Sendable {
                 }
             } catch {
                 reopenHoles(filled, fd, fileSize: st.size, object: marker.object)
+                if !filled.isEmpty { keepPrivileges() }
                 throw RecallError.system(error)
             }
+            if !filled.isEmpty { keepPrivileges() }
             marker.offline[b] = false
         }
 
@@ -387,8 +408,10 @@ final class RecallEngine: Sendable {
                         // A sequential reader is usually waiting for the next block: let it
                         // go now rather than after the whole window (the marker follows at
                         // the end of the window, once the data is durable).
-                        answerSatisfied(key, marker, fileSize: st.size, canShift: canShift,
-                                        writesFollow: more || placed < blocks.count)
+                        if writesAfterAnswers {
+                            answerSatisfied(key, marker, fileSize: st.size, canShift: canShift,
+                                            writesFollow: more || placed < blocks.count)
+                        }
                     }
                 } else if let b = blocks.first {
                     // Allocated here, not for every recall: the pipeline brings its own

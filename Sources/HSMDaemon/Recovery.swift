@@ -122,7 +122,7 @@ extension Archiver {
     /// the others still local, and the mtime is the punch's. If every local block still
     /// matches the stored checksums and every offline one is still a hole, nothing has
     /// changed the file since: make the marker say exactly which blocks are offline and
-    /// give the file its mtime back. Anything else is a real change, and stays `dirty`.
+    /// give the file its mtime and privileges back. Anything else is a real change, and stays `dirty`.
     private func finishRelease(_ entry: InProgress.Entry, _ object: ObjectID) -> Bool {
         let (opened, gone, why) = openNoted(entry, [.readWrite])
         guard let fd = opened else {
@@ -165,13 +165,15 @@ extension Archiver {
             do {
                 try fd.setXattr(Marker.xattrName, MarkerCodec.encode(marker))
                 try fd.setModificationTime(marker.mtimeNs)
+                // What the punches took (the note kept it from before the first one).
+                try entry.privileges?.restore(fd)
                 // Durable before the note goes: a few files, once per start.
                 try fd.sync()
             } catch {
-                log.error("interrupted release of \(fd.path): cannot correct its marker or mtime: \(error); kept for the next start")
+                log.error("interrupted release of \(fd.path): cannot correct its marker, mtime or privileges: \(error); kept for the next start")
                 return false
             }
-            log.notice("interrupted release of \(fd.path) finished: \(marker.offline.setCount) of \(marker.offline.count) blocks offline, the rest verified local, mtime restored")
+            log.notice("interrupted release of \(fd.path) finished: \(marker.offline.setCount) of \(marker.offline.count) blocks offline, the rest verified local, mtime\(entry.privileges.map { " and \($0.description)" } ?? "") restored")
             return true
         }
     }

@@ -277,7 +277,10 @@ struct Doctor: ParsableCommand {
             if let premark = info["premark"] { line(true, "resident-file walk at start: \(premark)") }
             if let journal = info["journal"] { line(true, "change journal: \(journal)") }
             if let view = info["process_view"] {
-                line(true, "sees what accessing processes do (tells reads from truncations and shifting fallocates): \(view)")
+                print("\(view.hasPrefix("yes") ? "ok  " : "warn") sees what accessing processes do (tells reads from truncations and shifting fallocates): \(view)")
+            }
+            if let privileges = info["privileges"] {
+                print("\(privileges.hasPrefix("kept") ? "ok  " : "warn") files' setuid/setgid bits and capabilities: \(privileges)")
             }
             if let restart = info["restart"] {
                 // Not a failure, but an administrator must know when a stop means zeros.
