@@ -11,6 +11,7 @@ command -v setfattr >/dev/null || need_apt+=(attr)
 command -v losetup >/dev/null || need_apt+=(mount)
 command -v tar >/dev/null || need_apt+=(tar)
 command -v strace >/dev/null || need_apt+=(strace)      # a test checks hsmd's syscall order
+command -v qemu-img >/dev/null || need_apt+=(qemu-utils)   # qemu-img, qemu-nbd: tests of image readers
 [ -f /usr/include/sqlite3.h ] || need_apt+=(libsqlite3-dev)   # the change journal's database
 # The tests under a real systemd (tests/integration/test_systemd_life.py) boot a Debian
 # root tree, built by debootstrap, in systemd-nspawn.
