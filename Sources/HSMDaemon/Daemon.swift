@@ -114,6 +114,7 @@ public enum Daemon {
                  "events": "\(events.eventsSeen.load(ordering: .relaxed))",
                  "premark": premarker.summary,
                  "restart": restartState,
+                 "full_recall_programs": config.fullRecallPrograms.joined(separator: " "),
                  "journal": journal.map { "on, \($0.eventsRead.load(ordering: .relaxed)) events, \($0.transactions.load(ordering: .relaxed)) transactions" } ?? "off"]
             }
         } catch {

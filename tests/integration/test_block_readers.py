@@ -202,3 +202,22 @@ def test_a_file_held_by_a_loop_device_cannot_be_released(hsm, options, released_
     # Detached, it can go.
     hsm.ctl("release", p)
     assert hsm.state(p) == "released"
+
+
+def test_doctor_lists_the_full_recall_programs(hsm):
+    r = hsm.ctl("doctor")
+    lines = [l for l in r.stdout.splitlines() if "whole-file recall at open" in l]
+    assert len(lines) == 1, r.stdout
+    assert lines[0].startswith("ok "), lines
+    for name in ["cp", "tar", "losetup", "mount", "qemu-img", "qemu-nbd", "qemu-system-*"]:
+        assert f" {name} " in lines[0] + " ", (name, lines[0])
+    hsm.stop()
+    hsm.write_config(extra='full_recall_programs = ["myprog", "qemu-*"]')
+    hsm.start()
+    r = hsm.ctl("doctor")
+    assert "whole-file recall at open for: myprog qemu-* (full_recall_programs)" in r.stdout, r.stdout
+    hsm.stop()
+    hsm.write_config(extra="full_recall_programs = []")
+    hsm.start()
+    r = hsm.ctl("doctor")  # a warning, not a failure: the exit code stays 0
+    assert "warn whole-file recall at open: none" in r.stdout, r.stdout
