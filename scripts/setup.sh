@@ -14,6 +14,7 @@ command -v tar >/dev/null || need_apt+=(tar)
 command -v strace >/dev/null || need_apt+=(strace)      # a test checks hsmd's syscall order
 command -v setcap >/dev/null || need_apt+=(libcap2-bin)   # setcap, capsh: tests of files' capabilities
 command -v setpriv >/dev/null || need_apt+=(util-linux)   # runs hsmd with the unit's capabilities in tests
+command -v qemu-img >/dev/null || need_apt+=(qemu-utils)   # qemu-img, qemu-nbd: tests of image readers
 [ -f /usr/include/sqlite3.h ] || need_apt+=(libsqlite3-dev)   # the change journal's database
 # The tests under a real systemd (tests/integration/test_systemd_life.py) boot a Debian
 # root tree, built by debootstrap, in systemd-nspawn.

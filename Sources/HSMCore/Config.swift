@@ -25,9 +25,10 @@ public struct Config: Equatable, Sendable {
     /// Largest read-ahead window a sequential reader grows to.
     public var readaheadMaxBytes: Int64 = 64 << 20
     /// Programs that get a released file's whole data back when they open it: they probe
-    /// holes with lseek(SEEK_DATA) (which raises no event) or compare ctime before and
-    /// after reading, and would otherwise copy zeros or warn.
-    public var fullRecallPrograms: [String] = ["cp", "mv", "tar", "bsdtar", "cpio", "install"]
+    /// holes with lseek(SEEK_DATA) (which raises no event), read through a loop device
+    /// (which raises none either) or compare ctime before and after reading, and would
+    /// otherwise copy zeros or warn. Names or prefix patterns (FullRecallPrograms).
+    public var fullRecallPrograms: [String] = FullRecallPrograms.defaults
     /// The change journal (a second fanotify group recording changed directories per epoch).
     public var journal: Bool = true
     /// How many resident files per filesystem hsmd ignore-marks in a background walk at
@@ -86,11 +87,16 @@ public struct Config: Equatable, Sendable {
                 guard let n = Units.parseSize(s), n >= 1 << 20 else { throw Error("readahead_max: \"\(s)\" is not a size of at least 1M (e.g. \"64M\")") }
                 c.readaheadMaxBytes = n
             case "full_recall_programs":
-                guard let a = value.array else { throw Error("full_recall_programs: expected an array of program names") }
+                guard let a = value.array else {
+                    throw Error("full_recall_programs: expected an array of program names (e.g. [\"cp\", \"qemu-system-*\"]), found \(value.type)")
+                }
                 var names: [String] = []
                 for (i, v) in a.enumerated() {
-                    guard let n = v.string, !n.isEmpty, n.utf8.count <= 15, !n.contains("/") else {
-                        throw Error("full_recall_programs[\(i)]: expected a program name as the kernel shows it (at most 15 characters, no '/')")
+                    guard let n = v.string else {
+                        throw Error("full_recall_programs[\(i)]: expected a program name as a string, found \(v.type)")
+                    }
+                    if let problem = FullRecallPrograms.problem(with: n) {
+                        throw Error("full_recall_programs[\(i)]: \(problem)")
                     }
                     names.append(n)
                 }

@@ -124,6 +124,7 @@ public enum Daemon {
                  "restart": restartState,
                  "process_view": processViewText,
                  "privileges": privileges,
+                 "full_recall_programs": config.fullRecallPrograms.joined(separator: " "),
                  "journal": journal.map { "on, \($0.eventsRead.load(ordering: .relaxed)) events, \($0.transactions.load(ordering: .relaxed)) transactions" } ?? "off"]
             }
         } catch {

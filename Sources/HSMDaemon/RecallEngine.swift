@@ -59,7 +59,7 @@ final class RecallEngine: Sendable {
     let log: Logger
     private let timeoutNanos: UInt64
     private let readaheadMaxBytes: Int64
-    private let fullRecallPrograms: Set<String>
+    private let fullRecallPrograms: FullRecallPrograms
     private let threads: Int
     private let state = Mutex(State())
     /// Test-only: a store that answers this slowly, to exercise recall_timeout.
@@ -74,7 +74,7 @@ final class RecallEngine: Sendable {
         self.log = log
         timeoutNanos = UInt64(config.recallTimeoutSeconds) * 1_000_000_000
         readaheadMaxBytes = config.readaheadMaxBytes
-        fullRecallPrograms = Set(config.fullRecallPrograms)
+        fullRecallPrograms = FullRecallPrograms(config.fullRecallPrograms)
         threads = config.recallThreads
     }
 
@@ -150,10 +150,11 @@ final class RecallEngine: Sendable {
         var range = event.range
         var opener: String?
         if event.atOpen {
-            // Sparse-aware copiers probe holes with lseek(SEEK_DATA), which raises no
-            // event: a released file would look empty to them. Bring it all back first.
+            // Sparse-aware copiers probe holes with lseek(SEEK_DATA), and a loop device
+            // reads through the block layer: neither raises an event, so a released file
+            // would read as zeros. Bring it all back before the open returns.
             let program = Self.programName(pid: event.pid)
-            guard fullRecallPrograms.contains(program) else {
+            guard fullRecallPrograms.includes(program) else {
                 event.answer(.allow)
                 return
             }

@@ -282,6 +282,14 @@ struct Doctor: ParsableCommand {
             if let privileges = info["privileges"] {
                 print("\(privileges.hasPrefix("kept") ? "ok  " : "warn") files' setuid/setgid bits and capabilities: \(privileges)")
             }
+            if let programs = info["full_recall_programs"] {
+                // Not a failure either: an empty list may be meant, but its cost must be known.
+                if programs.isEmpty {
+                    print("warn whole-file recall at open: none (full_recall_programs = []): hole-probing copiers and loop devices read released data as zeros")
+                } else {
+                    line(true, "whole-file recall at open for: \(programs) (full_recall_programs)")
+                }
+            }
             if let restart = info["restart"] {
                 // Not a failure, but an administrator must know when a stop means zeros.
                 print("\(restart.contains("without systemd") ? "warn" : "ok  ") restarts: \(restart)")
