@@ -21,9 +21,9 @@ needs_qemu_img = pytest.mark.skipif(shutil.which("qemu-img") is None,
                                     reason="qemu-img not installed (scripts/setup.sh installs qemu-utils)")
 
 
-@pytest.fixture(params=["ext4", "btrfs"])
+@pytest.fixture(params=["ext4", "xfs", "btrfs"])
 def managed(request):
-    """A running hsmd on a fresh ext4 or btrfs filesystem."""
+    """A running hsmd on a fresh ext4, xfs or btrfs filesystem."""
     with managed_filesystem(start=True, fstype=request.param) as h:
         yield h
 
