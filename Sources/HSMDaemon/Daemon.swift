@@ -108,8 +108,10 @@ public enum Daemon {
                 : "fresh start without systemd: while hsmd is stopped, released data reads as zeros")
         // Telling a read from a truncation or a shifting fallocate needs the blocked
         // process's /proc/PID/task/*/syscall, which needs CAP_SYS_PTRACE (docs/KERNEL-FACTS.md).
-        let processView = ProcessThreads.syscallLines(pid: 1, limit: 64).map { !$0.isEmpty && $0.allSatisfy { $0 != nil } } ?? false
-        let processViewText = processView ? "yes" : "no (cannot read /proc/1/task/*/syscall: CAP_SYS_PTRACE missing?)"
+        // Asked of the capability set, not by reading pid 1's lines: pid 1 may be a process
+        // no capability lets anyone look at (a sandbox's supervisor).
+        let processView = OwnCapabilities.effective().map { $0 & (1 << OwnCapabilities.sysPtrace) != 0 } ?? false
+        let processViewText = processView ? "yes" : "no (CAP_SYS_PTRACE missing: /proc/PID/task/*/syscall cannot be read)"
         if !processView {
             log.warning("cannot see what accessing processes are doing (/proc/PID/task/*/syscall needs CAP_SYS_PTRACE): an access to a file with offline blocks counts as a possible insert/collapse-range (on ext4 and xfs: it recalls up to the end of the file) and as a possible truncation (no read-ahead)")
         }

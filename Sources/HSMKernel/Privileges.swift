@@ -73,9 +73,10 @@ public struct FilePrivileges: Sendable, Equatable {
 }
 
 /// The capabilities this process holds, for a warning at start when keeping files'
-/// privileges is impossible.
+/// privileges, or seeing what accessing processes do, is impossible.
 public enum OwnCapabilities {
     public static let fsetid = 4
+    public static let sysPtrace = 19
     public static let setfcap = 31
 
     /// The effective set (CapEff in /proc/self/status), nil when it cannot be read.
