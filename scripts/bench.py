@@ -366,13 +366,58 @@ class Bench:
         shutil.rmtree(root)
 
 
+    def hsmd_cpu_seconds(self):
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def hsmd_events(self):
+        import re
+        return int(re.search(r"(\d+) events\)", self.ctl("doctor").stdout).group(1))
+
+    def case10_small_files(self):
+        """Released 16 KiB files, each read by its own cat: time against cat of the stored
+        objects (the floor), events reaching hsmd and hsmd CPU per file."""
+        n = 1000 if self.quick else 5000
+        root = self.mnt / "small"
+        rng = random.Random(10)
+        for i in range(n):
+            d = root / f"d{i // 100}"
+            d.mkdir(parents=True, exist_ok=True)
+            (d / f"f{i}").write_bytes(rng.randbytes(16 * 1024))
+        objects_before = set(self.store.glob("objects/*/*.data"))
+        self.ctl("migrate", root)
+        objects = sorted(set(self.store.glob("objects/*/*.data")) - objects_before)
+        files = sorted(root.glob("*/*"))
+        assert len(objects) == n, f"{len(objects)} objects for {n} files"
+
+        def cat_each(paths):
+            subprocess.run(["xargs", "-0", "-n", "1", "cat"], input=b"\0".join(str(p).encode() for p in paths),
+                           stdout=subprocess.DEVNULL, check=True)
+
+        floor, hsmd, events, cpu = [], [], [], []
+        for _ in range(self.runs):
+            drop_caches()
+            floor.append(timed(lambda: cat_each(objects)))
+            self.ctl("migrate", root)
+            drop_caches()
+            e0, c0 = self.hsmd_events(), self.hsmd_cpu_seconds()
+            hsmd.append(timed(lambda: cat_each(files)))
+            events.append((self.hsmd_events() - e0) / n)
+            cpu.append((self.hsmd_cpu_seconds() - c0) * 1000 / n)
+        f, h = stats(floor), stats(hsmd)
+        self.record("10 small released files", files=n, file_KiB=16, floor_s=f, hsmd_s=h,
+                    ratio=round(h["median"] / f["median"], 3), files_per_s=round(n / h["median"]),
+                    events_per_file=round(statistics.median(events), 3),
+                    hsmd_cpu_ms_per_file=round(statistics.median(cpu), 4), cache="cold (drop_caches before each pass)")
+        shutil.rmtree(root)
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bindir", required=True)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--runs", type=int, default=None)
     ap.add_argument("--json", default="bench-results.json")
-    ap.add_argument("--cases", default="1,2,3,4,5,6,7,8")
+    ap.add_argument("--cases", default="1,2,3,4,5,6,7,8,10")
     ap.add_argument("--jobs", type=int, default=4, help="hsmctl migrate --jobs in case 6")
     a = ap.parse_args()
     runs = a.runs or (3 if a.quick else 5)
@@ -383,7 +428,7 @@ def main():
         for c in a.cases.split(","):
             fn = {"1": b.case1_resident_tree, "2": b.case2_sequential_released, "3": b.case3_ttfb,
                   "4": b.case4_random_reads, "5": b.case5_tar, "6": b.case6_migrate, "7": b.case7_concurrent,
-                  "8": b.case8_reads_during_migrate}[c]
+                  "8": b.case8_reads_during_migrate, "10": b.case10_small_files}[c]
             if b.proc is None:
                 b.start()
             fn()

@@ -148,9 +148,11 @@ final class EventLoop: Sendable {
             return
         }
         if e.isOpenPermission {
-            // Opening a file with offline blocks: the engine decides (by program) whether
-            // the whole file must come back before the open returns.
-            engine.submit(PendingEvent(event, range: nil, atOpen: true, filesystem: fs), key: st.inodeKey)
+            // Opening a file with offline blocks: the engine decides (by program, or because
+            // the file is a single block) whether the whole file comes back before the open
+            // returns.
+            let oneBlock = marker.size <= marker.layout.blockSize && st.size <= marker.layout.blockSize
+            engine.submit(PendingEvent(event, range: nil, atOpen: true, fitsOneBlock: oneBlock, filesystem: fs), key: st.inodeKey)
             return
         }
         // A file cut below its archived size has offline bits past its end: the engine

@@ -20,29 +20,37 @@ final class PendingEvent: Sendable {
     let nature: Mutex<EventNature?>
     /// A FAN_OPEN_PERM event rather than an access.
     let atOpen: Bool
+    /// The file is at most one recall block long: an open recalls all of it, so that its
+    /// reads raise no second event (the block would come back whole at the first read).
+    let fitsOneBlock: Bool
     let filesystem: ManagedFilesystem
     let received: UInt64
     private let event: Mutex<PermissionEvent?>
 
     /// An event read by this process: its event fd is also where recall writes.
-    convenience init(_ event: consuming PermissionEvent, range: AccessRange?, atOpen: Bool, filesystem: ManagedFilesystem, nature: EventNature? = nil) {
+    convenience init(_ event: consuming PermissionEvent, range: AccessRange?, atOpen: Bool, fitsOneBlock: Bool = false,
+                     filesystem: ManagedFilesystem, nature: EventNature? = nil) {
         let fd = event.number
-        self.init(event, file: fd, ownsFile: false, range: range, atOpen: atOpen, filesystem: filesystem, nature: nature)
+        self.init(event, file: fd, ownsFile: false, range: range, atOpen: atOpen, fitsOneBlock: fitsOneBlock,
+                  filesystem: filesystem, nature: nature)
     }
 
     /// An event a dead predecessor read: answered by its old number, recalled through
     /// `file` (opened by handle; closed with the event).
     convenience init(inherited event: consuming PermissionEvent, file: FileDescriptor, range: AccessRange?, atOpen: Bool, filesystem: ManagedFilesystem, nature: EventNature? = nil) {
-        self.init(event, file: file.rawValue, ownsFile: true, range: range, atOpen: atOpen, filesystem: filesystem, nature: nature)
+        self.init(event, file: file.rawValue, ownsFile: true, range: range, atOpen: atOpen, fitsOneBlock: false,
+                  filesystem: filesystem, nature: nature)
     }
 
-    private init(_ event: consuming PermissionEvent, file: Int32, ownsFile: Bool, range: AccessRange?, atOpen: Bool, filesystem: ManagedFilesystem, nature: EventNature? = nil) {
+    private init(_ event: consuming PermissionEvent, file: Int32, ownsFile: Bool, range: AccessRange?, atOpen: Bool,
+                 fitsOneBlock: Bool, filesystem: ManagedFilesystem, nature: EventNature?) {
         self.file = file
         self.ownsFile = ownsFile
         pid = event.pid
         self.range = range
         self.nature = Mutex(nature)
         self.atOpen = atOpen
+        self.fitsOneBlock = fitsOneBlock
         self.filesystem = filesystem
         received = monotonicNanos()
         self.event = Mutex(event)

@@ -152,25 +152,28 @@ final class RecallEngine: Sendable {
         if event.atOpen {
             // Sparse-aware copiers probe holes with lseek(SEEK_DATA), and a loop device
             // reads through the block layer: neither raises an event, so a released file
-            // would read as zeros. Bring it all back before the open returns.
+            // would read as zeros. Bring it all back before the open returns. A file of
+            // one block comes back whole at any open: its first read would need that
+            // block anyway, and this way it costs one event instead of two.
             let program = Self.programName(pid: event.pid)
-            guard fullRecallPrograms.includes(program) else {
+            if fullRecallPrograms.includes(program) {
+                opener = program
+            } else if !event.fitsOneBlock {
                 event.answer(.allow)
                 return
             }
             range = nil
-            opener = program
         }
         // The path (a readlink) only for events that recall: it names the file in errors.
         let fd = FileDescriptor(rawValue: event.file, path: FileDescriptor.currentPath(of: event.file))
-        if let opener {
+        if let opener, !event.fitsOneBlock {
             log.info("\(opener) (pid \(event.pid)) opens released file \(fd.path): recalling all of it first")
         }
         let started = monotonicNanos()
         var allowed = false
         do {
             let bytes = try recall(fd, range: range, key: key, store: fs.store, readahead: !event.atOpen,
-                                   event: event, canShift: fs.canShiftData) {
+                                   markerBeforeAnswer: opener != nil, event: event, canShift: fs.canShiftData) {
                 allowed = event.answer(.allow)
             }
             if allowed && bytes > 0 {
@@ -257,7 +260,7 @@ final class RecallEngine: Sendable {
     /// `range` nil is the whole file. `event` is the pre-access event being served (what
     /// it needs: AccessPlan); nil for hsmctl recall and archive, which want exactly `range`.
     func recall(_ fd: FileDescriptor, range: AccessRange?, key: InodeKey, store: any ObjectStore,
-                readahead: Bool, event: PendingEvent? = nil, canShift: Bool = true,
+                readahead: Bool, markerBeforeAnswer: Bool = false, event: PendingEvent? = nil, canShift: Bool = true,
                 neededIsIn: (() -> Void)? = nil) throws(RecallError) -> Int64 {
         let st: FileStat
         let raw: [UInt8]?
@@ -453,20 +456,25 @@ final class RecallEngine: Sendable {
         // What the access needs first; the program goes on while the read-ahead follows.
         // An access may go on before the data is durable: the marker, written only after
         // the fdatasync, still calls the blocks offline until then, and a recall after a
-        // crash fills only what is still a hole. A whole-file recall at open waits for the
-        // marker: writing it changes the ctime, which a program that has just opened the
-        // file (tar) would take for a change under its feet.
+        // crash fills only what is still a hole. A whole-file recall at open for a program
+        // of full_recall_programs waits for the marker (`markerBeforeAnswer`): writing it
+        // changes the ctime, which a program that has just opened the file (tar) would
+        // take for a change under its feet.
         try fill(needed, more: !ahead.isEmpty)
-        if !readahead { try persistDurably() }
+        // Nothing left offline: later accesses need no event, from the first one on. The
+        // data is in the file (page cache) already; only a power cut could lose it, and
+        // that ends the group and its marks too.
+        if marker.offline.isEmpty && ahead.isEmpty { try? group.ignore(fileAt: fd.rawValue, path: fd.path) }
+        if markerBeforeAnswer { try persistDurably() }
         neededIsIn?()
-        if readahead { try persistDurably() }
+        if !markerBeforeAnswer { try persistDurably() }
         if let from = ahead.first, let to = ahead.last {
             // After the answer: asking the kernel to read ahead submits I/O synchronously.
             reader.prefetch(blocks: from..<to + 1)
             try fill(ahead, more: false)
             try persistDurably()
         }
-        if marker.offline.isEmpty { try? group.ignore(fileAt: fd.rawValue, path: fd.path) }
+        if marker.offline.isEmpty && !ahead.isEmpty { try? group.ignore(fileAt: fd.rawValue, path: fd.path) }
         return written
     }
 

@@ -48,3 +48,26 @@ def test_full_recall_programs_is_validated(hsm_stopped):
         r = subprocess.run([str(HSMD), "--config", str(hsm_stopped.config), "--check-config"],
                            capture_output=True, text=True, timeout=30)
         assert r.returncode != 0 and key in r.stderr, (bad, r.stderr)
+
+
+def test_a_one_block_file_comes_back_whole_at_its_open_with_one_event_per_file(hsm):
+    # cat is not in full_recall_programs: a file of at most one recall block comes back
+    # at its open anyway, and the read that follows raises no second event.
+    import hashlib
+    import re
+    files = [hsm.write(f"small/f{i}", size=16 * 1024) for i in range(40)]
+    hsm.ctl("migrate", hsm.mnt / "small")
+    assert {hsm.state(p) for p, _ in files} == {"released"}
+    drop_caches()
+
+    def events():
+        return int(re.search(r"(\d+) events\)", hsm.ctl("doctor").stdout).group(1))
+
+    before = events()
+    for p, digest in files:
+        out = subprocess.run(["cat", str(p)], capture_output=True, check=True).stdout
+        assert hashlib.sha256(out).hexdigest() == digest, p
+    seen = events() - before
+    assert seen <= 44, f"{seen} events for 40 files: more than one per file"
+    assert {hsm.state(p) for p, _ in files} == {"archived"}
+    assert "recalling all of it first" not in hsm.log_text(), "a log line per small file"
