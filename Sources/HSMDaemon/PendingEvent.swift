@@ -8,10 +8,13 @@ import Synchronization
 /// the event's fd closes only after that answer, under the same lock, so an answer can
 /// never go out through a number the kernel has since given to another event.
 final class PendingEvent: Sendable {
-    /// Where recall reads and writes: the event fd itself, or for an event a predecessor
-    /// read, the file opened by its handle.
+    /// The file: the event fd itself (read-only: recall opens the inode for writing by
+    /// handle, see `RecallEngine.writableFile`), or for an event a predecessor read, the
+    /// file opened read-write by its handle.
     let file: Int32
     private let ownsFile: Bool
+    /// `file` is open for writing (a predecessor's event, opened by handle).
+    var fileIsWritable: Bool { ownsFile }
     let pid: Int32
     let range: Range<Int64>
     /// A FAN_OPEN_PERM event rather than an access.
@@ -20,7 +23,7 @@ final class PendingEvent: Sendable {
     let received: UInt64
     private let event: Mutex<PermissionEvent?>
 
-    /// An event read by this process: its event fd is also where recall writes.
+    /// An event read by this process, with its (read-only) event fd.
     convenience init(_ event: consuming PermissionEvent, range: Range<Int64>, atOpen: Bool, filesystem: ManagedFilesystem) {
         let fd = event.number
         self.init(event, file: fd, ownsFile: false, range: range, atOpen: atOpen, filesystem: filesystem)
