@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <sys/vfs.h>
 #include <sys/xattr.h>
+#include <sys/syscall.h>
 #include <linux/falloc.h>
 #include <malloc.h>
 #include <pthread.h>
@@ -27,6 +28,22 @@ int chsm_fanotify_init(unsigned int flags, unsigned int event_f_flags) {
 
 int chsm_fanotify_mark(int group, unsigned int flags, uint64_t mask, int dirfd, const char *path) {
     return fanotify_mark(group, flags, mask, dirfd, path) < 0 ? -errno : 0;
+}
+
+int chsm_private_mount(const char *path) {
+#ifndef OPEN_TREE_CLONE
+#define OPEN_TREE_CLONE 1
+#endif
+#ifndef SYS_open_tree
+#define SYS_open_tree 428
+#endif
+    int tree = (int)syscall(SYS_open_tree, AT_FDCWD, path, OPEN_TREE_CLONE | O_CLOEXEC);
+    if (tree < 0) return -errno;
+    int fd;
+    do { fd = openat(tree, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC); } while (fd < 0 && errno == EINTR);
+    int err = errno;
+    close(tree);
+    return fd < 0 ? -err : fd;
 }
 
 int chsm_parse_events(const void *buf, ssize_t len, chsm_event *out, int maxout) {

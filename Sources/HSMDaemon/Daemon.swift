@@ -76,6 +76,16 @@ public enum Daemon {
                 do { try group.markFilesystem(fs.path) } catch {
                     throw StartError(description: "cannot mark \(fs.path) (\(fs.type)) for pre-content events: \(error)")
                 }
+                // Recall writes through hsmd's private clone of the mount; its I/O there
+                // must raise no events (a predecessor's clone and mark went with it).
+                if fs.hasPrivateMount {
+                    do { try group.ignore(mountOf: fs.privateRootFD, path: fs.path) } catch {
+                        log.warning("\(fs.path): no mount ignore mark on hsmd's private mount (\(error)): recall's own I/O raises events that hsmd answers itself, and a stop cannot finish a recall in flight (the next hsmd does)")
+                    }
+                }
+            }
+            for problem in filesystems.privateMountProblems {
+                log.warning("no private mount for recall writes: \(problem); recall writes through the filesystem's own mount: its I/O raises events that hsmd answers itself, and a stop cannot finish a recall in flight (the next hsmd does)")
             }
         } catch {
             log.critical("hsmd cannot start: \(error)")

@@ -95,9 +95,9 @@ final class EventLoop: Sendable {
             return
         }
         if e.fd < 0 {
-            // FAN_REPORT_FD_ERROR: the kernel could not open the file for us (e.g.
-            // ETXTBSY for a running executable, EROFS through a read-only mount). It
-            // denies such a permission event itself; there is nothing to answer.
+            // FAN_REPORT_FD_ERROR: the kernel could not open the file for us (event fds
+            // are read-only, so no EROFS or ETXTBSY: e.g. EMFILE). It denies such a
+            // permission event itself; there is nothing to answer.
             if e.slot >= 0 { eventLog.done(e.slot) }
             log.error("pre-access event for pid \(e.pid) without a file: \(String(cString: strerror(-e.fd)))")
             return

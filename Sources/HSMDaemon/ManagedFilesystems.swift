@@ -10,8 +10,33 @@ struct ManagedFilesystem: Sendable {
     let device: UInt64
     /// An fd on its root, for open_by_handle_at. Open for hsmd's life.
     let rootFD: Int32
+    /// Where recall opens files for writing (by handle): the root of hsmd's private clone
+    /// of the mount, whose mount ignore mark keeps hsmd's own I/O from raising events.
+    /// Whatever mount a program read through (an overlayfs lower layer, a read-only bind
+    /// mount), a file opened here is writable. `rootFD` when no clone could be made.
+    let privateRootFD: Int32
     let type: String
     let store: any ObjectStore
+
+    init(path: String, device: UInt64, rootFD: Int32, privateRootFD: Int32? = nil, type: String, store: any ObjectStore) {
+        self.path = path
+        self.device = device
+        self.rootFD = rootFD
+        self.privateRootFD = privateRootFD ?? rootFD
+        self.type = type
+        self.store = store
+    }
+
+    /// True when recall's writes go through the private clone (it has its own root fd).
+    var hasPrivateMount: Bool { privateRootFD != rootFD }
+
+    /// A file opened through `privateRootFD`, named for log lines: the kernel's path of it
+    /// is relative to the clone's root, which is `path`.
+    func displayPath(ofPrivateFile fd: Int32) -> String {
+        let p = FileDescriptor.currentPath(of: fd)
+        guard hasPrivateMount, p.hasPrefix("/") else { return p }
+        return path == "/" ? p : (p == "/" ? path : path + p)
+    }
 
     /// fallocate INSERT_RANGE / COLLAPSE_RANGE can move data here (ext4, xfs). btrfs refuses
     /// them with EOPNOTSUPP after raising the event (docs/KERNEL-FACTS.md), so an event on
@@ -27,6 +52,8 @@ final class ManagedFilesystems: Sendable {
     let stateDir: String
     /// What establishing each store's identity found at start, for the log.
     let storeIdentities: [(store: String, outcome: StoreIdentity.Outcome)]
+    /// Filesystems without a private mount (why), for the log.
+    let privateMountProblems: [String]
     /// st_dev → index in `all`, for devices that are not a root's (btrfs subvolumes).
     private let otherDevices = Mutex<[UInt64: Int]>([:])
 
@@ -39,12 +66,14 @@ final class ManagedFilesystems: Sendable {
         self.all = all
         self.stateDir = stateDir
         storeIdentities = []
+        privateMountProblems = []
     }
 
     init(config: Config) throws(SetupError) {
         var list: [ManagedFilesystem] = []
         var stores: [String: PosixStore] = [:]
         var identities: [(store: String, outcome: StoreIdentity.Outcome)] = []
+        var problems: [String] = []
         for (i, fs) in config.filesystems.enumerated() {
             let key = "filesystem[\(i)].path"
             let st: FileStat
@@ -83,11 +112,18 @@ final class ManagedFilesystems: Sendable {
             do { root = try FileDescriptor.open(fs.path, [.directory]) } catch {
                 throw SetupError(description: "\(key): \(fs.path): \(error)")
             }
-            list.append(ManagedFilesystem(path: fs.path, device: st.device, rootFD: root.rawValue, type: type, store: store))
+            // Without it recall still works, through the root fd: its own I/O then raises
+            // events that the event loop answers at once.
+            var privateRoot: Int32?
+            do { privateRoot = try Filesystem.privateMount(of: fs.path).rawValue } catch {
+                problems.append("\(fs.path): \(error)")
+            }
+            list.append(ManagedFilesystem(path: fs.path, device: st.device, rootFD: root.rawValue, privateRootFD: privateRoot, type: type, store: store))
         }
         all = list
         stateDir = config.stateDir
         storeIdentities = identities
+        privateMountProblems = problems
     }
 
     func filesystem(device: UInt64) -> ManagedFilesystem? { all.first { $0.device == device } }

@@ -8,10 +8,13 @@ import Synchronization
 /// the event's fd closes only after that answer, under the same lock, so an answer can
 /// never go out through a number the kernel has since given to another event.
 final class PendingEvent: Sendable {
-    /// Where recall reads and writes: the event fd itself, or for an event a predecessor
-    /// read, the file opened by its handle.
+    /// The file: the event fd itself (read-only: recall opens the inode for writing by
+    /// handle, see `RecallEngine.writableFile`), or for an event a predecessor read, the
+    /// file opened read-write by its handle.
     let file: Int32
     private let ownsFile: Bool
+    /// `file` is open for writing (a predecessor's event, opened by handle).
+    var fileIsWritable: Bool { ownsFile }
     let pid: Int32
     /// The kernel's range record (count 0: to the end of the file); nil: the whole file.
     let range: AccessRange?
@@ -27,7 +30,7 @@ final class PendingEvent: Sendable {
     let received: UInt64
     private let event: Mutex<PermissionEvent?>
 
-    /// An event read by this process: its event fd is also where recall writes.
+    /// An event read by this process, with its (read-only) event fd.
     convenience init(_ event: consuming PermissionEvent, range: AccessRange?, atOpen: Bool, fitsOneBlock: Bool = false,
                      filesystem: ManagedFilesystem, nature: EventNature? = nil) {
         let fd = event.number

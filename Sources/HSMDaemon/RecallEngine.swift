@@ -165,7 +165,18 @@ final class RecallEngine: Sendable {
             range = nil
         }
         // The path (a readlink) only for events that recall: it names the file in errors.
-        let fd = FileDescriptor(rawValue: event.file, path: FileDescriptor.currentPath(of: event.file))
+        let fd: FileDescriptor
+        if event.fileIsWritable {
+            fd = FileDescriptor(rawValue: event.file, path: fs.displayPath(ofPrivateFile: event.file))
+        } else {
+            do { fd = try writableFile(event, key: key) } catch {
+                if event.answer(.deny(errno: EIO)) {
+                    log.error("recall for pid \(event.pid) cannot open the file for writing: \(error); the access fails with EIO")
+                }
+                return
+            }
+        }
+        defer { if !event.fileIsWritable { fd.close() } }
         if let opener, !event.fitsOneBlock {
             log.info("\(opener) (pid \(event.pid)) opens released file \(fd.path): recalling all of it first")
         }
@@ -225,6 +236,29 @@ final class RecallEngine: Sendable {
     /// answer, in order, instead of answering at once.
     func isBusy(_ key: InodeKey) -> Bool {
         state.withLock { $0.scheduled.contains(key) } || locks.isHeld(key)
+    }
+
+    /// The event fd is read-only and on the accessing program's mount, which may be
+    /// read-only (an overlayfs lower layer, a read-only bind mount): recall writes through
+    /// the same inode opened by handle on hsmd's private mount of the filesystem
+    /// (docs/ARCHITECTURE.md, "An event's life"). Once per recall, on the worker: its
+    /// open is not seen by hsmd's group (mount ignore mark), so it waits for no answer.
+    private func writableFile(_ event: PendingEvent, key: InodeKey) throws(SystemError) -> FileDescriptor {
+        let fs = event.filesystem
+        let seen = FileDescriptor.currentPath(of: event.file)
+        let handle = try InodeHandle.of(fd: event.file, path: seen)
+        let file = try handle.openFile(mountFD: fs.privateRootFD, flags: .readWrite, what: "\(seen) (handle \(handle)) on \(fs.path)")
+        let st: FileStat
+        do { st = try file.stat() } catch {
+            file.close()
+            throw error
+        }
+        // The handle must name the event's very inode there (never write into another).
+        guard st.inodeKey == key else {
+            file.close()
+            throw SystemError(errno: ESTALE, operation: "open_by_handle_at (another inode)", path: file.path)
+        }
+        return FileDescriptor(rawValue: file.rawValue, path: fs.displayPath(ofPrivateFile: file.rawValue))
     }
 
     /// The kernel's name for a process (/proc/PID/comm, at most 15 characters).

@@ -45,8 +45,8 @@ struct InheritedDescriptors {
 /// are denied with EIO (never allowed), and the numbers of the others are reserved, so no
 /// new event gets a number an old one carries (the kernel would match a response to the
 /// older event first). The identified ones are then recalled like any access, through
-/// the file opened by its handle, once the event loop runs (hsmd's own I/O on such an
-/// fd raises events that the loop answers).
+/// the file opened by its handle on hsmd's private mount, once the event loop runs
+/// (without a private mount, hsmd's own I/O on such an fd raises events the loop answers).
 struct PredecessorEvents {
     private struct Identified {
         let event: RecordedEvent
@@ -109,7 +109,7 @@ struct PredecessorEvents {
             let file: FileDescriptor
             let st: FileStat
             do {
-                file = try handle.openFile(mountFD: fs.rootFD, flags: .readWrite, what: "file \(handle) on \(fs.path)")
+                file = try handle.openFile(mountFD: fs.privateRootFD, flags: .readWrite, what: "file \(handle) on \(fs.path)")
                 st = try file.stat()
             } catch {
                 log.error("an access by pid \(e.pid) that the previous hsmd left unanswered cannot be finished: \(error); denied with EIO")
@@ -117,7 +117,7 @@ struct PredecessorEvents {
                 continue
             }
             let range = e.isOpenPermission ? nil : e.range
-            log.info("finishing an access by pid \(e.pid) to \(FileDescriptor.currentPath(of: file.rawValue)) that the previous hsmd left unanswered")
+            log.info("finishing an access by pid \(e.pid) to \(fs.displayPath(ofPrivateFile: file.rawValue)) that the previous hsmd left unanswered")
             engine.submit(PendingEvent(inherited: event, file: file, range: range, atOpen: e.isOpenPermission, filesystem: fs), key: st.inodeKey)
         }
     }

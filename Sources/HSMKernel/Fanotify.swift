@@ -82,11 +82,14 @@ public struct FanotifyGroup: Sendable {
     /// Everything hsmd listens for.
     public static let allEvents: UInt64 = preAccess | openPermission
 
-    /// A pre-content group: permission events carrying fds opened read-write, so recall
-    /// writes go through the event fd and raise no new events.
+    /// A pre-content group whose event fds are opened read-only: the kernel opens them on
+    /// the accessing program's mount, and a read-write open fails with EROFS on a
+    /// read-only one (an overlayfs lower layer, a read-only bind mount), which denies the
+    /// access (docs/KERNEL-FACTS.md). Recall writes through a file opened by handle on
+    /// hsmd's own mount instead (`ignore(mountOf:)`).
     public static func preContent() throws(SystemError) -> FanotifyGroup {
         let flags = UInt32(FAN_CLASS_PRE_CONTENT | FAN_CLOEXEC | FAN_UNLIMITED_QUEUE | FAN_REPORT_FD_ERROR)
-        let fd = chsm_fanotify_init(flags, UInt32(O_RDWR | O_CLOEXEC))
+        let fd = chsm_fanotify_init(flags, UInt32(O_RDONLY | O_CLOEXEC))
         try SystemError.check(fd, "fanotify_init(FAN_CLASS_PRE_CONTENT)")
         return FanotifyGroup(fd: fd)
     }
@@ -109,6 +112,15 @@ public struct FanotifyGroup: Sendable {
         let flags = UInt32(FAN_MARK_ADD | FAN_MARK_IGNORE | FAN_MARK_IGNORED_SURV_MODIFY | FAN_MARK_EVICTABLE)
         let r = chsm_fanotify_mark(fd, flags, mask, fileFD, nil)
         try SystemError.check(r, "fanotify_mark(FAN_MARK_IGNORE)", path)
+    }
+
+    /// Ignores every event of files reached through the mount `dirFD` is on (a mount
+    /// ignore mark; the filesystem mark still sees every other mount). For hsmd's private
+    /// clone of a managed mount: its own I/O through it then raises no events. The mark
+    /// goes with the mount when its last fd closes.
+    public func ignore(mountOf dirFD: Int32, path: String, mask: UInt64 = allEvents) throws(SystemError) {
+        let flags = UInt32(FAN_MARK_ADD | FAN_MARK_MOUNT | FAN_MARK_IGNORE | FAN_MARK_IGNORED_SURV_MODIFY)
+        try SystemError.check(chsm_fanotify_mark(fd, flags, mask, dirFD, nil), "fanotify_mark(FAN_MARK_MOUNT|FAN_MARK_IGNORE)", path)
     }
 
     /// Removes every inode mark of the group (its filesystem marks stay). A kept group

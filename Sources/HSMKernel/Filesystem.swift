@@ -20,6 +20,14 @@ public enum Filesystem {
         return supportedTypes[t]
     }
 
+    /// A directory fd on the root of a private clone of the mount `path` is on: a detached
+    /// mount (open_tree) that no other process reaches by a path, with the mount's
+    /// read-write state, alive while the fd is open. hsmd opens files by handle through it.
+    public static func privateMount(of path: String) throws(SystemError) -> FileDescriptor {
+        let fd = chsm_private_mount(path)
+        return FileDescriptor(rawValue: try SystemError.check(fd, "open_tree(OPEN_TREE_CLONE)", path), path: path)
+    }
+
     /// True when `path` is the root of a mounted filesystem (its parent is on another
     /// device, or it is the same inode as its parent: "/").
     public static func isMountPoint(_ path: String) throws(SystemError) -> Bool {

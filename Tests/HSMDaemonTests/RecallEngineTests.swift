@@ -31,13 +31,16 @@ final class RecallEngineTests: XCTestCase {
         posix.identity.establish()
         store = FaultyStore(posix)
         let st = try FileStat.of(path: dir)
-        fs = ManagedFilesystem(path: dir, device: st.device, rootFD: -1, type: "ext4", store: store)
+        // The engine opens each file for writing by handle on the filesystem's root.
+        let root = try FileDescriptor.open(dir, [.directory])
+        fs = ManagedFilesystem(path: dir, device: st.device, rootFD: root.rawValue, type: "ext4", store: store)
         recorder = AnswerRecorder()
     }
 
     override func tearDown() {
         _ = engine?.stop(drainSeconds: 5)
         engine = nil
+        if let root = fs?.rootFD, root >= 0 { close(root) }
         if !dir.isEmpty { try? FileManager.default.removeItem(atPath: dir) }
     }
 
@@ -74,11 +77,11 @@ final class RecallEngineTests: XCTestCase {
         return (path, data)
     }
 
-    /// An event for `range` of `path`, answered to the recorder. Its fd (the event fd's
-    /// stand-in) is where the engine reads and writes.
+    /// An event for `range` of `path`, answered to the recorder. Its fd stands in for the
+    /// event fd, read-only like the kernel's: the engine writes through its own.
     @discardableResult
     func submit(_ path: String, _ range: Range<Int64>, to engine: RecallEngine, atOpen: Bool = false) throws -> Int32 {
-        let fd = try FileDescriptor.open(path, [.readWrite])
+        let fd = try FileDescriptor.open(path, [.readOnly])
         let key = try fd.stat().inodeKey
         recorder.watch(fd.rawValue, path: path, range: range)
         let event = PermissionEvent(number: fd.rawValue, pid: getpid(), group: recorder, log: nil, slot: -1)
@@ -153,6 +156,22 @@ final class RecallEngineTests: XCTestCase {
         XCTAssertEqual(recorder.wait(count: 1, timeout: 10).map(\.response), [.deny(errno: EIO)])
         _ = engine.stop(drainSeconds: 10)
         XCTAssertEqual(recorder.all.count, 1, "the worker finishing later must not answer again")
+    }
+
+    func testAFileThatCannotBeOpenedForWritingByHandleIsDeniedWithEIO() throws {
+        let (path, _) = try releasedFile("nowrite.bin", size: Self.block)
+        // The event fd is read-only; the writable fd comes from the handle, which names
+        // nothing on this "private mount" (procfs decodes no handles).
+        let proc = try FileDescriptor.open("/proc", [.directory])
+        defer { proc.close() }
+        fs = ManagedFilesystem(path: dir, device: fs.device, rootFD: fs.rootFD, privateRootFD: proc.rawValue, type: "ext4", store: store)
+        let engine = makeEngine()
+        try submit(path, 0..<4096, to: engine)
+        XCTAssertEqual(recorder.wait(count: 1).map(\.response), [.deny(errno: EIO)])
+        _ = engine.stop(drainSeconds: 5)
+        let fd = try FileDescriptor.open(path, [.readOnly])
+        defer { fd.close() }
+        XCTAssertEqual(try fd.dataExtents(in: 0..<Int64(Self.block)), [], "nothing was written")
     }
 
     func testADamagedMarkerIsDeniedWithEIO() throws {

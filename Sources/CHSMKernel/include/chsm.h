@@ -49,6 +49,11 @@ typedef struct {
 int chsm_fanotify_init(unsigned int flags, unsigned int event_f_flags);
 /// fanotify_mark. Returns 0 or -errno.
 int chsm_fanotify_mark(int group, unsigned int flags, uint64_t mask, int dirfd, const char *path);
+/// A private clone of the mount `path` is on (open_tree(OPEN_TREE_CLONE): a detached
+/// mount no other process can reach by path, same superblock, same read-write state), as a
+/// directory fd on its root (open_by_handle_at needs a real fd, not O_PATH). The mount
+/// lives while the fd is open. Returns the fd or -errno.
+int chsm_private_mount(const char *path);
 /// Reads one batch of events (blocking read) and parses it into `out`.
 /// Returns the number of events, 0 on EOF, or -errno. `*overflow` is set on FAN_Q_OVERFLOW.
 int chsm_fanotify_read(int group, void *buf, size_t buflen, chsm_event *out, int maxout);
