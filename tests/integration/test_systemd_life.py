@@ -117,15 +117,19 @@ def released_set(sd, name):
 # --- readers on the host -------------------------------------------------------------------
 
 class Readers:
-    """stream_reader.py processes on the host; every one is killed at teardown."""
+    """stream_reader.py processes on the host, in the container's pid namespace; every one
+    is killed at teardown."""
 
-    def __init__(self, directory):
+    def __init__(self, directory, container):
         self.dir = directory
+        self.container = container
         self.readers = []   # dicts: path, sha256, size, proc, progress
 
     def start(self, path, digest, size, pause=PAUSE):
         progress = self.dir / f"{len(self.readers)}-{path.name}.jsonl"
-        proc = subprocess.Popen([sys.executable, str(READER), str(path), str(progress), str(pause)],
+        # In the container's pid namespace (not its mounts): hsmd sees the reader's pid.
+        proc = subprocess.Popen([sys.executable, str(READER), str(path), str(progress), str(pause),
+                                 str(self.container.init_pid)],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.readers.append(dict(path=path, sha256=digest, size=size, proc=proc, progress=progress))
 
@@ -205,7 +209,7 @@ class Readers:
 def readers(sd):
     d = sd.readers_dir / f"{time.time_ns()}"
     d.mkdir()
-    rs = Readers(d)
+    rs = Readers(d, sd.container)
     try:
         yield rs
     finally:
