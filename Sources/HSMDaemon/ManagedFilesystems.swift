@@ -1,6 +1,7 @@
 import Glibc
 import HSMCore
 import HSMKernel
+import HSMStores
 import Synchronization
 
 /// One filesystem hsmd marks, with the store its files archive to.
