@@ -63,8 +63,10 @@ final class ManagedFilesystems: Sendable {
                 store = existing
                 if let posix = existing as? PosixStore { try Self.checkPosix(posix, storeConfig, fs, st) }
             } else if let s3 = storeConfig.s3 {
-                // An S3 store hsmd cannot reach or write at start is refused: unlike a
-                // posix directory it has no identity to fall back on yet.
+                // Credentials refused or no such bucket: the configuration is wrong, and
+                // hsmd refuses to start. A service that does not answer now does not stop
+                // hsmd (without hsmd, released ranges would read as zeros): recalls fail
+                // with EIO and archive and release are refused until it answers.
                 let s3Store: S3Store
                 do throws(StoreError) {
                     s3Store = try S3Store(name: storeConfig.name, settings: s3,
@@ -72,7 +74,10 @@ final class ManagedFilesystems: Sendable {
                 } catch {
                     throw SetupError(description: "\(error)")
                 }
-                if let problem = s3Store.startProblem() { throw SetupError(description: problem) }
+                if let problem = s3Store.startProblem() {
+                    if problem.fatal { throw SetupError(description: problem.message) }
+                    identities.append((storeConfig.name, .refused(problem.message)))
+                }
                 stores[storeConfig.name] = s3Store
                 store = s3Store
             } else {

@@ -90,8 +90,10 @@ public final class S3Store: ObjectStore {
     func recordKey(_ id: ObjectID) -> String { "\(settings.prefix)objects/\(id.hex.prefix(2))/\(id.hex).json" }
 
     /// What hsmd checks before it starts: the bucket answers these credentials and takes a
-    /// write (a probe object put and deleted). nil when fine.
-    public func startProblem() -> String? {
+    /// write (a probe object put and deleted). nil when fine. `fatal`: the configuration
+    /// is wrong (credentials refused, no such bucket), which only the operator can fix;
+    /// otherwise the service is not answering now (down, unreachable, failing).
+    public func startProblem() -> (message: String, fatal: Bool)? {
         do throws(S3Error) {
             try client.headBucket()
             let probe = "\(settings.prefix)hsmd-probe-\(ObjectID.random().hex)"
@@ -99,7 +101,13 @@ public final class S3Store: ObjectStore {
             try client.deleteObject(probe)
             return nil
         } catch {
-            return "store \(name): \(explain(error))"
+            let fatal: Bool
+            switch error {
+            case .status(let s, _, _, _, _): fatal = (400..<500).contains(s) && s != 408 && s != 429
+            case .config, .protocolError: fatal = true
+            case .transport: fatal = false
+            }
+            return ("store \(name): \(explain(error))", fatal)
         }
     }
 

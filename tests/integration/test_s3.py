@@ -198,3 +198,28 @@ def test_credentials_file_must_be_private(rgw, bucket):
         h.migrate(path)
         drop_caches()
         assert sha256(path) == digest
+
+
+def test_gateway_down_means_eio_never_zeros_and_back_means_the_bytes(rgw, bucket):
+    """The gateway stopped: a released file reads EIO (never zeros), and hsmd still starts
+    (refusing would leave released ranges reading zeros), saying why; the gateway back:
+    the same file reads its bytes, with no restart of hsmd."""
+    with managed_filesystem(start=False) as h:
+        configure(h, s3_store_toml(rgw, bucket, extra="timeout = 2\n"))
+        h.bucket = bucket
+        h.start()
+        path, digest = h.write("f.bin", size=3 << 20)
+        h.migrate(path)
+        assert h.stop() == 0
+        rgw.stop_rgw()
+        try:
+            h.start()
+            assert h.wait_for_log("cannot be reached"), h.log_text()[-3000:]
+            assert_eio(path)
+            assert h.proc.poll() is None, h.log_text()[-3000:]
+            r = h.ctl("archive", h.write("new.bin", size=1000)[0], check=False)
+            assert r.returncode != 0, "archive to a store that does not answer must be refused"
+        finally:
+            rgw.start_rgw()
+        drop_caches()
+        assert sha256(path) == digest
