@@ -181,6 +181,9 @@ public final class S3Store: ObjectStore {
                 etags.append(try client.uploadPart(key, uploadID: uploadID, number: etags.count + 1,
                                                    body: UnsafeRawBufferPointer(rebasing: part[0..<filled])))
                 filled = 0
+                // Test-only (HSMD_TEST_ARCHIVE_PAUSE_MS): a pause after each part, so a
+                // test can kill hsmd in the middle of a multipart upload.
+                if PosixStore.testPauseMicros > 0 { usleep(PosixStore.testPauseMicros) }
             }
             for b in 0..<layout.blockCount where checksums[b] != nil {
                 let range = layout.range(ofBlock: b)
@@ -288,11 +291,16 @@ public final class S3Store: ObjectStore {
         S3ObjectReader(store: self, record: record, key: dataKey(record.object))
     }
 
+    /// Removes the record first (the object is then incomplete), the data, and the parts
+    /// of an upload a killed hsmd left unfinished.
     public func delete(_ id: ObjectID) throws(StoreError) {
         records.withLock { $0.remove(id) }
-        for key in [recordKey(id), dataKey(id)] {
-            do { try client.deleteObject(key) } catch { throw .unusable("store \(name): \(explain(error))") }
-        }
+        do throws(S3Error) {
+            for key in [recordKey(id), dataKey(id)] { try client.deleteObject(key) }
+            for (key, upload) in try client.listMultipartUploads(prefix: dataKey(id)) where key == dataKey(id) {
+                try client.abortMultipartUpload(key, uploadID: upload)
+            }
+        } catch { throw .unusable("store \(name): \(explain(error))") }
     }
 
     public func contains(_ id: ObjectID) -> Bool {

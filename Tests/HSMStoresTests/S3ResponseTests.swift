@@ -47,6 +47,20 @@ final class S3ResponseTests: XCTestCase {
         XCTAssertEqual(body, "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>&quot;a1&quot;</ETag></Part><Part><PartNumber>2</PartNumber><ETag>&quot;b2&quot;</ETag></Part></CompleteMultipartUpload>")
     }
 
+    func testListMultipartUploads() throws {
+        let page = Array("""
+        <ListMultipartUploadsResult><Bucket>b</Bucket><IsTruncated>true</IsTruncated><NextKeyMarker>k2</NextKeyMarker>        <NextUploadIdMarker>u2</NextUploadIdMarker><Upload><Key>k1</Key><UploadId>u1</UploadId></Upload>        <Upload><Key>k2</Key><UploadId>u2</UploadId><Initiated>x</Initiated></Upload></ListMultipartUploadsResult>
+        """.utf8)
+        let parsed = try XCTUnwrap(S3MultipartXML.uploads(page))
+        XCTAssertEqual(parsed.uploads.map { "\($0.0) \($0.1)" }, ["k1 u1", "k2 u2"])
+        XCTAssertEqual(parsed.next.map { "\($0.0) \($0.1)" }, "k2 u2")
+        let last = try XCTUnwrap(S3MultipartXML.uploads(Array("<ListMultipartUploadsResult><IsTruncated>false</IsTruncated></ListMultipartUploadsResult>".utf8)))
+        XCTAssertTrue(last.uploads.isEmpty)
+        XCTAssertNil(last.next)
+        XCTAssertNil(S3MultipartXML.uploads(Array("<ListMultipartUploadsResult><IsTruncated>true</IsTruncated></ListMultipartUploadsResult>".utf8)))
+        XCTAssertNil(S3MultipartXML.uploads(Array("<ListMultipartUploadsResult><Upload><Key>k</Key></Upload></ListMultipartUploadsResult>".utf8)))
+    }
+
     func testMalformedXMLIsRefused() {
         for bad in ["", "<", "<a>", "<a></b>", "<a><b></a></b>", "text<a/>", "<a/><b/>", "<a>&bogus;</a>", "<a>&#xZZ;</a>", "<a>&#1114112;</a>",
                     "<a>&amp</a>", "<!-- never closed", "<?xml", "<></>", "<a><![CDATA[x</a>",
@@ -88,6 +102,7 @@ final class S3ResponseTests: XCTestCase {
                 _ = S3ListPage.parse(b)
                 _ = S3MultipartXML.uploadID(b)
                 _ = S3MultipartXML.completed(b)
+                _ = S3MultipartXML.uploads(b)
                 _ = try? HTTPConnection.parseHead(b[...])
             }
             return nil

@@ -223,3 +223,34 @@ def test_gateway_down_means_eio_never_zeros_and_back_means_the_bytes(rgw, bucket
             rgw.start_rgw()
         drop_caches()
         assert sha256(path) == digest
+
+
+def test_multipart_upload_interrupted_by_kill_is_aborted_at_start(rgw, bucket):
+    """hsmd killed while a file's parts go up: the file stays as it was, and the next start
+    aborts the upload (no orphaned parts) and removes what was put."""
+    import signal
+    import time
+    s3 = s3_client(rgw)
+    with managed_filesystem(start=False) as h:
+        configure(h, s3_store_toml(rgw, bucket, extra='part_size = "5M"\n'))
+        h.bucket = bucket
+        h.start(env={"HSMD_TEST_ARCHIVE_PAUSE_MS": "1000"})
+        path, digest = h.write("big.bin", size=30 << 20)
+        env = dict(os.environ, HSMD_SOCKET=str(h.socket))
+        archive = subprocess.Popen([str(HSMD.parent / "hsmctl"), "archive", str(path)], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.time() + 120
+            while not s3.list_multipart_uploads(Bucket=bucket).get("Uploads"):
+                assert time.time() < deadline, "no multipart upload began"
+                time.sleep(0.2)
+            h.stop(sig=signal.SIGKILL)
+        finally:
+            archive.wait(timeout=60)
+        assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads"), "the kill left no upload to clean up"
+        h.start()
+        assert h.wait_for_log("removed its unfinished object", timeout=30), h.log_text()[-3000:]
+        assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+        assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])] == []
+        assert h.state(path) == "resident"
+        assert sha256(path) == digest

@@ -214,6 +214,25 @@ public final class S3Client: Sendable {
         if let failure { throw failure }
     }
 
+    /// The multipart uploads begun and not finished under `prefix`: (key, upload id).
+    public func listMultipartUploads(prefix: String) throws(S3Error) -> [(String, String)] {
+        var all: [(String, String)] = []
+        var marker: (String, String)?
+        var pages = 0
+        repeat {
+            var query = [("uploads", ""), ("prefix", prefix)]
+            if let (k, id) = marker { query += [("key-marker", k), ("upload-id-marker", id)] }
+            let r = try request("GET", key: nil, query: query, operation: "ListMultipartUploads", expect: [200], sink: .collect(limit: 16 << 20))
+            guard let page = S3MultipartXML.uploads(r.body) else {
+                throw .protocolError("the answer is not a ListMultipartUploadsResult", operation: "ListMultipartUploads", key: prefix)
+            }
+            all += page.uploads
+            marker = page.next
+            pages += 1
+        } while marker != nil && pages < 1000
+        return all
+    }
+
     public func abortMultipartUpload(_ key: String, uploadID: String) throws(S3Error) {
         _ = try request("DELETE", key: key, query: [("uploadId", uploadID)], operation: "AbortMultipartUpload", expect: [204, 200, 404])
     }

@@ -161,6 +161,20 @@ public struct S3ListPage: Sendable, Equatable {
 }
 
 enum S3MultipartXML {
+    /// One page of ListMultipartUploads: (key, upload id) pairs and the markers of the
+    /// next page (nil when this is the last).
+    static func uploads(_ bytes: [UInt8]) -> (uploads: [(String, String)], next: (String, String)?)? {
+        guard let root = XMLNode.parse(bytes), root.name == "ListMultipartUploadsResult" else { return nil }
+        var out: [(String, String)] = []
+        for u in root.all("Upload") {
+            guard let k = u.value("Key"), let id = u.value("UploadId"), !id.isEmpty else { return nil }
+            out.append((k, id))
+        }
+        guard root.value("IsTruncated") == "true" else { return (out, nil) }
+        guard let k = root.value("NextKeyMarker"), let id = root.value("NextUploadIdMarker"), !k.isEmpty || !id.isEmpty else { return nil }
+        return (out, (k, id))
+    }
+
     /// The upload id of an InitiateMultipartUploadResult.
     static func uploadID(_ bytes: [UInt8]) -> String? {
         guard let root = XMLNode.parse(bytes), root.name == "InitiateMultipartUploadResult",
