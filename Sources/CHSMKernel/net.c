@@ -117,7 +117,9 @@ static int connect_one(const struct addrinfo *ai, int timeout_ms) {
 
 int chsm_tcp_connect(const char *host, const char *port, int timeout_ms, int io_timeout_ms,
                      char *resolve_error, size_t resolve_error_len) {
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_ADDRCONFIG};
+    // No AI_ADDRCONFIG: it asks netlink, which the unit's RestrictAddressFamilies need not allow;
+    // every address is tried in turn anyway.
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
     struct addrinfo *list = NULL;
     int rc = getaddrinfo(host, port, &hints, &list);
     if (rc != 0) {

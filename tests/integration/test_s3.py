@@ -215,6 +215,9 @@ def test_gateway_down_means_eio_never_zeros_and_back_means_the_bytes(rgw, bucket
         try:
             h.start()
             assert h.wait_for_log("cannot be reached"), h.log_text()[-3000:]
+            doctor = h.ctl("doctor").stdout
+            assert "warn store tier1:" in doctor and "cannot be reached" in doctor, doctor
+            assert rgw.secret_key not in doctor and rgw.secret_key not in h.log_text()
             assert_eio(path)
             assert h.proc.poll() is None, h.log_text()[-3000:]
             r = h.ctl("archive", h.write("new.bin", size=1000)[0], check=False)
@@ -223,6 +226,7 @@ def test_gateway_down_means_eio_never_zeros_and_back_means_the_bytes(rgw, bucket
             rgw.start_rgw()
         drop_caches()
         assert sha256(path) == digest
+        assert "ok   store tier1: ok" in h.ctl("doctor").stdout
 
 
 def test_multipart_upload_interrupted_by_kill_is_aborted_at_start(rgw, bucket):
