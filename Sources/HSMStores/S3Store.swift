@@ -158,33 +158,35 @@ public final class S3Store: ObjectStore {
         var uploadID: String?
         var dataPut = false
         var finished = false
+        var uploader: PartUploader?
         defer {
             if !finished {
-                // No orphaned parts and no data object without its record.
+                // No orphaned parts and no data object without its record. Parts still in
+                // flight finish (or fail) first, so none lands after the abort.
+                uploader?.drain()
                 if let uploadID { try? client.abortMultipartUpload(key, uploadID: uploadID) }
                 if dataPut { try? client.deleteObject(key) }
             }
         }
         do {
             let blockSize = Int(layout.blockSize)
-            let partSize = Int(objectSize <= settings.partSize ? max(objectSize, 1) : settings.partSize)
-            let part = UnsafeMutableRawBufferPointer.allocate(byteCount: partSize, alignment: 4096)
-            defer { part.deallocate() }
             let block = UnsafeMutableRawBufferPointer.allocate(byteCount: blockSize, alignment: 4096)
             defer { block.deallocate() }
-            var filled = 0
-            var etags: [String] = []
             let multipart = objectSize > settings.partSize
-            if multipart { uploadID = try client.createMultipartUpload(key) }
-            func flushPart() throws(S3Error) {
-                guard filled > 0, let uploadID else { return }
-                etags.append(try client.uploadPart(key, uploadID: uploadID, number: etags.count + 1,
-                                                   body: UnsafeRawBufferPointer(rebasing: part[0..<filled])))
-                filled = 0
-                // Test-only (HSMD_TEST_ARCHIVE_PAUSE_MS): a pause after each part, so a
-                // test can kill hsmd in the middle of a multipart upload.
-                if PosixStore.testPauseMicros > 0 { usleep(PosixStore.testPauseMicros) }
+            // A small object: one buffer of its size and one PUT. A large one: parts of
+            // part_size, up to `connections` of them in flight.
+            let partSize = Int(multipart ? settings.partSize : max(objectSize, 1))
+            var single: PartBuffer?
+            if multipart {
+                let id = try client.createMultipartUpload(key)
+                uploadID = id
+                uploader = PartUploader(client: client, key: key, uploadID: id, partSize: partSize, width: settings.connections)
+            } else {
+                single = PartBuffer(bytes: .allocate(byteCount: partSize, alignment: 4096))
             }
+            defer { single?.bytes.deallocate() }
+            var current = single
+            var filled = 0
             for b in 0..<layout.blockCount where checksums[b] != nil {
                 let range = layout.range(ofBlock: b)
                 let len = Int(range.upperBound - range.lowerBound)
@@ -193,23 +195,34 @@ public final class S3Store: ObjectStore {
                 checksums[b] = CRC32C.checksum(UnsafeRawBufferPointer(view))
                 var done = 0
                 while done < len {
+                    if current == nil {
+                        guard let next = uploader?.nextBuffer() else {
+                            throw uploader?.failed ?? S3Error.protocolError("no part buffer", operation: "UploadPart", key: key)
+                        }
+                        current = next
+                    }
+                    guard let part = current else { break }
                     let n = min(len - done, partSize - filled)
-                    UnsafeMutableRawBufferPointer(rebasing: part[filled..<(filled + n)])
+                    UnsafeMutableRawBufferPointer(rebasing: part.bytes[filled..<(filled + n)])
                         .copyMemory(from: UnsafeRawBufferPointer(rebasing: view[done..<(done + n)]))
                     filled += n
                     done += n
-                    if multipart && filled == partSize { try flushPart() }
+                    if let uploader, filled == partSize {
+                        uploader.submit(part, count: filled)
+                        current = nil
+                        filled = 0
+                    }
                 }
             }
-            if multipart {
-                try flushPart()
-                guard let upload = uploadID else { throw S3Error.protocolError("no upload id", operation: "multipart", key: key) }
+            if let uploader, let upload = uploadID {
+                if let part = current, filled > 0 { uploader.submit(part, count: filled) }
+                let etags = try uploader.finish()
                 try client.completeMultipartUpload(key, uploadID: upload, etags: etags)
                 dataPut = true
                 uploadID = nil
-            } else {
+            } else if let part = single {
                 dataPut = true  // a failed PUT may still have landed: delete on failure
-                try client.putObject(key, body: UnsafeRawBufferPointer(rebasing: part[0..<filled]))
+                try client.putObject(key, body: UnsafeRawBufferPointer(rebasing: part.bytes[0..<filled]))
             }
             // RGW 16.2 answers CompleteMultipartUpload with an empty ETag: check the size.
             guard let size = try client.headObject(key), size == objectSize else {

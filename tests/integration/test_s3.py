@@ -238,7 +238,7 @@ def test_multipart_upload_interrupted_by_kill_is_aborted_at_start(rgw, bucket):
     with managed_filesystem(start=False) as h:
         configure(h, s3_store_toml(rgw, bucket, extra='part_size = "5M"\n'))
         h.bucket = bucket
-        h.start(env={"HSMD_TEST_ARCHIVE_PAUSE_MS": "1000"})
+        h.start(env={"HSMD_TEST_ARCHIVE_PAUSE_MS": "5000"})
         path, digest = h.write("big.bin", size=30 << 20)
         env = dict(os.environ, HSMD_SOCKET=str(h.socket))
         archive = subprocess.Popen([str(HSMD.parent / "hsmctl"), "archive", str(path)], env=env,
