@@ -21,15 +21,18 @@ let package = Package(
         // Thin Swift wrappers: file descriptors, fanotify, leases, xattrs, holes. All unsafe
         // pointer work lives here.
         .target(name: "HSMKernel", dependencies: ["CHSMKernel"]),
-        // Value types and logic shared by hsmd and hsmctl: marker codec, block math, config,
-        // stores, control protocol, policy.
+        // Value types and pure logic shared by hsmd and hsmctl: marker codec, block math,
+        // config, control protocol, policy.
         .target(name: "HSMCore", dependencies: [
             "HSMKernel",
             .product(name: "TOMLKit", package: "TOMLKit"),
         ]),
+        // The tiers: the ObjectStore protocol, the record format the stores share, the posix
+        // store. Linked by hsmd only, so hsmctl carries no store or network code.
+        .target(name: "HSMStores", dependencies: ["HSMCore", "HSMKernel"]),
         // The daemon's machinery: event loop, recall engine, archive/release, control server.
         .target(name: "HSMDaemon", dependencies: [
-            "HSMCore", "HSMKernel", "CSQLite",
+            "HSMCore", "HSMStores", "HSMKernel", "CSQLite",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "hsmd", dependencies: [
@@ -42,8 +45,10 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "HSMCoreTests", dependencies: ["HSMCore", "HSMKernel"]),
+        // The stores and their record format, against real files in a temporary folder.
+        .testTarget(name: "HSMStoresTests", dependencies: ["HSMStores", "HSMCore", "HSMKernel"]),
         // The daemon's machinery (recall engine, event ownership) against real files and a
         // store that fails on demand; needs root (trusted.* xattrs).
-        .testTarget(name: "HSMDaemonTests", dependencies: ["HSMDaemon", "HSMCore", "HSMKernel"]),
+        .testTarget(name: "HSMDaemonTests", dependencies: ["HSMDaemon", "HSMStores", "HSMCore", "HSMKernel"]),
     ]
 )

@@ -7,7 +7,10 @@ public struct Config: Equatable, Sendable {
     public struct Store: Equatable, Sendable {
         public var name: String
         public var type: String
+        /// The posix store's directory ("" for an s3 store).
         public var path: String
+        /// The s3 store's settings (nil for a posix store).
+        public var s3: S3Settings? = nil
     }
 
     public struct Filesystem: Equatable, Sendable {
@@ -149,19 +152,101 @@ public struct Config: Equatable, Sendable {
 
     private static func parseStore(_ t: TOMLTable, _ ctx: String) throws(Error) -> Store {
         var name: String?, type: String?, path: String?
+        var s3Keys: [(String, TOMLValueConvertible)] = []
         for (key, value) in t {
             switch key {
             case "name": name = try string(value, "\(ctx).name")
             case "type": type = try string(value, "\(ctx).type")
             case "path": path = try absolutePath(value, "\(ctx).path")
-            default: throw Error("unknown key \"\(ctx).\(key)\" (known: name, type, path)")
+            case _ where s3KeyNames.contains(key): s3Keys.append((key, value))
+            default: throw Error("unknown key \"\(ctx).\(key)\" (known: name, type, path for posix; \(s3KeyNames.joined(separator: ", ")) for s3)")
             }
         }
         guard let name, !name.isEmpty else { throw Error("\(ctx).name is required") }
-        guard let type else { throw Error("\(ctx).type is required (\"posix\")") }
-        guard type == "posix" else { throw Error("\(ctx).type: \"\(type)\" is not supported (supported: \"posix\")") }
-        guard let path else { throw Error("\(ctx).path is required") }
-        return Store(name: name, type: type, path: path)
+        guard let type else { throw Error("\(ctx).type is required (\"posix\" or \"s3\")") }
+        switch type {
+        case "posix":
+            if let (key, _) = s3Keys.first { throw Error("\(ctx).\(key): only an s3 store has it (this store is posix)") }
+            guard let path else { throw Error("\(ctx).path is required") }
+            return Store(name: name, type: type, path: path)
+        case "s3":
+            if path != nil { throw Error("\(ctx).path: an s3 store has no path (give endpoint and bucket)") }
+            return Store(name: name, type: type, path: "", s3: try parseS3(s3Keys, ctx))
+        default:
+            throw Error("\(ctx).type: \"\(type)\" is not supported (supported: \"posix\", \"s3\")")
+        }
+    }
+
+    static let s3KeyNames = ["endpoint", "bucket", "region", "prefix", "access_key_id", "secret_access_key", "credentials_file",
+                             "part_size", "connections", "timeout", "tls_ca_file"]
+
+    private static func parseS3(_ keys: [(String, TOMLValueConvertible)], _ ctx: String) throws(Error) -> S3Settings {
+        var endpoint: String?, bucket: String?
+        var s = S3Settings(endpoint: "", bucket: "")
+        for (key, value) in keys {
+            let k = "\(ctx).\(key)"
+            switch key {
+            case "endpoint":
+                let e = try string(value, k)
+                if e.hasPrefix("https://") {
+                    throw Error("\(k): https endpoints are not supported yet (this hsmd speaks http only); use an http:// endpoint on a trusted network")
+                }
+                guard e.hasPrefix("http://"), e.count > 7 else { throw Error("\(k): \"\(e)\" must be a URL such as \"http://127.0.0.1:7480\"") }
+                endpoint = e
+            case "bucket":
+                let b = try string(value, k)
+                if let problem = S3Settings.bucketProblem(b) { throw Error("\(k): \(problem)") }
+                bucket = b
+            case "region":
+                let r = try string(value, k)
+                guard !r.isEmpty, r.utf8.allSatisfy({ ($0 >= 0x61 && $0 <= 0x7a) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2d }) else {
+                    throw Error("\(k): \"\(r)\" is not a region name (such as \"us-east-1\")")
+                }
+                s.region = r
+            case "prefix":
+                let p = try string(value, k)
+                guard p.isEmpty || (p.hasSuffix("/") && !p.hasPrefix("/") && !p.contains("//")), p.utf8.count <= 512 else {
+                    throw Error("\(k): \"\(p)\" must be empty or a path ending in \"/\" (such as \"hsm/\")")
+                }
+                s.prefix = p
+            case "access_key_id":
+                let a = try string(value, k)
+                guard !a.isEmpty else { throw Error("\(k) is empty") }
+                s.accessKeyID = a
+            case "secret_access_key":
+                guard let v = value.string, !v.isEmpty else { throw Error("\(k): expected a non-empty string") }
+                s.secretAccessKey = Secret(v)
+            case "credentials_file": s.credentialsFile = try absolutePath(value, k)
+            case "tls_ca_file":
+                throw Error("\(k): https is not supported yet, so a CA file cannot be used; remove the key")
+            case "part_size":
+                let text = try string(value, k)
+                guard let n = Units.parseSize(text), (S3Settings.minPartSize...S3Settings.maxPartSize).contains(n) else {
+                    throw Error("\(k): \"\(text)\" is not a size between 5M and 5G (S3's part limits)")
+                }
+                s.partSize = n
+            case "connections":
+                let n = try int(value, k)
+                guard (1...256).contains(n) else { throw Error("\(k): \(n) is out of range (1...256)") }
+                s.connections = n
+            case "timeout":
+                let d = try duration(value, k)
+                guard (1...3600).contains(d) else { throw Error("\(k): \(d) s is out of range (1 s to 1 hour)") }
+                s.timeoutSeconds = d
+            default: break
+            }
+        }
+        guard let endpoint else { throw Error("\(ctx).endpoint is required for an s3 store (such as \"http://127.0.0.1:7480\")") }
+        guard let bucket else { throw Error("\(ctx).bucket is required for an s3 store") }
+        s.endpoint = endpoint
+        s.bucket = bucket
+        if (s.accessKeyID == nil) != (s.secretAccessKey == nil) {
+            throw Error("\(ctx): access_key_id and secret_access_key go together; give both or neither")
+        }
+        if s.accessKeyID != nil && s.credentialsFile != nil {
+            throw Error("\(ctx): give the keys or credentials_file, not both")
+        }
+        return s
     }
 
     private static func parseFilesystem(_ t: TOMLTable, _ ctx: String) throws(Error) -> Filesystem {

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import HSMCore
 import HSMKernel
+import HSMStores
 import Logging
 
 /// Archive, release, recall and status of single files, on behalf of hsmctl.

@@ -1,5 +1,6 @@
 import Dispatch
 import HSMCore
+import HSMStores
 import Synchronization
 
 /// Reads and verifies store blocks on a thread of its own while the caller writes the

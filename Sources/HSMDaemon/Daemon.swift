@@ -133,6 +133,8 @@ public enum Daemon {
                  "uptime_seconds": "\(Int(Date().timeIntervalSince(started)))",
                  "events": "\(events.eventsSeen.load(ordering: .relaxed))",
                  "premark": premarker.summary,
+                 // Each store as archive would find it now (the s3 store asks its bucket).
+                 "stores": filesystems.stores.map { "\($0.name): \($0.healthProblem() ?? "ok")" }.joined(separator: "\n"),
                  "restart": restartState,
                  "process_view": processViewText,
                  "privileges": privileges,

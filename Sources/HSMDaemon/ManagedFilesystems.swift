@@ -1,6 +1,7 @@
 import Glibc
 import HSMCore
 import HSMKernel
+import HSMStores
 import Synchronization
 
 /// One filesystem hsmd marks, with the store its files archive to.
@@ -71,7 +72,7 @@ final class ManagedFilesystems: Sendable {
 
     init(config: Config) throws(SetupError) {
         var list: [ManagedFilesystem] = []
-        var stores: [String: PosixStore] = [:]
+        var stores: [String: any ObjectStore] = [:]
         var identities: [(store: String, outcome: StoreIdentity.Outcome)] = []
         var problems: [String] = []
         for (i, fs) in config.filesystems.enumerated() {
@@ -91,22 +92,43 @@ final class ManagedFilesystems: Sendable {
             guard let storeConfig = config.store(named: fs.store) else {
                 throw SetupError(description: "filesystem[\(i)].store: no store named \(fs.store)")
             }
-            let store = stores[storeConfig.name] ?? PosixStore(name: storeConfig.name, root: storeConfig.path, stateDir: config.stateDir)
-            if let problem = store.directoryProblem() {
-                throw SetupError(description: "\(problem) (create the directory or fix store.path)")
-            }
-            if let storeStat = try? FileStat.of(path: storeConfig.path, followLinks: true), storeStat.device == st.device {
-                throw SetupError(description: "store \(storeConfig.name): \(storeConfig.path) is on the managed filesystem \(fs.path); put the tier on another filesystem")
-            }
-            if list.contains(where: { $0.device == st.device }) {
-                throw SetupError(description: "\(key): \(fs.path) is the same filesystem as another entry")
-            }
-            if stores[storeConfig.name] == nil {
+            let store: any ObjectStore
+            if let existing = stores[storeConfig.name] {
+                store = existing
+                if let posix = existing as? PosixStore { try Self.checkPosix(posix, storeConfig, fs, st) }
+            } else if let s3 = storeConfig.s3 {
+                // Credentials refused or no such bucket: the configuration is wrong, and
+                // hsmd refuses to start. A service that does not answer now does not stop
+                // hsmd (without hsmd, released ranges would read as zeros): recalls fail
+                // with EIO and archive and release are refused until it answers.
+                let s3Store: S3Store
+                do throws(StoreError) {
+                    s3Store = try S3Store(name: storeConfig.name, settings: s3,
+                                          credentials: try S3Store.credentials(s3, store: storeConfig.name))
+                } catch {
+                    throw SetupError(description: "\(error)")
+                }
+                if let problem = s3Store.startProblem() {
+                    if problem.fatal { throw SetupError(description: problem.message) }
+                    identities.append((storeConfig.name, .refused(problem.message)))
+                }
+                stores[storeConfig.name] = s3Store
+                store = s3Store
+            } else {
+                let posix = PosixStore(name: storeConfig.name, root: storeConfig.path, stateDir: config.stateDir)
+                try Self.checkPosix(posix, storeConfig, fs, st)
+                if list.contains(where: { $0.device == st.device }) {
+                    throw SetupError(description: "\(key): \(fs.path) is the same filesystem as another entry")
+                }
                 // A store that does not prove its identity does not stop hsmd: without
                 // hsmd, released ranges would read as zeros; with it they fail with EIO
                 // until the store is back, and archive and release are refused meanwhile.
-                stores[storeConfig.name] = store
-                identities.append((storeConfig.name, store.identity.establish()))
+                stores[storeConfig.name] = posix
+                identities.append((storeConfig.name, posix.identity.establish()))
+                store = posix
+            }
+            if list.contains(where: { $0.device == st.device }) {
+                throw SetupError(description: "\(key): \(fs.path) is the same filesystem as another entry")
             }
             let root: FileDescriptor
             do { root = try FileDescriptor.open(fs.path, [.directory]) } catch {
@@ -124,6 +146,16 @@ final class ManagedFilesystems: Sendable {
         stateDir = config.stateDir
         storeIdentities = identities
         privateMountProblems = problems
+    }
+
+    /// A posix store's directory exists and is not on the managed filesystem `fs`.
+    private static func checkPosix(_ posix: PosixStore, _ storeConfig: Config.Store, _ fs: Config.Filesystem, _ st: FileStat) throws(SetupError) {
+        if let problem = posix.directoryProblem() {
+            throw SetupError(description: "\(problem) (create the directory or fix store.path)")
+        }
+        if let storeStat = try? FileStat.of(path: storeConfig.path, followLinks: true), storeStat.device == st.device {
+            throw SetupError(description: "store \(storeConfig.name): \(storeConfig.path) is on the managed filesystem \(fs.path); put the tier on another filesystem")
+        }
     }
 
     func filesystem(device: UInt64) -> ManagedFilesystem? { all.first { $0.device == device } }

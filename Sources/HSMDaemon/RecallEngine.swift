@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import HSMCore
 import HSMKernel
+import HSMStores
 import Logging
 import Synchronization
 

@@ -1,6 +1,7 @@
 import Glibc
 import HSMCore
 import HSMKernel
+import HSMStores
 
 /// What a start does before it serves hsmctl: say what each store's identity check
 /// found, and finish or undo the archives and releases a killed hsmd left in progress

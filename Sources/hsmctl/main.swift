@@ -274,6 +274,11 @@ struct Doctor: ParsableCommand {
             let info = reply.info ?? [:]
             line(true, "hsmd \(info["version"] ?? "?") answers on \(client.socket) (pid \(info["pid"] ?? "?"), up \(info["uptime_seconds"] ?? "?") s, \(info["events"] ?? "?") events)")
             line(true, "managed: \(info["filesystems"] ?? "none")")
+            for store in (info["stores"] ?? "").split(separator: "\n") {
+                // A store that cannot be used now is a warning, not a failure of hsmd: it
+                // still answers, recalls fail with EIO and archive is refused until it is back.
+                print("\(store.hasSuffix(": ok") ? "ok  " : "warn") store \(store)")
+            }
             if let premark = info["premark"] { line(true, "resident-file walk at start: \(premark)") }
             if let journal = info["journal"] { line(true, "change journal: \(journal)") }
             if let view = info["process_view"] {

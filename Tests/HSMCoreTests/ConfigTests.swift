@@ -214,9 +214,67 @@ final class ConfigTests: XCTestCase {
         assertRefused("""
             [[store]]
             name = "a"
-            type = "s3"
+            type = "tape"
             path = "/srv/a"
-            """, naming: ["store[0].type", "s3"])
+            """, naming: ["store[0].type", "tape", "s3"])
+    }
+
+    private func s3Store(_ lines: String) -> String {
+        "[[store]]\nname = \"cold\"\ntype = \"s3\"\n" + lines
+    }
+
+    func testS3Store() throws {
+        let c = try Config.parse(s3Store("""
+            endpoint = "http://127.0.0.1:7480"
+            bucket = "hsm-tier.2"
+            region = "eu-west-3"
+            prefix = "site/a/"
+            access_key_id = "AKIDEXAMPLE"
+            secret_access_key = "TopSecretValue123"
+            part_size = "64M"
+            connections = 16
+            timeout = "2m"
+            """))
+        var expected = S3Settings(endpoint: "http://127.0.0.1:7480", bucket: "hsm-tier.2")
+        expected.region = "eu-west-3"
+        expected.prefix = "site/a/"
+        expected.accessKeyID = "AKIDEXAMPLE"
+        expected.secretAccessKey = Secret("TopSecretValue123")
+        expected.partSize = 64 << 20
+        expected.connections = 16
+        expected.timeoutSeconds = 120
+        XCTAssertEqual(c.stores, [Config.Store(name: "cold", type: "s3", path: "", s3: expected)])
+        // The defaults.
+        let d = try XCTUnwrap(try Config.parse(s3Store("endpoint = \"http://s3.local\"\nbucket = \"b01\"")).stores.first?.s3)
+        XCTAssertEqual([d.region, d.prefix], ["us-east-1", ""])
+        XCTAssertEqual(d.partSize, 16 << 20)
+        XCTAssertNil(d.accessKeyID)
+        // The secret is in no printed form of the config.
+        for text in ["\(c)", String(reflecting: c), "\(c.stores)"] {
+            XCTAssertFalse(text.contains("TopSecretValue123"), text)
+        }
+    }
+
+    func testBadS3StoreRefused() {
+        let base = "endpoint = \"http://127.0.0.1:7480\"\nbucket = \"b01\"\n"
+        assertRefused(s3Store("bucket = \"b01\""), naming: ["store[0].endpoint", "required"])
+        assertRefused(s3Store("endpoint = \"http://h\""), naming: ["store[0].bucket", "required"])
+        assertRefused(s3Store("endpoint = \"https://h\"\nbucket = \"b01\""), naming: ["store[0].endpoint", "https", "not supported yet"])
+        assertRefused(s3Store("endpoint = \"127.0.0.1:7480\"\nbucket = \"b01\""), naming: ["store[0].endpoint"])
+        assertRefused(s3Store(base + "path = \"/srv/x\""), naming: ["store[0].path", "s3"])
+        assertRefused(s3Store("endpoint = \"http://h\"\nbucket = \"Bad_Bucket\""), naming: ["store[0].bucket", "Bad_Bucket"])
+        assertRefused(s3Store(base + "part_size = \"4M\""), naming: ["store[0].part_size", "5M"])
+        assertRefused(s3Store(base + "part_size = \"6G\""), naming: ["store[0].part_size"])
+        assertRefused(s3Store(base + "connections = 0"), naming: ["store[0].connections"])
+        assertRefused(s3Store(base + "timeout = 0"), naming: ["store[0].timeout"])
+        assertRefused(s3Store(base + "prefix = \"/abs/\""), naming: ["store[0].prefix"])
+        assertRefused(s3Store(base + "prefix = \"noslash\""), naming: ["store[0].prefix"])
+        assertRefused(s3Store(base + "tls_ca_file = \"/etc/ca.pem\""), naming: ["store[0].tls_ca_file", "not supported yet"])
+        assertRefused(s3Store(base + "access_key_id = \"AK\""), naming: ["access_key_id", "secret_access_key"])
+        assertRefused(s3Store(base + "access_key_id = \"AK\"\nsecret_access_key = \"S\"\ncredentials_file = \"/etc/c\""),
+                      naming: ["credentials_file"])
+        assertRefused(s3Store(base + "colour = \"red\""), naming: ["store[0].colour"])
+        assertRefused("[[store]]\nname = \"p\"\ntype = \"posix\"\npath = \"/srv/p\"\nbucket = \"b01\"", naming: ["store[0].bucket", "posix"])
     }
 
     func testMissingRequiredStoreAndFilesystemKeys() {

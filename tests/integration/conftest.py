@@ -234,3 +234,12 @@ def hsm_stopped():
     """Like `hsm`, but hsmd is not started: for tests of startup and config."""
     with managed_filesystem(start=False) as h:
         yield h
+
+
+@pytest.fixture(scope="session")
+def rgw():
+    """A real Ceph RADOS Gateway on 127.0.0.1 (tests/integration/rgw.py), started once per
+    session (about 20 s) and always stopped, its folder removed."""
+    from rgw import RGWCluster
+    with RGWCluster.running() as cluster:
+        yield cluster

@@ -1,3 +1,4 @@
+import HSMCore
 /// The records a store wrote or read lately, kept in a fixed memory budget.
 ///
 /// A migrate releases each file right after putting it, and a recall needs the record on

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import HSMCore
 import HSMKernel
 import Synchronization
 

@@ -1,5 +1,6 @@
 import XCTest
 @testable import HSMCore
+@testable import HSMStores
 
 final class RecordCacheTests: XCTestCase {
     private func record(_ n: Int, blocks: Int = 1) -> ObjectRecord {

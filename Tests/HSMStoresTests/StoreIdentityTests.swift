@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import XCTest
 @testable import HSMCore
+@testable import HSMStores
 
 /// First use versus wrong store, decided from the store directory and state_dir's memory.
 final class StoreIdentityTests: XCTestCase {

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import XCTest
 @testable import HSMCore
+@testable import HSMStores
 import HSMKernel
 
 /// A record as `PosixStore.put` makes it: size, blocks, checksums and extents agree.

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import HSMCore
 
 /// The one way a store's record is read back: decoded, then every field range-checked,
 /// so a damaged or edited record is a clear `StoreError.badRecord` (the access fails

@@ -1,4 +1,5 @@
 import Glibc
+import HSMCore
 import HSMKernel
 
 /// What a store keeps beside an object's data: enough to rebuild the file by hand.

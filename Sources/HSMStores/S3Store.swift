@@ -1,0 +1,391 @@
+import Foundation
+import Glibc
+import HSMCore
+import HSMKernel
+import Synchronization
+
+/// Objects in an S3 bucket (path-style), named so an administrator finds them by id:
+///
+///     <prefix>objects/<first two hex digits>/<object id>.data   the file's data blocks
+///     <prefix>objects/<first two hex digits>/<object id>.json   ObjectRecord (as posix)
+///
+/// The data object holds only the blocks that have data, in block order (a sparse file
+/// uploads only its data); block b starts at (data blocks before b) × block size. The
+/// record goes up last: an object without one is incomplete. Every PUT and part carries
+/// the SHA-256 of its payload in the signed x-amz-content-sha256, so the server refuses
+/// bytes that arrive altered; every block read back is checked against its CRC32C.
+/// An object is complete on the server when its PUT answers, so `makeDurable` has no work.
+public final class S3Store: ObjectStore {
+    public let name: String
+    public let settings: S3Settings
+    public let client: S3Client
+    private let records = Mutex(RecordCache())
+
+    public init(name: String, settings: S3Settings, credentials: S3Credentials) throws(StoreError) {
+        self.name = name
+        self.settings = settings
+        let endpoint: S3Endpoint
+        switch S3Endpoint.parse(settings.endpoint) {
+        case .success(let e): endpoint = e
+        case .failure(let e): throw .unusable("store \(name): \(e)")
+        }
+        guard !endpoint.secure else { throw .unusable("store \(name): https endpoints are not supported yet") }
+        client = S3Client(endpoint: endpoint, bucket: settings.bucket, region: settings.region, credentials: credentials,
+                          connections: settings.connections, timeoutMillis: Int(settings.timeoutSeconds) * 1000)
+    }
+
+    /// The credentials of `settings`: its keys, else its credentials_file (which must be
+    /// readable by its owner only), else AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY.
+    public static func credentials(_ settings: S3Settings, store: String,
+                                   environment: [String: String] = ProcessInfo.processInfo.environment) throws(StoreError) -> S3Credentials {
+        if let id = settings.accessKeyID, let secret = settings.secretAccessKey {
+            return S3Credentials(accessKeyID: id, secretAccessKey: secret.value)
+        }
+        if let path = settings.credentialsFile {
+            let st: FileStat
+            do { st = try FileStat.of(path: path, followLinks: true) } catch { throw .unusable("store \(store): credentials_file \(error)") }
+            guard st.fileType == .regular else { throw .unusable("store \(store): credentials_file \(path) is not a regular file") }
+            guard st.mode & 0o077 == 0 else {
+                throw .unusable("store \(store): credentials_file \(path) has mode 0\(String(st.mode & 0o777, radix: 8)); it must be readable by its owner only (chmod 600)")
+            }
+            let bytes: [UInt8]
+            do {
+                let fd = try FileDescriptor.open(path, [.readOnly])
+                defer { fd.close() }
+                bytes = try fd.readAll(limit: 64 << 10)
+            } catch { throw .unusable("store \(store): credentials_file \(error)") }
+            guard let c = parseCredentialsFile(String(decoding: bytes, as: UTF8.self)) else {
+                throw .unusable("store \(store): credentials_file \(path) has no aws_access_key_id and aws_secret_access_key (in [default] or its only section)")
+            }
+            return c
+        }
+        if let id = environment["AWS_ACCESS_KEY_ID"], !id.isEmpty, let secret = environment["AWS_SECRET_ACCESS_KEY"], !secret.isEmpty {
+            return S3Credentials(accessKeyID: id, secretAccessKey: secret)
+        }
+        throw .unusable("store \(store): no credentials: give access_key_id and secret_access_key, or credentials_file, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+    }
+
+    /// The AWS shared-credentials format: `[section]` lines and `key = value` lines; the
+    /// [default] section, or the keys outside any section, or the only section.
+    static func parseCredentialsFile(_ text: String) -> S3Credentials? {
+        var sections: [String: [String: String]] = [:]
+        var current = ""
+        for raw in text.split(whereSeparator: { $0 == "\n" || $0 == "\r" }) {
+            let line = raw.trimmingSpaces()
+            if line.isEmpty || line.hasPrefix("#") || line.hasPrefix(";") { continue }
+            if line.hasPrefix("[") && line.hasSuffix("]") {
+                current = String(line.dropFirst().dropLast()).trimmingSpaces().description
+                continue
+            }
+            guard let eq = line.firstIndex(of: "=") else { continue }
+            let key = line[..<eq].trimmingSpaces().lowercased()
+            sections[current, default: [:]][key] = String(line[line.index(after: eq)...].trimmingSpaces())
+        }
+        let chosen = sections["default"] ?? sections[""] ?? (sections.count == 1 ? sections.first?.value : nil)
+        guard let id = chosen?["aws_access_key_id"], !id.isEmpty, let secret = chosen?["aws_secret_access_key"], !secret.isEmpty else { return nil }
+        return S3Credentials(accessKeyID: id, secretAccessKey: secret)
+    }
+
+    func dataKey(_ id: ObjectID) -> String { "\(settings.prefix)objects/\(id.hex.prefix(2))/\(id.hex).data" }
+    func recordKey(_ id: ObjectID) -> String { "\(settings.prefix)objects/\(id.hex.prefix(2))/\(id.hex).json" }
+
+    /// What hsmd checks before it starts: the bucket answers these credentials and takes a
+    /// write (a probe object put and deleted). nil when fine. `fatal`: the configuration
+    /// is wrong (credentials refused, no such bucket), which only the operator can fix;
+    /// otherwise the service is not answering now (down, unreachable, failing).
+    public func startProblem() -> (message: String, fatal: Bool)? {
+        do throws(S3Error) {
+            try client.headBucket()
+            let probe = "\(settings.prefix)hsmd-probe-\(ObjectID.random().hex)"
+            try client.putObject(probe, bytes: Array("hsmd start check\n".utf8))
+            try client.deleteObject(probe)
+            return nil
+        } catch {
+            let fatal: Bool
+            switch error {
+            case .status(let s, _, _, _, _): fatal = (400..<500).contains(s) && s != 408 && s != 429
+            case .config, .protocolError: fatal = true
+            case .transport: fatal = false
+            }
+            return ("store \(name): \(explain(error))", fatal)
+        }
+    }
+
+    /// An S3 failure as an operator reads it: what to fix, not only the status.
+    func explain(_ e: S3Error) -> String {
+        let at = "\(settings.endpoint) bucket \(settings.bucket)"
+        switch e {
+        case .status(let s, let code, _, _, _) where s == 403 || ["InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"].contains(code):
+            return "\(at) refuses \(client.signer.credentials) (\(e)); check the access key and secret"
+        case .status(404, _, _, let op, _) where op == "HEAD bucket":
+            return "\(at): the bucket does not exist or is not visible to \(client.signer.credentials) (\(e)); create it first"
+        case .status(let s, let code, _, _, _) where s == 404 && code == "NoSuchBucket":
+            return "\(at): the bucket does not exist (\(e)); create it first"
+        case .transport:
+            return "\(at) cannot be reached (\(e))"
+        default:
+            return "\(at): \(e)"
+        }
+    }
+
+    public func healthProblem(readingIdentity: Bool) -> String? {
+        guard readingIdentity else { return nil }
+        do throws(S3Error) { try client.headBucket(); return nil } catch { return "store \(name): \(explain(error))" }
+    }
+
+    // MARK: put
+
+    public func put(_ source: FileDescriptor, as id: ObjectID, stat: FileStat, blockShift: UInt8, originalPath: String,
+                    xattrs: [String: [UInt8]]) throws(StoreError) -> ObjectRecord {
+        let layout = BlockLayout(shift: blockShift, fileSize: stat.size)
+        let extents: [Range<Int64>]
+        do { extents = try source.dataExtents(in: 0..<stat.size) } catch { throw .io(error) }
+        var checksums: [UInt32?] = []
+        checksums.reserveCapacity(layout.blockCount)
+        var dataBlocks = 0
+        for b in 0..<layout.blockCount {
+            let hasData = !intersect(layout.range(ofBlock: b), extents).isEmpty
+            checksums.append(hasData ? 0 : nil)
+            if hasData { dataBlocks += 1 }
+        }
+        // Bytes of the data object: every data block whole, the last one possibly short.
+        var objectSize: Int64 = 0
+        for b in 0..<layout.blockCount where checksums[b] != nil {
+            let r = layout.range(ofBlock: b)
+            objectSize += r.upperBound - r.lowerBound
+        }
+        let key = dataKey(id)
+        var uploadID: String?
+        var dataPut = false
+        var finished = false
+        var uploader: PartUploader?
+        defer {
+            if !finished {
+                // No orphaned parts and no data object without its record. Parts still in
+                // flight finish (or fail) first, so none lands after the abort.
+                uploader?.drain()
+                if let uploadID { try? client.abortMultipartUpload(key, uploadID: uploadID) }
+                if dataPut { try? client.deleteObject(key) }
+            }
+        }
+        do {
+            let blockSize = Int(layout.blockSize)
+            let block = UnsafeMutableRawBufferPointer.allocate(byteCount: blockSize, alignment: 4096)
+            defer { block.deallocate() }
+            let multipart = objectSize > settings.partSize
+            // A small object: one buffer of its size and one PUT. A large one: parts of
+            // part_size, up to `connections` of them in flight.
+            let partSize = Int(multipart ? settings.partSize : max(objectSize, 1))
+            var single: PartBuffer?
+            if multipart {
+                let id = try client.createMultipartUpload(key)
+                uploadID = id
+                uploader = PartUploader(client: client, key: key, uploadID: id, partSize: partSize, width: settings.connections)
+            } else {
+                single = PartBuffer(bytes: .allocate(byteCount: partSize, alignment: 4096))
+            }
+            defer { single?.bytes.deallocate() }
+            var current = single
+            var filled = 0
+            for b in 0..<layout.blockCount where checksums[b] != nil {
+                let range = layout.range(ofBlock: b)
+                let len = Int(range.upperBound - range.lowerBound)
+                let view = UnsafeMutableRawBufferPointer(rebasing: block[0..<len])
+                guard try source.read(into: view, at: range.lowerBound) == len else { throw StoreError.changedDuringArchive(path: originalPath) }
+                checksums[b] = CRC32C.checksum(UnsafeRawBufferPointer(view))
+                var done = 0
+                while done < len {
+                    if current == nil {
+                        guard let next = uploader?.nextBuffer() else {
+                            throw uploader?.failed ?? S3Error.protocolError("no part buffer", operation: "UploadPart", key: key)
+                        }
+                        current = next
+                    }
+                    guard let part = current else { break }
+                    let n = min(len - done, partSize - filled)
+                    UnsafeMutableRawBufferPointer(rebasing: part.bytes[filled..<(filled + n)])
+                        .copyMemory(from: UnsafeRawBufferPointer(rebasing: view[done..<(done + n)]))
+                    filled += n
+                    done += n
+                    if let uploader, filled == partSize {
+                        uploader.submit(part, count: filled)
+                        current = nil
+                        filled = 0
+                    }
+                }
+            }
+            if let uploader, let upload = uploadID {
+                if let part = current, filled > 0 { uploader.submit(part, count: filled) }
+                let etags = try uploader.finish()
+                try client.completeMultipartUpload(key, uploadID: upload, etags: etags)
+                dataPut = true
+                uploadID = nil
+            } else if let part = single {
+                dataPut = true  // a failed PUT may still have landed: delete on failure
+                try client.putObject(key, body: UnsafeRawBufferPointer(rebasing: part.bytes[0..<filled]))
+            }
+            // RGW 16.2 answers CompleteMultipartUpload with an empty ETag: check the size.
+            guard let size = try client.headObject(key), size == objectSize else {
+                throw S3Error.protocolError("the data object is not \(objectSize) bytes after its upload", operation: "HEAD", key: key)
+            }
+        } catch let e as StoreError {
+            throw e
+        } catch let e as SystemError {
+            throw .io(e)
+        } catch let e as S3Error {
+            throw .unusable("store \(name): archive of \(originalPath) failed: \(explain(e))")
+        } catch {
+            throw .io(SystemError(errno: EIO, operation: "archive", path: originalPath))
+        }
+        let record = ObjectRecord(
+            object: id, format: 1, path: originalPath, size: stat.size, mode: stat.mode, uid: stat.uid, gid: stat.gid,
+            atimeNs: stat.atimeNs, mtimeNs: stat.mtimeNs, ctimeNs: stat.ctimeNs,
+            archivedAt: Int64(Date().timeIntervalSince1970), blockShift: blockShift, checksums: checksums,
+            extents: extents.map { [$0.lowerBound, $0.upperBound] },
+            xattrs: xattrs.mapValues { Data($0).base64EncodedString() }, storedBytes: objectSize)
+        if let problem = record.problem() { throw .badRecord(id, path: recordKey(id), reason: "hsmd made an inconsistent record: \(problem)") }
+        let bytes: [UInt8]
+        do {
+            let encoder = JSONEncoder()
+            encoder.keyEncodingStrategy = .convertToSnakeCase
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            bytes = [UInt8](try encoder.encode(record))
+        } catch {
+            throw .io(SystemError(errno: EIO, operation: "encode record", path: recordKey(id)))
+        }
+        guard bytes.count <= ObjectRecord.maxEncodedBytes else {
+            throw .badRecord(id, path: recordKey(id), reason: "\(bytes.count) bytes, more than a record may have: the file has too many data extents")
+        }
+        do { try client.putObject(recordKey(id), bytes: bytes) } catch {
+            try? client.deleteObject(recordKey(id))
+            throw .unusable("store \(name): archive of \(originalPath) failed: \(explain(error))")
+        }
+        finished = true
+        records.withLock { $0.insert(record) }
+        return record
+    }
+
+    public func makeDurable() throws(StoreError) {}
+
+    // MARK: read, delete, list
+
+    public func record(_ id: ObjectID) throws(StoreError) -> ObjectRecord {
+        if let r = records.withLock({ $0[id] }) { return r }
+        return try storedRecord(id)
+    }
+
+    public func storedRecord(_ id: ObjectID) throws(StoreError) -> ObjectRecord {
+        let key = recordKey(id)
+        let bytes: [UInt8]
+        do { bytes = try client.getObject(key, limit: ObjectRecord.maxEncodedBytes) } catch {
+            records.withLock { $0.remove(id) }
+            throw storeError(error, id, key)
+        }
+        do {
+            let record = try ObjectRecord.decode(json: bytes, id: id, path: "s3://\(settings.bucket)/\(key)")
+            records.withLock { $0.insert(record) }
+            return record
+        } catch {
+            records.withLock { $0.remove(id) }
+            throw error
+        }
+    }
+
+    /// 404 is a missing object only when the bucket itself answers; anything else is the
+    /// store being unusable now (EIO, and the file is not flagged damaged).
+    func storeError(_ e: S3Error, _ id: ObjectID, _ key: String) -> StoreError {
+        if e.httpStatus == 404 {
+            if healthProblem(readingIdentity: true) == nil { return .objectMissing(id, path: "s3://\(settings.bucket)/\(key)") }
+        }
+        return .unusable("store \(name): \(explain(e))")
+    }
+
+    public func reader(for record: ObjectRecord) throws(StoreError) -> ObjectReader {
+        S3ObjectReader(store: self, record: record, key: dataKey(record.object))
+    }
+
+    /// Removes the record first (the object is then incomplete), the data, and the parts
+    /// of an upload a killed hsmd left unfinished.
+    public func delete(_ id: ObjectID) throws(StoreError) {
+        records.withLock { $0.remove(id) }
+        do throws(S3Error) {
+            for key in [recordKey(id), dataKey(id)] { try client.deleteObject(key) }
+            for (key, upload) in try client.listMultipartUploads(prefix: dataKey(id)) where key == dataKey(id) {
+                try client.abortMultipartUpload(key, uploadID: upload)
+            }
+        } catch { throw .unusable("store \(name): \(explain(error))") }
+    }
+
+    public func contains(_ id: ObjectID) -> Bool {
+        ((try? client.headObject(recordKey(id))) ?? nil) != nil && ((try? client.headObject(dataKey(id))) ?? nil) != nil
+    }
+
+    public func list() throws(StoreError) -> [ObjectID] {
+        let keys: [String]
+        do { keys = try client.listKeys(prefix: "\(settings.prefix)objects/") } catch { throw .unusable("store \(name): \(explain(error))") }
+        return keys.compactMap { k in
+            guard k.hasSuffix(".json"), let file = k.split(separator: "/").last else { return nil }
+            return ObjectID(hex: String(file.dropLast(5)))
+        }
+    }
+}
+
+/// Reads an S3 object's blocks with one ranged GET each, verified before they are given.
+struct S3ObjectReader: ObjectReader {
+    let store: S3Store
+    let record: ObjectRecord
+    let key: String
+    /// Offset of each block in the data object (holes take no room there).
+    let offsets: [Int64]
+
+    init(store: S3Store, record: ObjectRecord, key: String) {
+        self.store = store
+        self.record = record
+        self.key = key
+        var offsets: [Int64] = []
+        offsets.reserveCapacity(record.checksums.count)
+        var at: Int64 = 0
+        for (b, c) in record.checksums.enumerated() {
+            offsets.append(at)
+            if c != nil {
+                let r = record.layout.range(ofBlock: b)
+                at += r.upperBound - r.lowerBound
+            }
+        }
+        self.offsets = offsets
+    }
+
+    func read(block index: Int, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> Int {
+        let where_ = "s3://\(store.settings.bucket)/\(key)"
+        guard record.checksums.indices.contains(index), offsets.indices.contains(index) else {
+            throw .badRecord(record.object, path: where_, reason: "block \(index) asked for, the record has \(record.checksums.count): it does not match the file's marker")
+        }
+        guard buffer.count == Int(record.layout.blockSize) else {
+            throw .badRecord(record.object, path: where_, reason: "its blocks are \(record.layout.blockSize) bytes, the file's marker says \(buffer.count)")
+        }
+        let range = record.layout.range(ofBlock: index)
+        let len = Int(range.upperBound - range.lowerBound)
+        let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<len])
+        guard let expected = record.checksums[index] else {
+            view.initializeMemory(as: UInt8.self, repeating: 0)
+            return len
+        }
+        let start = offsets[index]
+        do {
+            _ = try store.client.getObject(key, range: start..<(start + Int64(len)), into: view)
+        } catch {
+            if case .status(416, _, _, _, _) = error { throw .corrupt(record.object, block: index, path: where_) }
+            if case .protocolError = error { throw .corrupt(record.object, block: index, path: where_) }
+            throw store.storeError(error, record.object, key)
+        }
+        guard CRC32C.checksum(UnsafeRawBufferPointer(view)) == expected else {
+            throw .corrupt(record.object, block: index, path: where_)
+        }
+        return len
+    }
+
+    /// Blocks are fetched when asked for; the recall engine's pipeline keeps several in flight.
+    func prefetch(blocks: Range<Int>) {}
+
+    func close() {}
+}
