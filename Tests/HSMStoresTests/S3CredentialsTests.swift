@@ -20,7 +20,7 @@ final class S3CredentialsTests: XCTestCase {
 
     private func file(_ text: String, mode: mode_t) -> String {
         let p = dir + "/credentials"
-        FileManager.default.createFile(atPath: p, contents: Data(text.utf8))
+        _ = FileManager.default.createFile(atPath: p, contents: Data(text.utf8))
         chmod(p, mode)
         return p
     }
