@@ -120,6 +120,11 @@ final class Journal: Sendable {
                     if let fd = adopted[fsid] { group = DirectoryChangeGroup(fd: fd) } else { group = try DirectoryChangeGroup.open() }
                     // Marking again is harmless for a kept group: the mask is the same.
                     try group.markFilesystem(fs.path)
+                    if fs.hasPrivateMount {
+                        do { try group.ignore(mountOf: fs.privateRootFD, path: fs.path) } catch {
+                            log.warning("change journal for \(fs.path): no ignore mark on hsmd's private mount (\(error)): recall's own writes wake the journal (they are dropped by pid)")
+                        }
+                    }
                     mountFD = try FileDescriptor.open(fs.path, [.directory]).rawValue
                     root = try InodeHandle.of(path: fs.path)
                 } catch {

@@ -174,6 +174,20 @@ public struct DirectoryChangeGroup: Sendable {
         try SystemError.check(r, "fanotify_mark(FAN_MARK_IGNORE, directory)", path)
     }
 
+    /// What of hsmd's own recall I/O a mount mark can stop: data changes. FAN_ATTRIB (the
+    /// mtime restore, the marker) cannot be: it carries no path, so the kernel refuses it
+    /// on a mount mark (EINVAL) and those events still arrive, to be dropped by pid.
+    public static let ignoredOnPrivateMount: UInt64 = UInt64(FAN_MODIFY | FAN_CLOSE_WRITE)
+
+    /// A mount ignore mark on hsmd's private clone of a managed mount (the one recall
+    /// writes through): recall's writes are not a user's changes, and without it each
+    /// recall woke the journal's reader several times.
+    public func ignore(mountOf dirFD: Int32, path: String) throws(SystemError) {
+        let flags = UInt32(FAN_MARK_ADD | FAN_MARK_MOUNT | FAN_MARK_IGNORE | FAN_MARK_IGNORED_SURV_MODIFY)
+        let r = chsm_fanotify_mark(fd, flags, Self.ignoredOnPrivateMount, dirFD, nil)
+        try SystemError.check(r, "fanotify_mark(FAN_MARK_MOUNT|FAN_MARK_IGNORE, journal)", path)
+    }
+
     /// Removes every inode mark of the group (the ignore marks), keeping the filesystem mark.
     public func flushInodeMarks() throws(SystemError) {
         try SystemError.check(chsm_fanotify_mark(fd, UInt32(FAN_MARK_FLUSH), 0, AT_FDCWD, nil), "fanotify_mark(FAN_MARK_FLUSH)")

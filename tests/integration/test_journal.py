@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import drop_caches
+from conftest import drop_caches, sha256
 from fdstore import FDStore
 
 
@@ -397,3 +397,18 @@ def test_migrate_incremental_picks_up_exactly_the_changed_files(hsm):
     assert len(files) == 13, "a full scan considers every file"
     r = hsm.ctl("migrate", "--incremental", "--older-than", "1d", data)
     assert "incremental:" in r.stdout and "changed director" in r.stdout, r.stdout
+
+
+def test_a_recall_is_no_change_and_its_data_writes_do_not_reach_the_journal(hsm):
+    """Recall writes through hsmd's private mount, which carries a mount ignore mark of
+    each journal group for data changes (the kernel refuses FAN_ATTRIB on a mount mark
+    with EINVAL: the first try asked for it, and the mark was never placed). What still
+    arrives (the mtime restore, the marker) is dropped by pid: a recall changes nothing."""
+    p, digest = hsm.write("quiet/a.bin", size=3 * (1 << 20))
+    hsm.migrate(p)
+    hsm.ctl("journal", "snapshot")  # a new epoch: nothing recorded yet
+    drop_caches()
+    assert sha256(p) == digest
+    assert hsm.state(p) == "archived"
+    assert "no ignore mark on hsmd's private mount" not in hsm.log_text()
+    assert "quiet" not in listed(hsm), listed(hsm)
