@@ -44,9 +44,11 @@ let package = Package(
             "HSMCore", "HSMKernel",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .testTarget(name: "HSMCoreTests", dependencies: ["HSMCore", "HSMKernel"]),
+        // Helpers the test targets share (seeded generator, forked isolation for fuzzing).
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .testTarget(name: "HSMCoreTests", dependencies: ["HSMCore", "HSMKernel", "TestSupport"]),
         // The stores and their record format, against real files in a temporary folder.
-        .testTarget(name: "HSMStoresTests", dependencies: ["HSMStores", "HSMCore", "HSMKernel"]),
+        .testTarget(name: "HSMStoresTests", dependencies: ["HSMStores", "HSMCore", "HSMKernel", "TestSupport"]),
         // The daemon's machinery (recall engine, event ownership) against real files and a
         // store that fails on demand; needs root (trusted.* xattrs).
         .testTarget(name: "HSMDaemonTests", dependencies: ["HSMDaemon", "HSMStores", "HSMCore", "HSMKernel"]),

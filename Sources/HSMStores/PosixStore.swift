@@ -129,14 +129,9 @@ public final class PosixStore: ObjectStore {
         } catch {
             throw .io(SystemError(errno: EIO, operation: "archive", path: originalPath))
         }
-        let record = ObjectRecord(
-            object: id, format: 1, path: originalPath, size: stat.size, mode: stat.mode, uid: stat.uid, gid: stat.gid,
-            atimeNs: stat.atimeNs, mtimeNs: stat.mtimeNs, ctimeNs: stat.ctimeNs,
-            archivedAt: Int64(Date().timeIntervalSince1970), blockShift: blockShift, checksums: checksums,
-            extents: extents.map { [$0.lowerBound, $0.upperBound] },
-            xattrs: xattrs.mapValues { Data($0).base64EncodedString() }, storedBytes: stored)
-        // Never write a record the decoder would refuse: the object could not be recalled.
-        if let problem = record.problem() { throw .badRecord(id, path: recordPath(id), reason: "hsmd made an inconsistent record: \(problem)") }
+        let record = try ObjectRecord.made(object: id, path: originalPath, stat: stat, blockShift: blockShift,
+                                           checksums: checksums, extents: extents, xattrs: xattrs, storedBytes: stored,
+                                           storedAt: recordPath(id))
         try renameIntoPlace(partial, dataPath(id))
         let bytes = try writeRecord(record)
         writtenRecords.withLock { w in
@@ -177,25 +172,14 @@ public final class PosixStore: ObjectStore {
 
     @discardableResult
     private func writeRecord(_ record: ObjectRecord) throws(StoreError) -> [UInt8] {
-        let encoder = JSONEncoder()
-        encoder.keyEncodingStrategy = .convertToSnakeCase
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         let final = recordPath(record.object), partial = final + ".partial"
-        let bytes: [UInt8]
-        do {
-            bytes = [UInt8](try encoder.encode(record))
-            guard bytes.count <= ObjectRecord.maxEncodedBytes else {
-                throw StoreError.badRecord(record.object, path: final, reason: "\(bytes.count) bytes, more than a record may have (\(ObjectRecord.maxEncodedBytes >> 20) MiB): the file has too many data extents")
-            }
+        let bytes = try record.encoded(storedAt: final)
+        do throws(SystemError) {
             let fd = try FileDescriptor.open(partial, [.writeOnly, .create, .truncate], mode: 0o600)
             defer { fd.close() }
             try fd.write(bytes, at: 0)
-        } catch let e as StoreError {
-            throw e
-        } catch let e as SystemError {
-            throw .io(e)
         } catch {
-            throw .io(SystemError(errno: EIO, operation: "encode record", path: partial))
+            throw .io(error)
         }
         try renameIntoPlace(partial, final)
         return bytes

@@ -237,25 +237,10 @@ public final class S3Store: ObjectStore {
         } catch {
             throw .io(SystemError(errno: EIO, operation: "archive", path: originalPath))
         }
-        let record = ObjectRecord(
-            object: id, format: 1, path: originalPath, size: stat.size, mode: stat.mode, uid: stat.uid, gid: stat.gid,
-            atimeNs: stat.atimeNs, mtimeNs: stat.mtimeNs, ctimeNs: stat.ctimeNs,
-            archivedAt: Int64(Date().timeIntervalSince1970), blockShift: blockShift, checksums: checksums,
-            extents: extents.map { [$0.lowerBound, $0.upperBound] },
-            xattrs: xattrs.mapValues { Data($0).base64EncodedString() }, storedBytes: objectSize)
-        if let problem = record.problem() { throw .badRecord(id, path: recordKey(id), reason: "hsmd made an inconsistent record: \(problem)") }
-        let bytes: [UInt8]
-        do {
-            let encoder = JSONEncoder()
-            encoder.keyEncodingStrategy = .convertToSnakeCase
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            bytes = [UInt8](try encoder.encode(record))
-        } catch {
-            throw .io(SystemError(errno: EIO, operation: "encode record", path: recordKey(id)))
-        }
-        guard bytes.count <= ObjectRecord.maxEncodedBytes else {
-            throw .badRecord(id, path: recordKey(id), reason: "\(bytes.count) bytes, more than a record may have: the file has too many data extents")
-        }
+        let record = try ObjectRecord.made(object: id, path: originalPath, stat: stat, blockShift: blockShift,
+                                           checksums: checksums, extents: extents, xattrs: xattrs, storedBytes: objectSize,
+                                           storedAt: recordKey(id))
+        let bytes = try record.encoded(storedAt: recordKey(id))
         do { try client.putObject(recordKey(id), bytes: bytes) } catch {
             try? client.deleteObject(recordKey(id))
             throw .unusable("store \(name): archive of \(originalPath) failed: \(explain(error))")

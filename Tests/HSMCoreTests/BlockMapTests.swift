@@ -1,4 +1,5 @@
 import XCTest
+import TestSupport
 @testable import HSMCore
 
 final class BlockLayoutTests: XCTestCase {

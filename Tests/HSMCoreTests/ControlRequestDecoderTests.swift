@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import TestSupport
 @testable import HSMCore
 
 /// Why an accepted request is not one hsmd can serve without further checks, or nil.

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import XCTest
+import TestSupport
 @testable import HSMCore
 @testable import HSMStores
 import HSMKernel

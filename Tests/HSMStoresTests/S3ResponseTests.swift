@@ -1,4 +1,5 @@
 import XCTest
+import TestSupport
 @testable import HSMStores
 
 /// The S3 answers hsmd reads (error bodies, ListObjectsV2 pages, multipart initiate and
