@@ -225,7 +225,7 @@ final class RecallEngine: Sendable {
         return BlockedThreads.classify(range, states: lines?.map { ThreadState(line: $0) }, canShift: canShift)
     }
 
-    /// The event thread reads at most this many threads' lines (about 6 µs each).
+    /// The event thread reads at most this many threads' lines (one open and read each).
     static let quickThreadLimit = 16
 
     /// Processes with more threads than this are not looked at: their events count as

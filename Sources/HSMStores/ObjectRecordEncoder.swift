@@ -34,4 +34,25 @@ extension ObjectRecord {
         }
         return bytes
     }
+
+    /// The part of `buffer` block `index` fills, and the checksum it must have (nil: a
+    /// block with no data, already zeroed here). The index and the buffer come from the
+    /// file's marker: a record that does not match it fails here, never indexing past its
+    /// checksums or writing past the buffer. Every store's reader starts with this.
+    func blockToRead(_ index: Int, into buffer: UnsafeMutableRawBufferPointer, storedAt where: String)
+        throws(StoreError) -> (view: UnsafeMutableRawBufferPointer, expected: UInt32?) {
+        guard checksums.indices.contains(index) else {
+            throw .badRecord(object, path: `where`, reason: "block \(index) asked for, the record has \(checksums.count): it does not match the file's marker")
+        }
+        guard buffer.count == Int(layout.blockSize) else {
+            throw .badRecord(object, path: `where`, reason: "its blocks are \(layout.blockSize) bytes, the file's marker says \(buffer.count)")
+        }
+        let range = layout.range(ofBlock: index)
+        let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(range.upperBound - range.lowerBound)])
+        guard let expected = checksums[index] else {
+            view.initializeMemory(as: UInt8.self, repeating: 0)
+            return (view, nil)
+        }
+        return (view, expected)
+    }
 }

@@ -283,21 +283,10 @@ struct PosixObjectReader: ObjectReader {
     let recordPath: String
 
     func read(block index: Int, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> Int {
-        // The index and the buffer come from the file's marker: a record that does not
-        // match it must fail here, not index past its checksums or write past the buffer.
-        guard record.checksums.indices.contains(index) else {
-            throw .badRecord(record.object, path: recordPath, reason: "block \(index) asked for, the record has \(record.checksums.count): it does not match the file's marker")
-        }
-        guard buffer.count == Int(record.layout.blockSize) else {
-            throw .badRecord(record.object, path: recordPath, reason: "its blocks are \(record.layout.blockSize) bytes, the file's marker says \(buffer.count)")
-        }
+        let (view, expected) = try record.blockToRead(index, into: buffer, storedAt: recordPath)
+        guard let expected else { return view.count }
         let range = record.layout.range(ofBlock: index)
-        let len = Int(range.upperBound - range.lowerBound)
-        let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<len])
-        guard let expected = record.checksums[index] else {
-            view.initializeMemory(as: UInt8.self, repeating: 0)
-            return len
-        }
+        let len = view.count
         let n: Int
         do { n = try fd.read(into: view, at: range.lowerBound) } catch { throw .io(error) }
         guard n == len, CRC32C.checksum(UnsafeRawBufferPointer(view)) == expected else {

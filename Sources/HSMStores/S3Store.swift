@@ -342,19 +342,13 @@ struct S3ObjectReader: ObjectReader {
 
     func read(block index: Int, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> Int {
         let where_ = "s3://\(store.settings.bucket)/\(key)"
-        guard record.checksums.indices.contains(index), offsets.indices.contains(index) else {
+        let (view, expected) = try record.blockToRead(index, into: buffer, storedAt: where_)
+        guard let expected else { return view.count }
+        // One offset per block: the record's checksums and the offsets were made together.
+        guard offsets.indices.contains(index) else {
             throw .badRecord(record.object, path: where_, reason: "block \(index) asked for, the record has \(record.checksums.count): it does not match the file's marker")
         }
-        guard buffer.count == Int(record.layout.blockSize) else {
-            throw .badRecord(record.object, path: where_, reason: "its blocks are \(record.layout.blockSize) bytes, the file's marker says \(buffer.count)")
-        }
-        let range = record.layout.range(ofBlock: index)
-        let len = Int(range.upperBound - range.lowerBound)
-        let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<len])
-        guard let expected = record.checksums[index] else {
-            view.initializeMemory(as: UInt8.self, repeating: 0)
-            return len
-        }
+        let len = view.count
         let start = offsets[index]
         do {
             _ = try store.client.getObject(key, range: start..<(start + Int64(len)), into: view)
