@@ -7,6 +7,8 @@ public struct ControlRequest: Codable, Sendable, Equatable {
         case ping, archive, release, migrate, recall, status
         case journalStatus = "journal_status", journalSnapshot = "journal_snapshot"
         case journalList = "journal_list", journalChanged = "journal_changed"
+        case remove, gc
+        case importStore = "import"
     }
 
     public var op: Operation
@@ -23,6 +25,13 @@ public struct ControlRequest: Codable, Sendable, Equatable {
     public var since: Int64?
     /// migrate: scan only directories the change journal lists since the last run.
     public var incremental: Bool?
+    /// remove: recall released data first instead of refusing.
+    public var recall: Bool?
+    /// gc: keep orphans archived less than this long ago (default 30 days).
+    public var graceSeconds: Int64?
+    /// import: the store to rebuild from, and the directory to put the files under.
+    public var store: String?
+    public var into: String?
 
     public init(op: Operation, paths: [String] = [], range: [Int64]? = nil, olderThanSeconds: Int64? = nil,
                 minSize: Int64? = nil, exclude: [String] = [], dryRun: Bool = false, jobs: Int = 1, progress: Bool = false,
@@ -31,6 +40,10 @@ public struct ControlRequest: Codable, Sendable, Equatable {
         self.minSize = minSize; self.exclude = exclude; self.dryRun = dryRun; self.jobs = jobs; self.progress = progress
         self.since = since; self.incremental = incremental
     }
+
+    /// hsmctl gc's default grace: a file restored from a backup with its marker still
+    /// needs its object.
+    public static let defaultGraceSeconds: Int64 = 30 * 86400
 }
 
 /// What happened to one file.

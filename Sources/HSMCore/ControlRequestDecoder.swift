@@ -36,7 +36,8 @@ extension ControlRequest {
         let opName = try f.string("op")
         guard let op = Operation(rawValue: opName) else {
             let known = ["ping", "archive", "release", "migrate", "recall", "status",
-                         "journal_status", "journal_snapshot", "journal_list", "journal_changed"]
+                         "journal_status", "journal_snapshot", "journal_list", "journal_changed",
+                         "remove", "gc", "import"]
             throw ControlRequestError("op: \"\(opName)\" is not an operation (known: \(known.joined(separator: ", ")))")
         }
         var r = ControlRequest(op: op)
@@ -50,6 +51,10 @@ extension ControlRequest {
         r.progress = try f.bool("progress") ?? false
         r.since = try f.optionalInteger("since")
         r.incremental = try f.bool("incremental")
+        r.recall = try f.bool("recall")
+        r.graceSeconds = try f.optionalInteger("grace_seconds")
+        r.store = try f.optionalString("store")
+        r.into = try f.optionalString("into")
         try r.validate()
         return r
     }
@@ -84,6 +89,15 @@ extension ControlRequest {
             throw ControlRequestError("jobs: \(jobs) is out of range (\(ControlRequestLimits.jobs.lowerBound) to \(ControlRequestLimits.jobs.upperBound))")
         }
         if let s = since, s < 0 { throw ControlRequestError("since: \(s) is not an epoch number (epochs count from 1)") }
+        if let g = graceSeconds, !(0...Units.maxDuration).contains(g) {
+            throw ControlRequestError("grace_seconds: \(g) is out of range (0 to \(Units.maxDuration), 100 years)")
+        }
+        if let store { try Self.checkText(store, "store", what: "store name") }
+        if let into {
+            try Self.checkText(into, "into", what: "path")
+            guard into.hasPrefix("/") else { throw ControlRequestError("into: \(into) is not absolute; hsmd needs absolute paths") }
+        }
+        if op == .importStore && (store ?? "").isEmpty { throw ControlRequestError("store: import needs the name of a store of hsmd's config") }
     }
 
     /// The recall range as a Range; nil when absent. Only for validated requests.
@@ -112,6 +126,12 @@ extension ControlRequest {
 
         func string(_ key: String) throws(ControlRequestError) -> String {
             guard let v = o[key] else { throw ControlRequestError("malformed request: \(key) is missing") }
+            guard case .string(let s) = v else { throw fail(key, "a string", v) }
+            return s
+        }
+
+        func optionalString(_ key: String) throws(ControlRequestError) -> String? {
+            guard let v = o[key], v != .null else { return nil }
             guard case .string(let s) = v else { throw fail(key, "a string", v) }
             return s
         }

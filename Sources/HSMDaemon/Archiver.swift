@@ -33,12 +33,12 @@ struct Archiver: Sendable {
     static let punchPauseMicros: UInt32 = ProcessInfo.processInfo.environment["HSMD_TEST_PUNCH_PAUSE_MS"]
         .flatMap { UInt32($0) }.map { $0.multipliedReportingOverflow(by: 1000).overflow ? UInt32.max : $0 * 1000 } ?? 0
 
-    private struct Refusal: Error {
+    struct Refusal: Error {
         let result: FileResult
     }
 
     /// Notes that `kind` of the file open as `fd` is starting (see InProgress).
-    private func noteInProgress(_ kind: InProgress.Kind, _ fd: FileDescriptor, _ st: FileStat, object: ObjectID,
+    func noteInProgress(_ kind: InProgress.Kind, _ fd: FileDescriptor, _ st: FileStat, object: ObjectID,
                         previous: ObjectID? = nil, store: any ObjectStore, privileges: FilePrivileges? = nil) throws(Refusal) -> InProgress.Note {
         let handle = try? InodeHandle.of(fd: fd.rawValue, path: fd.path)
         var entry = InProgress.Entry(kind: kind, object: object.hex, previous: previous?.hex, store: store.name, path: fd.path,
@@ -55,7 +55,7 @@ struct Archiver: Sendable {
     // MARK: Opening
 
     /// Opens a regular file on a managed filesystem, or explains why not.
-    private func openManaged(_ path: String, _ flags: FileDescriptor.OpenFlags) throws(Refusal) -> (FileDescriptor, FileStat, ManagedFilesystem) {
+    func openManaged(_ path: String, _ flags: FileDescriptor.OpenFlags) throws(Refusal) -> (FileDescriptor, FileStat, ManagedFilesystem) {
         let lst: FileStat
         do { lst = try FileStat.of(path: path) } catch {
             throw Refusal(result: FileResult(path: path, outcome: .failed, reason: error.errno == ENOENT ? "no such file or directory" : "\(error)"))
@@ -91,7 +91,7 @@ struct Archiver: Sendable {
         }
     }
 
-    private func readMarker(_ fd: FileDescriptor) throws(Refusal) -> Marker? {
+    func readMarker(_ fd: FileDescriptor) throws(Refusal) -> Marker? {
         do {
             guard let raw = try fd.xattr(Marker.xattrName) else { return nil }
             return try MarkerCodec.decode(raw)
@@ -541,7 +541,7 @@ struct Archiver: Sendable {
 
     // MARK: Status
 
-    private func statusOf(_ path: String, _ st: FileStat, _ marker: Marker?, _ fs: ManagedFilesystem) -> FileStatus {
+    func statusOf(_ path: String, _ st: FileStat, _ marker: Marker?, _ fs: ManagedFilesystem) -> FileStatus {
         FileStatus.derive(stat: st, marker: marker, objectExists: { fs.store.contains($0) })
     }
 

@@ -131,6 +131,24 @@ final class ControlServer: Sendable {
             let done = files.filter { $0.outcome == .done }
             log.info("migrate: \(done.count) files, \(Units.formatBytes(files.reduce(0) { $0 + $1.bytesArchived })) archived, \(Units.formatBytes(files.reduce(0) { $0 + $1.bytesFreed })) freed, \(files.filter { $0.outcome == .failed }.count) not done")
             reply(ControlReply(type: .result, files: files, notes: notes.isEmpty ? nil : notes))
+        case .remove:
+            let recall = request.recall ?? false
+            reply(ControlReply(type: .result, files: request.paths.map { archiver.remove($0, recall: recall) }))
+        case .gc:
+            let grace = request.graceSeconds ?? ControlRequest.defaultGraceSeconds
+            switch StoreMaintenance.exclusively("gc", { GarbageCollector(archiver: archiver, journal: journal).run(graceSeconds: grace, dryRun: request.dryRun) }) {
+            case .success(let o): reply(ControlReply(type: .result, files: o.files, notes: o.notes))
+            case .failure(let e): reply(ControlReply(type: .error, message: e.description))
+            }
+        case .importStore:
+            let outcome = StoreMaintenance.exclusively("import") {
+                Importer(archiver: archiver).run(storeName: request.store ?? "", into: request.into, dryRun: request.dryRun)
+            }
+            switch outcome {
+            case .success(.success(let o)): reply(ControlReply(type: .result, files: o.files, notes: o.notes))
+            case .success(.failure(let e)): reply(ControlReply(type: .error, message: e.description))
+            case .failure(let e): reply(ControlReply(type: .error, message: e.description))
+            }
         case .journalStatus, .journalSnapshot, .journalList, .journalChanged:
             guard let journal else {
                 reply(ControlReply(type: .error, message: "the change journal is off (journal = false in hsmd's config)"))

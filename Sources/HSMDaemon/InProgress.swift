@@ -17,11 +17,13 @@ import Synchronization
 final class InProgress: Sendable {
     enum Kind: String, Codable, Sendable {
         case archive, release
+        /// hsmctl remove: the marker is going; the object is deleted once that is durable.
+        case remove
     }
 
     struct Entry: Codable, Sendable {
         var kind: Kind
-        /// The object being written (archive) or released against (release).
+        /// The object being written (archive), released against (release) or dropped (remove).
         var object: String
         /// A re-archive's old object, to delete once the new marker is durable.
         var previous: String?

@@ -38,6 +38,7 @@ extension Archiver {
             switch entry.kind {
             case .archive: done = undoArchive(entry, object)
             case .release: done = finishRelease(entry, object)
+            case .remove: done = finishRemove(entry, object)
             }
             if done { inProgress.end(note) }
         }
@@ -177,6 +178,51 @@ extension Archiver {
             log.notice("interrupted release of \(fd.path) finished: \(marker.offline.setCount) of \(marker.offline.count) blocks offline, the rest verified local, mtime\(entry.privileges.map { " and \($0.description)" } ?? "") restored")
             return true
         }
+    }
+
+    /// A remove stopped after it noted the object: if the marker no longer names it (the
+    /// removal happened), make that durable and delete the object; if it still does, the
+    /// remove did not happen and the object stays.
+    private func finishRemove(_ entry: InProgress.Entry, _ object: ObjectID) -> Bool {
+        guard let store = store(named: entry.store) else {
+            log.warning("interrupted remove of \(entry.path): store \(entry.store) is not configured now; object \(object) left in place")
+            return true
+        }
+        if let problem = store.healthProblem() {
+            log.error("interrupted remove of \(entry.path): cannot delete object \(object) now: \(problem); kept for the next start")
+            return false
+        }
+        let (opened, gone, why) = openNoted(entry, [.readOnly])
+        if let fd = opened {
+            defer { fd.close() }
+            guard let st = try? fd.stat() else { return false }
+            return locks.withLock(st.inodeKey) { () -> Bool in
+                let marker = (try? fd.xattr(Marker.xattrName)).flatMap { $0 }.flatMap { try? MarkerCodec.decode($0) }
+                if marker?.object == object {
+                    log.notice("interrupted remove of \(fd.path): its marker still names object \(object); nothing was removed")
+                    return true
+                }
+                do { try fd.sync() } catch {
+                    log.error("interrupted remove of \(fd.path): cannot make its marker's removal durable (\(error)); object \(object) kept for the next start")
+                    return false
+                }
+                return deleteRemoved(object, from: store, path: fd.path)
+            }
+        }
+        guard gone else {
+            log.error("interrupted remove of \(entry.path): cannot check the file (\(why)); object \(object) kept for the next start")
+            return false
+        }
+        return deleteRemoved(object, from: store, path: entry.path)
+    }
+
+    private func deleteRemoved(_ object: ObjectID, from store: any ObjectStore, path: String) -> Bool {
+        do { try store.delete(object) } catch {
+            log.error("interrupted remove of \(path): cannot delete object \(object): \(error)")
+            return false
+        }
+        log.notice("interrupted remove of \(path) finished: object \(object) deleted from store \(store.name)")
+        return true
     }
 
     private enum Verification {
