@@ -241,8 +241,16 @@ struct Importer {
             case ENOENT:
                 guard create else { return .missing }
                 do {
-                    try dir.makeDirectory(name, mode: 0o755)
-                    return .opened(try dir.openDirectory(name))
+                    let made = try dir.makeDirectory(name, mode: 0o755)
+                    let sub = try dir.openDirectory(name)
+                    // hsmd's umask would leave it 0700, shutting its files' owners out.
+                    if made {
+                        do { try sub.setMode(0o755) } catch {
+                            sub.close()
+                            return .failed("\(error)")
+                        }
+                    }
+                    return .opened(sub)
                 } catch let e {
                     if [ENOTDIR, ELOOP].contains(e.errno) { return .failed("refused: \(dir.path)/\(name) is not a directory (a file or a symlink is in the way)") }
                     return .failed("\(e)")
