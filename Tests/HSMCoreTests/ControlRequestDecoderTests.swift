@@ -62,6 +62,24 @@ final class ControlRequestDecoderTests: XCTestCase {
         }
     }
 
+    func testRemoveGcAndImportFields() throws {
+        var remove = ControlRequest(op: .remove, paths: ["/mnt/a"])
+        remove.recall = true
+        var gc = ControlRequest(op: .gc, dryRun: true)
+        gc.graceSeconds = 0
+        var imp = ControlRequest(op: .importStore)
+        imp.store = "tier1"
+        imp.into = "/mnt/restore"
+        for r in [remove, gc, imp] { XCTAssertEqual(try ControlRequest.decode(line: ControlCodec.encode(r)), r) }
+        XCTAssertEqual(try ControlRequest.decode(line: Array(#"{"op":"import","store":"t"}"#.utf8)).op, .importStore)
+        XCTAssertEqual(refusal(#"{"op":"import"}"#), "store: import needs the name of a store of hsmd's config")
+        XCTAssertEqual(refusal(#"{"op":"import","store":"t","into":"rel"}"#), "into: rel is not absolute; hsmd needs absolute paths")
+        XCTAssertEqual(refusal(#"{"op":"gc","grace_seconds":-1}"#), "grace_seconds: -1 is out of range (0 to \(Units.maxDuration), 100 years)")
+        XCTAssertEqual(refusal(#"{"op":"gc","grace_seconds":"1d"}"#), "malformed request: grace_seconds: expected an integer, found a string")
+        XCTAssertEqual(refusal(#"{"op":"remove","recall":1}"#), "malformed request: recall: expected true or false, found an integer")
+        XCTAssertEqual(refusal(#"{"op":"import","store":7}"#), "malformed request: store: expected a string, found an integer")
+    }
+
     func testAbsentOptionalFieldsTakeTheirDefaults() throws {
         let r = try ControlRequest.decode(line: Array(#"{"op":"status","paths":["/a"],"range":null,"since":null}"#.utf8))
         XCTAssertEqual(r, ControlRequest(op: .status, paths: ["/a"]))
