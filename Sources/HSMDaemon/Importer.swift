@@ -64,6 +64,7 @@ struct Importer {
         // Objects some marker already names (a file still there, or imported before) get
         // no second stub: two markers on one object would break at the first remove.
         var scan = MarkerScan()
+        scan.gated = false
         for fs in filesystems.all { scan.walk(fs.path, device: fs.device) }
         if !scan.failures.isEmpty {
             out.notes.append("the walk for existing markers was incomplete (\(scan.failures.count) problem(s), the first: \(scan.failures[0].path): \(scan.failures[0].reason ?? "")); a file it missed may get a second stub")

@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 import HSMCore
 import HSMKernel
@@ -47,6 +48,12 @@ struct MarkerScan {
         return String(decoding: bytes, as: UTF8.self)
     }
 
+    /// Test-only: a gate file; once the first directory of a walk is listed, the walk
+    /// creates GATE.reached and waits (at most a minute) until GATE is gone, so a test can
+    /// move a file while the walk is in its middle.
+    static let testGate = ProcessInfo.processInfo.environment["HSMD_TEST_GC_WALK_GATE"]
+    var gated = MarkerScan.testGate != nil
+
     /// Walks the tree at `root` (a directory on filesystem `device`).
     mutating func walk(_ root: String, device: UInt64) {
         var stack = [root]
@@ -56,6 +63,10 @@ struct MarkerScan {
                 if error.errno == ENOENT && dir != root { continue }  // removed meanwhile
                 failures.append(FileResult(path: dir, outcome: .failed, reason: "cannot read directory: \(error)"))
                 continue
+            }
+            if gated, let gate = Self.testGate {
+                gated = false
+                Self.wait(at: gate)
             }
             for name in names {
                 let p = dir == "/" ? "/" + name : dir + "/" + name
@@ -75,6 +86,11 @@ struct MarkerScan {
                 }
             }
         }
+    }
+
+    private static func wait(at gate: String) {
+        if let fd = try? FileDescriptor.open(gate + ".reached", [.writeOnly, .create]) { fd.close() }
+        for _ in 0..<6000 where (try? FileStat.of(path: gate)) != nil { usleep(10_000) }
     }
 
     /// The files directly in `dir` (a directory the change journal says changed).

@@ -203,6 +203,42 @@ def test_gc_keeps_objects_named_by_a_moved_or_hard_linked_file(hsm):
     assert stored(hsm, obj)
 
 
+def test_gc_sees_a_file_moved_during_its_walk(hsm_stopped):
+    """A released file moved out of a directory the walk has not reached into one it has
+    already listed is seen by neither listing; the change journal's record of the move
+    makes gc look again, and the object stays."""
+    hsm = hsm_stopped
+    gate = hsm.base / "gate"
+    hsm.start(env={"HSMD_TEST_GC_WALK_GATE": str(gate)})
+    p, digest, obj = archive(hsm, "sub/file.bin", 100_000)
+    hsm.ctl("release", p)
+    _, rec = object_paths(hsm, obj)
+    doc = json.loads(rec.read_text())
+    doc["archived_at"] = 1
+    rec.write_text(json.dumps(doc))
+    gate.write_text("")
+    env = dict(os.environ, HSMD_SOCKET=str(hsm.socket))
+    from conftest import HSMCTL
+    proc = subprocess.Popen([str(HSMCTL), "gc", "--grace", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        reached = hsm.base / "gate.reached"
+        for _ in range(3000):
+            if reached.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.01)
+        assert reached.exists(), "gc's walk never reached its gate"
+        # The root is listed (without the file); sub/ is not yet.
+        os.rename(p, hsm.mnt / "moved.bin")
+    finally:
+        gate.unlink()
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, (out, err)
+    assert stored(hsm, obj), f"gc deleted the object of a file it missed:\n{out}"
+    assert "1 named by markers" in out, out
+    drop_caches()
+    assert sha256(hsm.mnt / "moved.bin") == digest
+
+
 def test_gc_deletes_nothing_when_the_walk_is_incomplete(hsm):
     old = orphan(hsm, "old.bin", 10_000, age_days=60)
     bad, _ = hsm.write("bad.bin", size=100)
