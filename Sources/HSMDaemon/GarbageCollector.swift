@@ -84,12 +84,13 @@ struct GarbageCollector {
                 if scan.named[id] != nil { named += 1; continue }
                 if inUse.contains(id) { busy += 1; continue }
                 let r = decide(id, store: store, now: now, graceSeconds: graceSeconds, dryRun: dryRun || !complete, complete: complete)
+                let deletedNow = r.outcome == .done && !dryRun && complete
                 switch r.outcome {
                 case .done: candidates += 1; if !dryRun && complete { deleted += 1; freed += r.bytesFreed }
                 case .skipped: kept += 1
                 case .failed: failed += 1
                 }
-                out.files.append(collected(r, store: store))
+                out.files.append(collected(r, object: id, store: store, deleted: deletedNow))
             }
             let action = dryRun ? "would delete" : (complete ? "deleted" : "would delete (not deleted)")
             out.notes.append("store \(store.name): \(ids.count) object(s): \(named) named by markers, \(busy) in use by an operation in progress; "
@@ -100,8 +101,9 @@ struct GarbageCollector {
         return out
     }
 
-    /// Every object gc decides about passes here once (the catalog records it here).
-    private func collected(_ r: FileResult, store: any ObjectStore) -> FileResult { r }
+    /// Every orphan gc decides about passes here once (the catalog records it here):
+    /// `deleted` true when the object is gone from `store`.
+    private func collected(_ r: FileResult, object: ObjectID, store: any ObjectStore, deleted: Bool) -> FileResult { r }
 
     /// One orphan: deleted (done), kept (skipped) or not deleted (failed). `dryRun`
     /// includes an incomplete walk, which deletes nothing.

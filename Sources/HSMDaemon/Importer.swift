@@ -117,7 +117,7 @@ struct Importer {
             }
             let r = makeStub(newest, fs: fs, base: base, components: components, shown: shown, dryRun: dryRun)
             if r.outcome == .done { created += 1; touched[fs.path] = fs }
-            out.files.append(imported(r))
+            out.files.append(imported(r, record: newest, store: storeName))
         }
         if !dryRun {
             // One flush for all the stubs, rather than an fsync each.
@@ -136,8 +136,10 @@ struct Importer {
         return .success(out)
     }
 
-    /// Every file import decides about passes here once (the catalog records it here).
-    private func imported(_ r: FileResult) -> FileResult { r }
+    /// Every object import decides about passes here once (the catalog records it here):
+    /// `record` and `store` are given for each stub made (outcome done, not a dry run:
+    /// `r.state` is then the new file's, `r.path` its path).
+    private func imported(_ r: FileResult, record: ObjectRecord? = nil, store: String? = nil) -> FileResult { r }
 
     /// Where a record's path goes: the filesystem, the directory its components are
     /// below, and the components (checked: no empty, `.` or `..` one).

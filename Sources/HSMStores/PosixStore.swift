@@ -264,12 +264,22 @@ public final class PosixStore: ObjectStore {
         (try? FileStat.of(path: recordPath(id))) != nil && (try? FileStat.of(path: dataPath(id))) != nil
     }
 
+    /// Every object whose record is in place. A directory that cannot be read fails the
+    /// listing (gc and import must not take part of the store for all of it); only a
+    /// store that has no `objects` yet is empty.
     public func list() throws(StoreError) -> [ObjectID] {
         let top = "\(root)/objects"
-        guard let dirs = try? FileManager.default.contentsOfDirectory(atPath: top) else { return [] }
+        let dirs: [String]
+        do { dirs = try Directory.entries(top) } catch {
+            if error.errno == ENOENT && directoryProblem() == nil { return [] }
+            throw .io(error)
+        }
         var ids: [ObjectID] = []
-        for d in dirs {
-            for f in (try? FileManager.default.contentsOfDirectory(atPath: "\(top)/\(d)")) ?? [] where f.hasSuffix(".json") {
+        // Only the two-hex-digit directories put makes; anything else there is not hsmd's.
+        for d in dirs where d.utf8.count == 2 && d.utf8.allSatisfy({ (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }) {
+            let names: [String]
+            do { names = try Directory.entries("\(top)/\(d)") } catch { throw .io(error) }
+            for f in names where f.hasSuffix(".json") {
                 if let id = ObjectID(hex: String(f.dropLast(5))) { ids.append(id) }
             }
         }
