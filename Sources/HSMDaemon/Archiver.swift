@@ -39,7 +39,7 @@ struct Archiver: Sendable {
 
     /// Notes that `kind` of the file open as `fd` is starting (see InProgress).
     func noteInProgress(_ kind: InProgress.Kind, _ fd: FileDescriptor, _ st: FileStat, object: ObjectID,
-                        previous: ObjectID? = nil, store: any ObjectStore, privileges: FilePrivileges? = nil) throws(Refusal) -> InProgress.Note {
+                previous: ObjectID? = nil, store: any ObjectStore, privileges: FilePrivileges? = nil) throws(Refusal) -> InProgress.Note {
         let handle = try? InodeHandle.of(fd: fd.rawValue, path: fd.path)
         var entry = InProgress.Entry(kind: kind, object: object.hex, previous: previous?.hex, store: store.name, path: fd.path,
                                      device: st.device, inode: st.inode, handle: handle?.hex)

@@ -7,7 +7,7 @@ import HSMKernel
 struct HSMCtl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "hsmctl",
-        abstract: "Administer hsmd: archive, release, migrate, recall and inspect files.",
+        abstract: "Administer hsmd: archive, release, migrate, recall, remove and inspect files; collect orphans; rebuild from a store.",
         discussion: """
             Exit status: 0 all done; 1 some files not done (each listed with its reason); \
             2 usage error, hsmd unreachable, or not root.
