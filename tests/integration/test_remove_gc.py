@@ -131,6 +131,21 @@ def test_remove_crash_after_marker_removal_leaves_no_orphan_after_restart(hsm):
     assert sha256(p) == digest
 
 
+def test_remove_killed_before_its_marker_went_keeps_the_object(hsm):
+    p, digest, obj = archive(hsm, "k.bin", 100_000)
+    hsm.ctl("release", p)
+    st = os.stat(p)
+    assert hsm.stop() == 0
+    note = {"kind": "remove", "object": obj, "store": "tier1", "path": str(p),
+            "device": os.major(st.st_dev) << 32 | os.minor(st.st_dev), "inode": st.st_ino}
+    (hsm.state_dir / "in-progress" / "slot-3").write_text(json.dumps(note))
+    hsm.start()
+    assert hsm.wait_for_log(f"interrupted remove of {p}: its marker still names object {obj}; nothing was removed")
+    assert stored(hsm, obj) and hsm.state(p) == "released"
+    drop_caches()
+    assert sha256(p) == digest
+
+
 # --- gc ---------------------------------------------------------------------------------------
 
 
@@ -265,6 +280,20 @@ def test_gc_deletes_nothing_from_a_store_that_is_not_there(hsm):
         assert stored(hsm, old)
     finally:
         identity.write_bytes(saved)
+
+
+def test_gc_deletes_nothing_from_a_store_it_cannot_list(hsm):
+    old = orphan(hsm, "old.bin", 10_000, age_days=60)
+    # Where put makes a directory of objects, a file: that part cannot be listed.
+    stray = hsm.store / "objects" / ("00" if not old.startswith("00") else "01")
+    stray.write_text("")
+    r = gc(hsm, check=False)
+    assert r.returncode == 1, r
+    assert "cannot list its objects" in r.stderr and "nothing deleted from it" in r.stderr, r.stderr
+    assert stored(hsm, old)
+    stray.unlink()
+    gc(hsm)
+    assert not stored(hsm, old)
 
 
 def test_gc_without_the_journal_deletes_nothing(hsm_stopped):
