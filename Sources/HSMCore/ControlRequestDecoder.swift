@@ -50,6 +50,7 @@ extension ControlRequest {
         r.progress = try f.bool("progress") ?? false
         r.since = try f.optionalInteger("since")
         r.incremental = try f.bool("incremental")
+        r.policy = try f.optionalString("policy")
         try r.validate()
         return r
     }
@@ -65,6 +66,7 @@ extension ControlRequest {
             guard p.hasPrefix("/") else { throw ControlRequestError("paths[\(i)]: \(p) is not absolute; hsmd needs absolute paths") }
         }
         for (i, g) in exclude.enumerated() { try Self.checkText(g, "exclude[\(i)]", what: "glob") }
+        if let policy { try Self.checkText(policy, "policy", what: "policy name") }
         if let range {
             guard range.count == 2 else {
                 throw ControlRequestError("range: expected [offset, length] (2 integers), found \(range.count)")
@@ -112,6 +114,12 @@ extension ControlRequest {
 
         func string(_ key: String) throws(ControlRequestError) -> String {
             guard let v = o[key] else { throw ControlRequestError("malformed request: \(key) is missing") }
+            guard case .string(let s) = v else { throw fail(key, "a string", v) }
+            return s
+        }
+
+        func optionalString(_ key: String) throws(ControlRequestError) -> String? {
+            guard let v = o[key], v != .null else { return nil }
             guard case .string(let s) = v else { throw fail(key, "a string", v) }
             return s
         }

@@ -136,3 +136,40 @@ extension Config {
         }
     }
 }
+
+extension ControlRequest {
+    /// A migrate request with its named policy filled in from `policies`: the policy's
+    /// age, size and excludes, and, when no path is named, every managed filesystem
+    /// (`defaultPaths`). A request without a policy must name its paths.
+    public func resolvingPolicy(_ policies: [NamedPolicy], defaultPaths: [String]) throws(ControlRequestError) -> ControlRequest {
+        guard let name = policy else {
+            if paths.isEmpty { throw ControlRequestError("paths: name at least one file or directory, or a policy (--policy NAME) to migrate every managed filesystem by it") }
+            return self
+        }
+        if olderThanSeconds != nil || minSize != nil || !exclude.isEmpty {
+            throw ControlRequestError("policy: \(name) gives the age, size and excludes; do not combine it with older_than, min_size or exclude")
+        }
+        guard let named = policies.first(where: { $0.name == name }) else {
+            var c = Config()
+            c.policies = policies
+            throw ControlRequestError(c.unknownPolicyMessage(name))
+        }
+        var r = self
+        r.olderThanSeconds = named.policy.olderThanSeconds
+        r.minSize = named.policy.minSize
+        r.exclude = named.policy.exclude
+        if r.paths.isEmpty { r.paths = defaultPaths }
+        return r
+    }
+}
+
+extension MigrationPolicy {
+    /// "older than 30d, at least 64.0 KiB, 2 excludes", for notes and log lines.
+    public var summary: String {
+        var parts: [String] = []
+        if let a = olderThanSeconds { parts.append("older than \(Units.formatDuration(a))") }
+        if let s = minSize { parts.append("at least \(Units.formatBytes(s))") }
+        if !exclude.isEmpty { parts.append("\(exclude.count) exclude\(exclude.count == 1 ? "" : "s")") }
+        return parts.isEmpty ? "every file" : parts.joined(separator: ", ")
+    }
+}

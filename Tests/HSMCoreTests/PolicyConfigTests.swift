@@ -124,4 +124,36 @@ final class PolicyConfigTests: XCTestCase {
         XCTAssertEqual(c.unknownPolicyMessage("nighty"), "no [[policy]] named \"nighty\" (known: nightly, big)")
         XCTAssertEqual(Config().unknownPolicyMessage("x"), "no [[policy]] named \"x\": hsmd's config defines no policies")
     }
+
+    func testMigrateRequestTakesItsNamedPolicy() throws {
+        let policies = [NamedPolicy(name: "nightly", policy: MigrationPolicy(olderThanSeconds: 86400, minSize: 4096, exclude: ["*.tmp"]))]
+        let line = Array(#"{"op":"migrate","paths":[],"policy":"nightly","jobs":2}"#.utf8)
+        let r = try ControlRequest.decode(line: line)
+        XCTAssertEqual(r.policy, "nightly")
+        let resolved = try r.resolvingPolicy(policies, defaultPaths: ["/a", "/b"])
+        XCTAssertEqual(resolved.paths, ["/a", "/b"], "no path: every managed filesystem")
+        XCTAssertEqual(resolved.olderThanSeconds, 86400)
+        XCTAssertEqual(resolved.minSize, 4096)
+        XCTAssertEqual(resolved.exclude, ["*.tmp"])
+        XCTAssertEqual(resolved.jobs, 2)
+        var named = r
+        named.paths = ["/a/sub"]
+        XCTAssertEqual(try named.resolvingPolicy(policies, defaultPaths: ["/a"]).paths, ["/a/sub"])
+        XCTAssertEqual(policies[0].policy.summary, "older than 1d, at least 4.0 KiB, 1 exclude")
+        XCTAssertEqual(MigrationPolicy().summary, "every file")
+    }
+
+    func testMigrateRequestPolicyRefusals() throws {
+        let policies = [NamedPolicy(name: "nightly", policy: MigrationPolicy()), NamedPolicy(name: "big", policy: MigrationPolicy())]
+        func refusal(_ r: ControlRequest) -> String? {
+            do { _ = try r.resolvingPolicy(policies, defaultPaths: ["/a"]); return nil } catch { return error.message }
+        }
+        XCTAssertEqual(refusal(ControlRequest(op: .migrate, policy: "nighty")), "no [[policy]] named \"nighty\" (known: nightly, big)")
+        XCTAssertTrue(refusal(ControlRequest(op: .migrate, olderThanSeconds: 5, policy: "nightly"))?.contains("do not combine") == true)
+        XCTAssertTrue(refusal(ControlRequest(op: .migrate, exclude: ["x"], policy: "nightly"))?.contains("do not combine") == true)
+        XCTAssertTrue(refusal(ControlRequest(op: .migrate))?.contains("name at least one") == true)
+        XCTAssertNil(refusal(ControlRequest(op: .migrate, paths: ["/a"])), "no policy, a path: as before")
+        XCTAssertThrowsError(try ControlRequest.decode(line: Array(#"{"op":"migrate","paths":["/a"],"policy":7}"#.utf8)))
+        XCTAssertThrowsError(try ControlRequest.decode(line: Array(#"{"op":"migrate","paths":["/a"],"policy":"a\u0000"}"#.utf8)))
+    }
 }
