@@ -21,7 +21,8 @@ public struct SpaceUsage: Sendable, Equatable {
         self.init(usedBytes: mul(blocks >= free ? blocks - free : 0), availableBytes: mul(available))
     }
 
-    private var capacity: Int64 {
+    /// Used plus available: what 100% is.
+    public var capacity: Int64 {
         let (c, o) = usedBytes.addingReportingOverflow(availableBytes)
         return o ? Int64.max : c
     }

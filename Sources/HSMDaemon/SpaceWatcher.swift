@@ -24,8 +24,11 @@ final class SpaceWatcher: Sendable {
     private let running = Atomic<Bool>(false)
     private let states = Mutex<[String: FilesystemState]>([:])
 
-    /// Bytes recalled since the last look that bring the next look forward.
-    static let recallTrigger: Int64 = 256 << 20
+    /// Bytes recalled since the last look that bring the next look forward: 1% of the
+    /// smallest filesystem with watermarks, between 1 MiB and 256 MiB.
+    static func recallTrigger(_ capacities: [Int64]) -> Int64 {
+        min(256 << 20, max(1 << 20, (capacities.min() ?? Int64.max) / 100))
+    }
     /// Files a migration step archives together (one store flush), between usage checks.
     static let migrateChunk = 32
     /// After a pass that could free nothing, the next walk waits this many intervals.
@@ -84,15 +87,19 @@ final class SpaceWatcher: Sendable {
     private func loop() {
         var recalledAtLastLook = engine.bytesRecalled.load(ordering: .relaxed)
         var nextLook: UInt64 = 0
+        var trigger = Self.recallTrigger([])
         while !stopping.load(ordering: .acquiring) {
             let snap = settings.snapshot
             let recalled = engine.bytesRecalled.load(ordering: .relaxed)
-            if monotonicNanos() >= nextLook || recalled - recalledAtLastLook >= Self.recallTrigger {
+            let afterRecalls = recalled - recalledAtLastLook >= trigger
+            if monotonicNanos() >= nextLook || afterRecalls {
                 recalledAtLastLook = recalled
+                if afterRecalls { log.debug("space watcher: \(Units.formatBytes(trigger)) or more recalled since the last look; looking now") }
                 for fs in archiver.filesystems.all where !stopping.load(ordering: .acquiring) {
                     guard let w = snap.watermarks[fs.path] else { continue }
                     look(fs, w, snap)
                 }
+                trigger = Self.recallTrigger(states.withLock { s in snap.watermarks.keys.compactMap { s[$0]?.usage?.capacity } })
                 nextLook = monotonicNanos() + UInt64(max(1, snap.intervalSeconds)) * 1_000_000_000
             }
             // Wakes each second to notice large recalls (an atomic load) and stops.

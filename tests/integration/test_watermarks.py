@@ -158,6 +158,33 @@ def test_fills_past_high_mark_and_hsmd_brings_it_under_the_low_mark():
             assert sha256(p) == cold[p], p
 
 
+def test_large_recalls_bring_the_next_look_forward():
+    """With an interval of an hour, only the recalls themselves can make hsmd look again:
+    reading released files back past the high mark starts a pass."""
+    with small_managed_filesystem() as h:
+        write_config(h)
+        h.start()
+        files = {}
+        for i in range(20):
+            p, d = make_file(h, f"c{i:02d}.bin", 6 * MIB, age_days=30)
+            files[p] = d
+        h.ctl("migrate", "--older-than", "1d", h.mnt)
+        assert all(h.state(p) == "released" for p in files)
+        assert h.stop() == 0
+        write_config(h, top='watermark_interval = "1h"', fs_keys="high_watermark = 35\nlow_watermark = 25\nmin_age = 0\n")
+        h.start()
+        wait_for(lambda: checks_so_far(h)[0] >= 1, 30, "no first look at start", h)
+        assert percent_used(h.mnt) < 35
+        for p, d in files.items():
+            assert sha256(p) == d
+        assert percent_used(h.mnt) >= 35 or checks_so_far(h)[1] >= 1
+        wait_for(lambda: checks_so_far(h)[1] >= 1, 120, "recalls past the high mark started no pass", h)
+        assert "recalled since the last look; looking now" in h.log_text()
+        wait_for(lambda: h.wait_for_log(f"watermarks: {h.mnt}: ", timeout=0.1), 120, "no pass line", h)
+        for p, d in files.items():
+            assert sha256(p) == d
+
+
 def test_nothing_eligible_warns_once():
     """Above the high mark with only files used within min_age: one warning, not one per
     look, and nothing is touched."""
