@@ -38,8 +38,10 @@ public struct SpaceUsage: Sendable, Equatable {
     /// bytes from used to available, so the capacity stays what it is.
     public func bytesToFree(below percent: Int) -> Int64 {
         guard !isBelow(percent: percent) else { return 0 }
-        let allowed = Int64((Double(capacity) * Double(max(0, percent)) / 100).rounded(.down))
-        return max(1, usedBytes - allowed + 1)
+        let share = (Double(capacity) * Double(min(100, max(0, percent))) / 100).rounded(.down)
+        let allowed = share >= Double(Int64.max) ? Int64.max : Int64(share)
+        let (need, overflow) = (usedBytes - min(allowed, usedBytes)).addingReportingOverflow(1)
+        return overflow ? Int64.max : need
     }
 
     public var description: String { String(format: "%.1f%%", percentUsed) }

@@ -31,6 +31,11 @@ final class SpaceSelectionTests: XCTestCase {
         XCTAssertEqual(huge.usedBytes, Int64.max)
         XCTAssertEqual(SpaceUsage(fragmentSize: 4096, blocks: 10, free: 20, available: 5).usedBytes, 0, "free above blocks is not negative use")
         XCTAssertEqual(huge.bytesToFree(below: 50) > 0, true)
+        // The edges of Int64 and of the percent range do not trap.
+        let full = SpaceUsage(usedBytes: Int64.max, availableBytes: 0)
+        for p in [0, 1, 99, 100, -5] { XCTAssertGreaterThan(full.bytesToFree(below: p), 0, "\(p)") }
+        XCTAssertEqual(full.bytesToFree(below: 0), Int64.max)
+        XCTAssertEqual(full.bytesToFree(below: 1000), 0, "100% is below 1000%")
     }
 
     private func stat(size: Int64 = 4 << 20, allocated: Int64? = nil, ageSeconds: Int64) throws -> FileStat {
