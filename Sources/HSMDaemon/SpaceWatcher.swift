@@ -254,7 +254,8 @@ final class SpaceWatcher: Sendable {
                 let ok = Set(archived.filter { $0.outcome == .done }.map(\.path))
                 out.notDone += archived.count - ok.count
                 for c in chunk where ok.contains(c.path) {
-                    if stopping.load(ordering: .relaxed) { break }
+                    // Files archived but not needed stay archived: the cheapest to free next time.
+                    if stopping.load(ordering: .relaxed) || belowLow() { break }
                     releaseChecked(SpaceCandidate(path: c.path, lastUsedNs: c.lastUsedNs, bytes: c.bytes, action: .release))
                 }
             }
