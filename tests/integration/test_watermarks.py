@@ -278,3 +278,21 @@ def test_config_validation(keys, needle):
             r = subprocess.run([str(HSMD), "--config", str(h.config), *args], capture_output=True, text=True, timeout=30)
             assert r.returncode == 2, (args, r.returncode, r.stdout, r.stderr)
             assert needle in r.stderr, r.stderr
+
+
+def test_hsmds_own_reads_do_not_make_a_file_look_used():
+    """Archive and release read the file (release verifies every block); neither may move
+    its atime, or a release refused half-way (busy) would leave a cold file looking hot to
+    the watermarks and policies."""
+    with small_managed_filesystem(image_size="64M") as h:
+        write_config(h)
+        h.start()
+        p, d = make_file(h, "old.bin", 3 * MIB, age_days=40)
+        before = os.stat(p)
+        h.ctl("archive", p)
+        h.ctl("release", p)
+        assert h.state(p) == "released"
+        after = os.stat(p)
+        assert after.st_atime_ns == before.st_atime_ns, (before.st_atime, after.st_atime)
+        assert after.st_mtime_ns == before.st_mtime_ns
+        assert sha256(p) == d
