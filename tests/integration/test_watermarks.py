@@ -296,3 +296,32 @@ def test_hsmds_own_reads_do_not_make_a_file_look_used():
         assert after.st_atime_ns == before.st_atime_ns, (before.st_atime, after.st_atime)
         assert after.st_mtime_ns == before.st_mtime_ns
         assert sha256(p) == d
+
+
+def test_a_file_in_use_is_skipped_by_the_pass():
+    """The pass goes through release's write lease: the least recently used file, held
+    open by a program, is left as it is (busy); the others free the space."""
+    with small_managed_filesystem(image_size="128M") as h:
+        write_config(h)
+        h.start()
+        files = {}
+        for i in range(10):
+            p, d = make_file(h, f"c{i}.bin", 6 * MIB, age_days=30 + i)
+            files[p] = d
+        oldest = h.mnt / "c9.bin"
+        h.ctl("archive", *files)
+        assert h.stop() == 0
+        subprocess.run(["sync"], check=True)
+        assert percent_used(h.mnt) >= 40
+        write_config(h, top='watermark_interval = "1s"', fs_keys="high_watermark = 40\nlow_watermark = 30\n")
+        # Opened before hsmd starts: hsmd's lease is refused while this fd is open.
+        with open(oldest, "rb") as held:
+            h.start()
+            wait_for(lambda: percent_used(h.mnt) < 30, 120, "usage did not fall below the low mark", h)
+            wait_for(lambda: h.wait_for_log(f"watermarks: {h.mnt}: ", timeout=0.1), 60, "no pass line", h)
+            assert h.state(oldest) == "archived", h.status(oldest)
+            line = [l for l in h.log_text().splitlines() if f"watermarks: {h.mnt}: " in l][0]
+            assert "1 not done" in line, line
+            assert held.read(1 << 20)
+        for p, d in files.items():
+            assert sha256(p) == d
