@@ -60,8 +60,9 @@ final class SpaceWatcher: Sendable {
         }
     }
 
-    /// Ends the thread after the file it is working on (waits up to `seconds`).
-    func stop(seconds: Double = 30) {
+    /// Ends the thread after the file it is working on (waits up to `seconds`: the unit
+    /// gives a stop 60 s in all, of which the recall drain takes up to 20).
+    func stop(seconds: Double = 10) {
         guard running.load(ordering: .acquiring) else { return }
         stopping.store(true, ordering: .releasing)
         wake.signal()
@@ -158,8 +159,9 @@ final class SpaceWatcher: Sendable {
             }
             st.lastPass = outcome.line
         }
-        guard !stopping.load(ordering: .acquiring) else { return }
-        if freedNothing {
+        if stopping.load(ordering: .acquiring) {
+            log.notice("watermarks: \(fs.path): \(outcome.line); stopped early: hsmd is stopping")
+        } else if freedNothing {
             if !warn.warnedStuck {
                 _ = update(fs) { $0.warnedStuck = true }
                 log.warning("watermarks: \(fs.path) is \(outcome.end.description) used (high \(w.highPercent)%, low \(w.lowPercent)%) and nothing eligible is left to release or migrate (\(outcome.skips)); hsmd keeps watching but says so again only after usage has been below the high mark")
