@@ -116,19 +116,25 @@ public enum WatermarkRules {
 /// still reach the target).
 public struct CandidateSelector: Sendable {
     public let targetBytes: Int64
+    /// At most this many are kept (the least recently used): memory stays bounded when
+    /// the target takes millions of small files; a later pass does the rest.
+    public let maxCount: Int
     private var heap: [SpaceCandidate] = []
     public private(set) var totalBytes: Int64 = 0
 
-    public init(targetBytes: Int64) { self.targetBytes = max(0, targetBytes) }
+    public init(targetBytes: Int64, maxCount: Int = Int.max) {
+        self.targetBytes = max(0, targetBytes)
+        self.maxCount = max(1, maxCount)
+    }
 
     public var count: Int { heap.count }
 
     public mutating func offer(_ c: SpaceCandidate) {
         guard targetBytes > 0 else { return }
-        if totalBytes >= targetBytes, let top = heap.first, !SpaceCandidate.lessRecentlyUsed(c, top) { return }
+        if totalBytes >= targetBytes || heap.count >= maxCount, let top = heap.first, !SpaceCandidate.lessRecentlyUsed(c, top) { return }
         push(c)
         totalBytes = add(totalBytes, c.bytes)
-        while let top = heap.first, totalBytes - top.bytes >= targetBytes {
+        while let top = heap.first, totalBytes - top.bytes >= targetBytes || heap.count > maxCount {
             totalBytes -= top.bytes
             popTop()
         }

@@ -31,6 +31,8 @@ final class SpaceWatcher: Sendable {
     }
     /// Files a migration step archives together (one store flush), between usage checks.
     static let migrateChunk = 32
+    /// Files of each kind (releases, migrations) one pass keeps from its walk.
+    static let maxFilesPerPass = 100_000
     /// After a pass that could free nothing, the next walk waits this many intervals.
     static let stuckBackoffIntervals: Int64 = 10
 
@@ -191,7 +193,8 @@ final class SpaceWatcher: Sendable {
         // A quarter more than the need: estimates from allocated bytes and files that
         // turn out busy should not cut a pass short.
         let target = need > Int64.max / 2 ? Int64.max : need + need / 4
-        var releases = CandidateSelector(targetBytes: target), migrations = CandidateSelector(targetBytes: target)
+        var releases = CandidateSelector(targetBytes: target, maxCount: Self.maxFilesPerPass)
+        var migrations = CandidateSelector(targetBytes: target, maxCount: Self.maxFilesPerPass)
         var recent = 0, excluded = 0, damaged = 0, seen = 0
         var linked = Set<InodeKey>()
         let nowNs = wallNanos()

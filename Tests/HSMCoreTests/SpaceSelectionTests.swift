@@ -116,6 +116,13 @@ final class SpaceSelectionTests: XCTestCase {
         XCTAssertEqual(s.count, prefix.count)
     }
 
+    func testSelectorKeepsAtMostMaxCountOfTheOldest() {
+        var s = CandidateSelector(targetBytes: 1000 * mib, maxCount: 3)
+        for (i, age) in [5, 30, 9, 50, 1, 40].enumerated() { s.offer(c("f\(i)", age: Int64(age))) }
+        XCTAssertEqual(s.ordered().map(\.path), ["/d/f3", "/d/f5", "/d/f1"])
+        XCTAssertEqual(s.totalBytes, 3 * mib)
+    }
+
     func testSelectorWithTooFewCandidatesKeepsThemAll() {
         var s = CandidateSelector(targetBytes: 100 * mib)
         for (i, age) in [5, 3, 9].enumerated() { s.offer(c("f\(i)", age: Int64(age))) }
