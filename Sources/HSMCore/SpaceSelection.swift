@@ -45,6 +45,17 @@ public struct SpaceUsage: Sendable, Equatable {
     }
 
     public var description: String { String(format: "%.1f%%", percentUsed) }
+
+    /// Usage during a pass that started at `start` and has freed `freed` bytes by its own
+    /// count, given what statvfs says `now`: whichever shows more progress. btrfs returns
+    /// punched space to statvfs only at its next transaction commit, so its `now` lags;
+    /// the count ignores other writers, which at worst ends a pass early (the next look
+    /// goes on).
+    public static func during(start: SpaceUsage, now: SpaceUsage, freed: Int64) -> SpaceUsage {
+        let f = min(max(0, freed), start.usedBytes)
+        let counted = SpaceUsage(usedBytes: start.usedBytes - f, availableBytes: start.availableBytes > Int64.max - f ? Int64.max : start.availableBytes + f)
+        return counted.percentUsed < now.percentUsed ? counted : now
+    }
 }
 
 /// A file a watermark pass may free: released if it is archived already, otherwise

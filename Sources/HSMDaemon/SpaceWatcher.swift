@@ -216,7 +216,7 @@ final class SpaceWatcher: Sendable {
         out.skips = "\(seen) files looked at: \(recent) used within \(Units.formatDuration(max(policy.olderThanSeconds ?? 0, w.minAgeSeconds))), \(excluded) excluded or smaller than the policy's min_size, \(damaged) damaged"
 
         func belowLow() -> Bool {
-            if let u = usage(fs) { out.end = u }
+            if let u = usage(fs) { out.end = SpaceUsage.during(start: start, now: u, freed: out.freed) }
             return out.end.isBelow(percent: w.lowPercent)
         }
         /// The candidate as it is now, if it is still eligible for the same action.
@@ -267,6 +267,12 @@ final class SpaceWatcher: Sendable {
         }
         out.migrated = out.released - archivedBefore
         out.released = archivedBefore
+        if fs.type == "btrfs" && out.freed > 0 {
+            // Commit, so that statvfs (the next look's, and the line's) counts what was freed.
+            do { try FileDescriptor(rawValue: fs.rootFD, path: fs.path).syncFilesystem() } catch {
+                log.warning("watermarks: \(error); the next look may count space this pass freed as used")
+            }
+        }
         _ = belowLow()
         let seconds = Double(monotonicNanos() - started) / 1e9
         out.line = "\(start.description) used (high \(w.highPercent)%): released \(out.released) archived file(s), migrated \(out.migrated), "

@@ -23,6 +23,19 @@ final class SpaceSelectionTests: XCTestCase {
         XCTAssertEqual(SpaceUsage(usedBytes: 0, availableBytes: 0).percentUsed, 0)
     }
 
+    func testUsageDuringAPassTakesTheMoreAdvancedView() {
+        let start = SpaceUsage(usedBytes: 80 * mib, availableBytes: 20 * mib)
+        // btrfs: statvfs has not seen the punches yet; the count has.
+        let lagging = SpaceUsage.during(start: start, now: start, freed: 30 * mib)
+        XCTAssertEqual(lagging, SpaceUsage(usedBytes: 50 * mib, availableBytes: 50 * mib))
+        // statvfs ahead of the count (someone deleted files): statvfs.
+        let ahead = SpaceUsage(usedBytes: 40 * mib, availableBytes: 60 * mib)
+        XCTAssertEqual(SpaceUsage.during(start: start, now: ahead, freed: 10 * mib), ahead)
+        // Nonsense counts are clamped.
+        XCTAssertEqual(SpaceUsage.during(start: start, now: start, freed: Int64.max).usedBytes, 0)
+        XCTAssertEqual(SpaceUsage.during(start: start, now: start, freed: -5), start)
+    }
+
     func testFromStatvfsCountsSaturates() {
         let u = SpaceUsage(fragmentSize: 4096, blocks: 1000, free: 300, available: 250)
         XCTAssertEqual(u.usedBytes, 700 * 4096)

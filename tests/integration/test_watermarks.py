@@ -25,12 +25,12 @@ MIB = 1 << 20
 
 
 @contextlib.contextmanager
-def small_managed_filesystem(image_size="256M"):
-    """A fresh ext4 of `image_size` with its store; hsmd not started; always torn down."""
+def small_managed_filesystem(image_size="256M", fstype="ext4"):
+    """A fresh ext4 (or `fstype`) of `image_size` with its store; hsmd not started; always torn down."""
     base = Path(tempfile.mkdtemp(prefix="hsmd-test-wm-"))
     h = None
     try:
-        h = HSM(base, image_size=image_size)
+        h = HSM(base, image_size=image_size, fstype=fstype)
         yield h
     finally:
         if h is not None:
@@ -98,8 +98,11 @@ def checks_so_far(h):
     return int(part.split(" checks")[0]), int(part.split(", ")[1].split(" passes")[0])
 
 
-def test_fills_past_high_mark_and_hsmd_brings_it_under_the_low_mark():
-    with small_managed_filesystem() as h:
+# btrfs gives punched space back to statvfs only at its next commit (measured: not at
+# fsync, at sync), so a pass there counts what it freed itself.
+@pytest.mark.parametrize("fstype", ["ext4", "btrfs"])
+def test_fills_past_high_mark_and_hsmd_brings_it_under_the_low_mark(fstype):
+    with small_managed_filesystem(fstype=fstype) as h:
         policy = ('[[policy]]\nname = "space"\nmin_size = "64k"\nexclude = ["*.keep"]\n')
         write_config(h, policies=policy)
         h.start()
@@ -150,8 +153,9 @@ def test_fills_past_high_mark_and_hsmd_brings_it_under_the_low_mark():
         migrated = [p for p in rest if p in released]
         left = [p for p in rest if p not in released]
         assert migrated, states
-        if left:
-            assert min(age[p] for p in migrated) > max(age[p] for p in left), states
+        # It stopped at the low mark rather than freeing everything it could.
+        assert left, states
+        assert min(age[p] for p in migrated) > max(age[p] for p in left), states
         for p in [*hot, *kept]:
             assert sha256(p) == {**hot, **kept}[p]
         # Every released file reads back byte-identical.
