@@ -16,6 +16,8 @@ public struct Config: Equatable, Sendable {
     public struct Filesystem: Equatable, Sendable {
         public var path: String
         public var store: String
+        /// Space watermarks (Watermarks.swift); nil: hsmd frees no space here on its own.
+        public var watermarks: Watermarks? = nil
     }
 
     public var socket: String = "/run/hsmd/hsmd.sock"
@@ -39,6 +41,10 @@ public struct Config: Equatable, Sendable {
     public var premarkFiles: Int = 200_000
     public var stores: [Store] = []
     public var filesystems: [Filesystem] = []
+    /// Named migration policies ([[policy]]), for watermarks and `hsmctl migrate --policy`.
+    public var policies: [NamedPolicy] = []
+    /// How often hsmd looks at the space used on filesystems with watermarks.
+    public var watermarkIntervalSeconds: Int64 = 30
 
     public init() {}
 
@@ -119,8 +125,17 @@ public struct Config: Equatable, Sendable {
                 for (i, entry) in try arrayOfTables(value, key).enumerated() {
                     c.filesystems.append(try parseFilesystem(entry, "filesystem[\(i)]"))
                 }
+            case "policy":
+                for (i, entry) in try arrayOfTables(value, key).enumerated() {
+                    c.policies.append(try parsePolicy(entry, "policy[\(i)]"))
+                }
+            case "watermark_interval":
+                c.watermarkIntervalSeconds = try duration(value, key)
+                guard (1...3600).contains(c.watermarkIntervalSeconds) else {
+                    throw Error("watermark_interval: \(c.watermarkIntervalSeconds) s is out of range (1 s to 1 hour)")
+                }
             default:
-                throw Error("unknown key \"\(key)\" (known: socket, state_dir, log_level, recall_threads, recall_timeout, readahead_max, full_recall_programs, journal, premark_files, [[store]], [[filesystem]])")
+                throw Error("unknown key \"\(key)\" (known: socket, state_dir, log_level, recall_threads, recall_timeout, readahead_max, full_recall_programs, journal, premark_files, watermark_interval, [[store]], [[filesystem]], [[policy]])")
             }
         }
         try c.validate()
@@ -144,6 +159,7 @@ public struct Config: Equatable, Sendable {
                 throw Error("store[\(i)].path: \(s.path) lies inside managed filesystem \(f.path); the tier must be elsewhere")
             }
         }
+        try validatePolicies()
     }
 
     public func store(named name: String) -> Store? { stores.first { $0.name == name } }
@@ -251,29 +267,31 @@ public struct Config: Equatable, Sendable {
 
     private static func parseFilesystem(_ t: TOMLTable, _ ctx: String) throws(Error) -> Filesystem {
         var path: String?, store: String?
+        var watermarkKeys: [(String, TOMLValueConvertible)] = []
         for (key, value) in t {
             switch key {
             case "path": path = try absolutePath(value, "\(ctx).path")
             case "store": store = try string(value, "\(ctx).store")
-            default: throw Error("unknown key \"\(ctx).\(key)\" (known: path, store)")
+            case _ where Watermarks.keyNames.contains(key): watermarkKeys.append((key, value))
+            default: throw Error("unknown key \"\(ctx).\(key)\" (known: path, store, \(Watermarks.keyNames.joined(separator: ", ")))")
             }
         }
         guard let path else { throw Error("\(ctx).path is required (the mount point to manage)") }
         guard let store else { throw Error("\(ctx).store is required (the name of a [[store]])") }
-        return Filesystem(path: path, store: store)
+        return Filesystem(path: path, store: store, watermarks: try parseWatermarks(watermarkKeys, ctx))
     }
 
-    private static func string(_ v: TOMLValueConvertible, _ key: String) throws(Error) -> String {
+    static func string(_ v: TOMLValueConvertible, _ key: String) throws(Error) -> String {
         guard let s = v.string else { throw Error("\(key): expected a string, found \(v.type)") }
         return s
     }
 
-    private static func int(_ v: TOMLValueConvertible, _ key: String) throws(Error) -> Int {
+    static func int(_ v: TOMLValueConvertible, _ key: String) throws(Error) -> Int {
         guard let n = v.int else { throw Error("\(key): expected an integer, found \(v.type)") }
         return n
     }
 
-    private static func absolutePath(_ v: TOMLValueConvertible, _ key: String) throws(Error) -> String {
+    static func absolutePath(_ v: TOMLValueConvertible, _ key: String) throws(Error) -> String {
         let s = try string(v, key)
         guard s.hasPrefix("/") else { throw Error("\(key): \"\(s)\" must be an absolute path") }
         var p = (s as NSString).standardizingPath
@@ -281,7 +299,7 @@ public struct Config: Equatable, Sendable {
         return p
     }
 
-    private static func duration(_ v: TOMLValueConvertible, _ key: String) throws(Error) -> Int64 {
+    static func duration(_ v: TOMLValueConvertible, _ key: String) throws(Error) -> Int64 {
         if let n = v.int { return Int64(n) }
         guard let s = v.string, let d = Units.parseDuration(s) else {
             throw Error("\(key): expected seconds or a duration such as \"90s\" or \"5m\"")
@@ -289,7 +307,7 @@ public struct Config: Equatable, Sendable {
         return d
     }
 
-    private static func arrayOfTables(_ v: TOMLValueConvertible, _ key: String) throws(Error) -> [TOMLTable] {
+    static func arrayOfTables(_ v: TOMLValueConvertible, _ key: String) throws(Error) -> [TOMLTable] {
         guard let a = v.array else { throw Error("\(key): expected [[\(key)]] tables") }
         var out: [TOMLTable] = []
         for (i, e) in a.enumerated() {

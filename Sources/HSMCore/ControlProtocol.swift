@@ -32,13 +32,15 @@ public struct ControlRequest: Codable, Sendable, Equatable {
     /// import: the store to rebuild from, and the directory to put the files under.
     public var store: String?
     public var into: String?
+    /// migrate: the [[policy]] of hsmd's config that gives the age, size and excludes.
+    public var policy: String?
 
     public init(op: Operation, paths: [String] = [], range: [Int64]? = nil, olderThanSeconds: Int64? = nil,
                 minSize: Int64? = nil, exclude: [String] = [], dryRun: Bool = false, jobs: Int = 1, progress: Bool = false,
-                since: Int64? = nil, incremental: Bool? = nil) {
+                since: Int64? = nil, incremental: Bool? = nil, policy: String? = nil) {
         self.op = op; self.paths = paths; self.range = range; self.olderThanSeconds = olderThanSeconds
         self.minSize = minSize; self.exclude = exclude; self.dryRun = dryRun; self.jobs = jobs; self.progress = progress
-        self.since = since; self.incremental = incremental
+        self.since = since; self.incremental = incremental; self.policy = policy
     }
 
     /// hsmctl gc's default grace: a file restored from a backup with its marker still

@@ -55,6 +55,7 @@ extension ControlRequest {
         r.graceSeconds = try f.optionalInteger("grace_seconds")
         r.store = try f.optionalString("store")
         r.into = try f.optionalString("into")
+        r.policy = try f.optionalString("policy")
         try r.validate()
         return r
     }
@@ -70,6 +71,7 @@ extension ControlRequest {
             guard p.hasPrefix("/") else { throw ControlRequestError("paths[\(i)]: \(p) is not absolute; hsmd needs absolute paths") }
         }
         for (i, g) in exclude.enumerated() { try Self.checkText(g, "exclude[\(i)]", what: "glob") }
+        if let policy { try Self.checkText(policy, "policy", what: "policy name") }
         if let range {
             guard range.count == 2 else {
                 throw ControlRequestError("range: expected [offset, length] (2 integers), found \(range.count)")

@@ -325,7 +325,8 @@ struct Archiver: Sendable {
     /// pin (a stat) is checked again here.
     private func release(_ path: String, storeChecked: Bool) -> FileResult {
         do {
-            let (fd, st, fs) = try openManaged(path, [.readWrite])
+            // Verifying reads every block: it must not make the file look used to policies.
+            let (fd, st, fs) = try openManaged(path, [.readWrite, .noAccessTime])
             defer { fd.close() }
             return try locks.withLock(st.inodeKey) { try releaseLocked(fd, st, fs, storeChecked: storeChecked) }
         } catch let r as Refusal {

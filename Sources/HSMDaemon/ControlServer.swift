@@ -12,16 +12,19 @@ final class ControlServer: Sendable {
     let listener: UnixListener
     let archiver: Archiver
     let journal: Journal?
+    let settings: PolicySettings
     let log: Logger
     let info: @Sendable () -> [String: String]
     static let filesPerLine = 512
     static let trimAfterFiles = 1000
     static let requestTimeoutSeconds = 20
 
-    init(socketPath: String, archiver: Archiver, journal: Journal? = nil, log: Logger, info: @escaping @Sendable () -> [String: String]) throws(SystemError) {
+    init(socketPath: String, archiver: Archiver, journal: Journal? = nil, settings: PolicySettings = PolicySettings(), log: Logger,
+         info: @escaping @Sendable () -> [String: String]) throws(SystemError) {
         listener = try UnixListener.listen(socketPath, mode: 0o600)
         self.archiver = archiver
         self.journal = journal
+        self.settings = settings
         self.log = log
         self.info = info
     }
@@ -114,11 +117,22 @@ final class ControlServer: Sendable {
             }
             reply(ControlReply(type: .result, files: problems, status: rows))
         case .migrate:
+            // A named policy is looked up now, in the settings of this moment (a reload
+            // may change them; this request keeps what it started with).
+            let policies = settings.snapshot.policies
+            let resolved: ControlRequest
+            do { resolved = try request.resolvingPolicy(policies, defaultPaths: archiver.filesystems.all.map(\.path)) } catch {
+                reply(ControlReply(type: .error, message: error.message))
+                return
+            }
             let lastSent = Mutex<UInt64>(0)
             let sendProgress = request.progress
             let writer = LineWriter(fd: conn.fd)
             var notes: [String] = []
-            let files = Migrator(archiver: archiver, journal: journal).run(request, notes: &notes) { p in
+            if let name = request.policy, let p = policies.first(where: { $0.name == name }) {
+                notes.append("policy \(name): \(p.policy.summary); \(resolved.paths.joined(separator: ", "))")
+            }
+            let files = Migrator(archiver: archiver, journal: journal).run(resolved, notes: &notes) { p in
                 guard sendProgress else { return }
                 let now = monotonicNanos()
                 let due = lastSent.withLock { last -> Bool in
@@ -129,7 +143,7 @@ final class ControlServer: Sendable {
                 if due { try? writer.writeLine(ControlCodec.encode(ControlReply(type: .progress, progress: p))) }
             }
             let done = files.filter { $0.outcome == .done }
-            log.info("migrate: \(done.count) files, \(Units.formatBytes(files.reduce(0) { $0 + $1.bytesArchived })) archived, \(Units.formatBytes(files.reduce(0) { $0 + $1.bytesFreed })) freed, \(files.filter { $0.outcome == .failed }.count) not done")
+            log.info("migrate\(request.policy.map { " (policy \($0))" } ?? ""): \(done.count) files, \(Units.formatBytes(files.reduce(0) { $0 + $1.bytesArchived })) archived, \(Units.formatBytes(files.reduce(0) { $0 + $1.bytesFreed })) freed, \(files.filter { $0.outcome == .failed }.count) not done")
             reply(ControlReply(type: .result, files: files, notes: notes.isEmpty ? nil : notes))
         case .remove:
             let recall = request.recall ?? false

@@ -112,6 +112,8 @@ public enum Daemon {
         let events = EventLoop(group: group, eventLog: eventLog, engine: engine, filesystems: filesystems, log: log)
         let archiver = Archiver(group: group, filesystems: filesystems, locks: locks, engine: engine, log: log)
         let premarker = ResidentPremarker(group: group, filesystems: filesystems.all, locks: locks, limit: config.premarkFiles, log: log)
+        let settings = PolicySettings(config)
+        let spaceWatcher = SpaceWatcher(archiver: archiver, engine: engine, settings: settings, log: log)
         let fsList = filesystems.all.map { "\($0.path) (\($0.type), store \($0.store.name))" }.joined(separator: "; ")
         let restartState = inherited.group != nil ? "pre-content group kept across the last restart"
             : (SystemdNotify.isAvailable ? "fresh start; groups handed to systemd's fd store"
@@ -128,7 +130,7 @@ public enum Daemon {
         let privileges = Self.privilegeKeeping(log: log)
         let server: ControlServer
         do {
-            server = try ControlServer(socketPath: config.socket, archiver: archiver, journal: journal, log: log) {
+            server = try ControlServer(socketPath: config.socket, archiver: archiver, journal: journal, settings: settings, log: log) {
                 ["version": version, "pid": "\(getpid())", "filesystems": fsList,
                  "uptime_seconds": "\(Int(Date().timeIntervalSince(started)))",
                  "events": "\(events.eventsSeen.load(ordering: .relaxed))",
@@ -139,6 +141,7 @@ public enum Daemon {
                  "process_view": processViewText,
                  "privileges": privileges,
                  "full_recall_programs": config.fullRecallPrograms.joined(separator: " "),
+                 "watermarks": spaceWatcher.summary,
                  "journal": journal.map { "on, \($0.eventsRead.load(ordering: .relaxed)) events, \($0.transactions.load(ordering: .relaxed)) transactions" } ?? "off"]
             }
         } catch {
@@ -155,6 +158,7 @@ public enum Daemon {
         archiver.recoverAtStart()
         server.start()
         premarker.start()
+        spaceWatcher.start()
         startWatchdog(events, log: log)
         log.notice("hsmd \(version) ready: managing \(fsList); control socket \(config.socket)")
         SystemdNotify.send("READY=1\nSTATUS=managing \(filesystems.all.count) filesystem(s)")
@@ -166,6 +170,7 @@ public enum Daemon {
         SystemdNotify.send("STOPPING=1")
         server.stop()
         premarker.stop()
+        spaceWatcher.stop()
         // Stop reading and finish what was taken. The filesystem marks stay: with the
         // group in systemd's fd store, accesses wait for the next hsmd instead of being
         // allowed (without systemd, exiting closes the group and the kernel allows them).

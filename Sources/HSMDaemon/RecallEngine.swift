@@ -67,6 +67,9 @@ final class RecallEngine: Sendable {
     static let testStoreDelayMicros: UInt32 = ProcessInfo.processInfo.environment["HSMD_TEST_STORE_DELAY_MS"]
         .flatMap { UInt32($0) }.map { $0 > UInt32.max / 1000 ? UInt32.max : $0 * 1000 } ?? 0
     private let work = DispatchSemaphore(value: 0)
+    /// Bytes written back by recalls since start: the space watcher looks at usage again
+    /// after a large amount (SpaceWatcher).
+    let bytesRecalled = Atomic<Int64>(0)
 
     init(group: FanotifyGroup, filesystems: ManagedFilesystems, locks: InodeLocks, config: Config, log: Logger) {
         self.group = group
@@ -510,6 +513,7 @@ final class RecallEngine: Sendable {
             try persistDurably()
         }
         if marker.offline.isEmpty && !ahead.isEmpty { try? group.ignore(fileAt: fd.rawValue, path: fd.path) }
+        bytesRecalled.add(written, ordering: .relaxed)
         return written
     }
 

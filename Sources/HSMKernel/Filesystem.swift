@@ -36,3 +36,13 @@ public enum Filesystem {
         return st.device != parent.device || st.inode == parent.inode
     }
 }
+
+extension Filesystem {
+    /// statvfs counts of the filesystem holding the open file `fd`: fragment size, blocks,
+    /// free blocks, and blocks available to unprivileged writers.
+    public static func space(fd: Int32, path: String) throws(SystemError) -> (fragmentSize: UInt64, blocks: UInt64, free: UInt64, available: UInt64) {
+        var s = statvfs()
+        guard fstatvfs(fd, &s) == 0 else { throw SystemError(errno: errno, operation: "fstatvfs", path: path) }
+        return (UInt64(s.f_frsize), UInt64(s.f_blocks), UInt64(s.f_bfree), UInt64(s.f_bavail))
+    }
+}

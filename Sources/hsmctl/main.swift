@@ -160,8 +160,13 @@ struct Recall: ParsableCommand {
 struct Migrate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Archive and release cold files, walking directories.",
-        discussion: "A file's age counts from its last access or modification, whichever is later.")
+        discussion: """
+            A file's age counts from its last access or modification, whichever is later. \
+            --policy NAME takes the age, size and excludes from the [[policy]] of that name in hsmd's config; \
+            without a PATH it migrates every managed filesystem.
+            """)
     @OptionGroup var connection: Connection
+    @Option(help: "Use this [[policy]] of hsmd's config (instead of --older-than, --min-size, --exclude).") var policy: String?
     @Option(help: "Only files not used for this long (e.g. 30d, 12h, 90m).") var olderThan: String?
     @Option(help: "Only files at least this big (e.g. 64k, 1M).") var minSize: String?
     @Option(help: "Skip files matching this glob (repeatable; with a '/' it matches the whole path).") var exclude: [String] = []
@@ -184,9 +189,15 @@ struct Migrate: ParsableCommand {
             size = s
         }
         guard (1...64).contains(jobs) else { throw fail("--jobs \(jobs): expected 1 to 64") }
+        if let policy, olderThan != nil || minSize != nil || !exclude.isEmpty {
+            throw fail("--policy \(policy) gives the age, size and excludes; drop --older-than, --min-size and --exclude (or the policy)")
+        }
         let tty = isatty(STDERR_FILENO) == 1 && !json
-        let request = ControlRequest(op: .migrate, paths: try checkPaths(paths), olderThanSeconds: age, minSize: size,
-                                     exclude: exclude, dryRun: dryRun, jobs: jobs, progress: tty, incremental: incremental ? true : nil)
+        // With a policy and no path, hsmd migrates every filesystem it manages.
+        let targets = policy != nil && paths.isEmpty ? [] : try checkPaths(paths)
+        let request = ControlRequest(op: .migrate, paths: targets, olderThanSeconds: age, minSize: size,
+                                     exclude: exclude, dryRun: dryRun, jobs: jobs, progress: tty, incremental: incremental ? true : nil,
+                                     policy: policy)
         let reply = try send(connection.client, request) { p in
             let line = "\rscanned \(p.scanned), migrated \(p.done), not done \(p.failed), \(Units.formatBytes(p.bytesArchived)) archived, \(Units.formatBytes(p.bytesFreed)) freed "
             FileHandle.standardError.write(Data(line.utf8))
@@ -296,6 +307,7 @@ struct Doctor: ParsableCommand {
                     line(true, "whole-file recall at open for: \(programs) (full_recall_programs)")
                 }
             }
+            for fs in (info["watermarks"] ?? "").split(separator: "\n") { line(true, "watermarks \(fs)") }
             if let restart = info["restart"] {
                 // Not a failure, but an administrator must know when a stop means zeros.
                 print("\(restart.contains("without systemd") ? "warn" : "ok  ") restarts: \(restart)")

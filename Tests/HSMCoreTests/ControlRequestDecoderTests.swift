@@ -308,6 +308,7 @@ final class ControlRequestFuzzTests: XCTestCase {
         ControlCodec.encode(ControlRequest(op: .migrate, paths: ["/mnt"], olderThanSeconds: 86_400, minSize: 65_536,
                                            exclude: ["*.tmp"], dryRun: true, jobs: 8, progress: true, incremental: true)),
         ControlCodec.encode(ControlRequest(op: .journalList, paths: ["/mnt/ü"], since: 3)),
+        ControlCodec.encode(ControlRequest(op: .migrate, jobs: 2, policy: "nightly")),
         Array(#"{"op":"recall","range":[9223372036854775806,1],"paths":["/a"]}"#.utf8),
     ]
 
