@@ -7,6 +7,7 @@ public struct ControlRequest: Codable, Sendable, Equatable {
         case ping, archive, release, migrate, recall, status
         case journalStatus = "journal_status", journalSnapshot = "journal_snapshot"
         case journalList = "journal_list", journalChanged = "journal_changed"
+        case queue, cancel, metrics
     }
 
     public var op: Operation
@@ -23,13 +24,15 @@ public struct ControlRequest: Codable, Sendable, Equatable {
     public var since: Int64?
     /// migrate: scan only directories the change journal lists since the last run.
     public var incremental: Bool?
+    /// cancel: the job's id (hsmctl queue lists them).
+    public var id: Int64?
 
     public init(op: Operation, paths: [String] = [], range: [Int64]? = nil, olderThanSeconds: Int64? = nil,
                 minSize: Int64? = nil, exclude: [String] = [], dryRun: Bool = false, jobs: Int = 1, progress: Bool = false,
-                since: Int64? = nil, incremental: Bool? = nil) {
+                since: Int64? = nil, incremental: Bool? = nil, id: Int64? = nil) {
         self.op = op; self.paths = paths; self.range = range; self.olderThanSeconds = olderThanSeconds
         self.minSize = minSize; self.exclude = exclude; self.dryRun = dryRun; self.jobs = jobs; self.progress = progress
-        self.since = since; self.incremental = incremental
+        self.since = since; self.incremental = incremental; self.id = id
     }
 }
 
@@ -100,6 +103,10 @@ public struct ControlReply: Codable, Sendable {
     public var changes: [JournalEntry]?
     /// journal changed.
     public var verdict: JournalVerdict?
+    /// queue.
+    public var queue: QueueSnapshot?
+    /// metrics: Prometheus's text exposition.
+    public var text: String?
 
     public init(type: Kind, message: String? = nil, files: [FileResult]? = nil, status: [StatusRow]? = nil,
                 progress: ProgressReport? = nil, info: [String: String]? = nil, notes: [String]? = nil,

@@ -36,7 +36,7 @@ extension ControlRequest {
         let opName = try f.string("op")
         guard let op = Operation(rawValue: opName) else {
             let known = ["ping", "archive", "release", "migrate", "recall", "status",
-                         "journal_status", "journal_snapshot", "journal_list", "journal_changed"]
+                         "journal_status", "journal_snapshot", "journal_list", "journal_changed", "queue", "cancel", "metrics"]
             throw ControlRequestError("op: \"\(opName)\" is not an operation (known: \(known.joined(separator: ", ")))")
         }
         var r = ControlRequest(op: op)
@@ -50,6 +50,7 @@ extension ControlRequest {
         r.progress = try f.bool("progress") ?? false
         r.since = try f.optionalInteger("since")
         r.incremental = try f.bool("incremental")
+        r.id = try f.optionalInteger("id")
         try r.validate()
         return r
     }
@@ -82,6 +83,10 @@ extension ControlRequest {
         if let m = minSize, m < 0 { throw ControlRequestError("min_size: \(m) is negative") }
         guard ControlRequestLimits.jobs.contains(jobs) else {
             throw ControlRequestError("jobs: \(jobs) is out of range (\(ControlRequestLimits.jobs.lowerBound) to \(ControlRequestLimits.jobs.upperBound))")
+        }
+        if op == .cancel {
+            guard let id else { throw ControlRequestError("cancel: id is missing (hsmctl queue lists the jobs' ids)") }
+            guard id > 0 else { throw ControlRequestError("cancel: id \(id) is not a job id (ids count from 1)") }
         }
         if let s = since, s < 0 { throw ControlRequestError("since: \(s) is not an epoch number (epochs count from 1)") }
     }

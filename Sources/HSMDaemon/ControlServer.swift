@@ -14,16 +14,20 @@ final class ControlServer: Sendable {
     let journal: Journal?
     let log: Logger
     let info: @Sendable () -> [String: String]
+    /// Jobs, queue and metrics (hsmctl queue, cancel, metrics).
+    let ops: OpsContext
     static let filesPerLine = 512
     static let trimAfterFiles = 1000
     static let requestTimeoutSeconds = 20
 
-    init(socketPath: String, archiver: Archiver, journal: Journal? = nil, log: Logger, info: @escaping @Sendable () -> [String: String]) throws(SystemError) {
+    init(socketPath: String, archiver: Archiver, journal: Journal? = nil, log: Logger, ops: OpsContext = OpsContext(),
+         info: @escaping @Sendable () -> [String: String]) throws(SystemError) {
         listener = try UnixListener.listen(socketPath, mode: 0o600)
         self.archiver = archiver
         self.journal = journal
         self.log = log
         self.info = info
+        self.ops = ops
     }
 
     func start() {
@@ -93,18 +97,27 @@ final class ControlServer: Sendable {
             return
         }
         // Requests that change files are worth an operator's line; lookups are not.
-        let level: Logger.Level = [.ping, .status, .journalStatus, .journalList, .journalChanged].contains(request.op) ? .debug : .info
+        let level: Logger.Level = [.ping, .status, .journalStatus, .journalList, .journalChanged, .queue, .metrics].contains(request.op) ? .debug : .info
         log.log(level: level, "\(request.op.rawValue) requested for \(request.paths.count) path(s) by uid \(uid)")
         switch request.op {
         case .ping:
             reply(ControlReply(type: .result, info: info()))
         case .archive:
-            reply(ControlReply(type: .result, files: archiver.archiveMany(request.paths, jobs: request.jobs, release: false)))
+            let files = ops.jobs.run(request, uid: uid, clientFD: conn.fd) { job in
+                archiver.archiveMany(request.paths, jobs: request.jobs, release: false, cancelled: { job.isCancelled }, onResult: job.record)
+            }
+            reply(ControlReply(type: .result, files: files))
         case .release:
-            reply(ControlReply(type: .result, files: request.paths.map(archiver.release)))
+            reply(ControlReply(type: .result, files: ops.jobs.run(request, uid: uid, clientFD: conn.fd) { job in
+                request.paths.map { p in job.isCancelled ? FileResult(path: p, outcome: .failed, reason: Job.cancelledReason) : job.recorded(archiver.release(p)) }
+            }))
         case .recall:
             let range = request.recallRange
-            reply(ControlReply(type: .result, files: request.paths.map { archiver.recall($0, range: range) }))
+            reply(ControlReply(type: .result, files: ops.jobs.run(request, uid: uid, clientFD: conn.fd) { job in
+                request.paths.map { p in job.isCancelled ? FileResult(path: p, outcome: .failed, reason: Job.cancelledReason) : job.recorded(archiver.recall(p, range: range)) }
+            }))
+        case .queue, .cancel, .metrics:
+            reply(OpsRequests(ops: ops).serve(request, uid: uid))
         case .status:
             var rows: [StatusRow] = [], problems: [FileResult] = []
             for p in request.paths {
@@ -118,7 +131,8 @@ final class ControlServer: Sendable {
             let sendProgress = request.progress
             let writer = LineWriter(fd: conn.fd)
             var notes: [String] = []
-            let files = Migrator(archiver: archiver, journal: journal).run(request, notes: &notes) { p in
+            let files = ops.jobs.run(request, uid: uid, clientFD: conn.fd) { job in
+                Migrator(archiver: archiver, journal: journal).run(request, notes: &notes, job: job) { p in
                 guard sendProgress else { return }
                 let now = monotonicNanos()
                 let due = lastSent.withLock { last -> Bool in
@@ -127,6 +141,7 @@ final class ControlServer: Sendable {
                     return true
                 }
                 if due { try? writer.writeLine(ControlCodec.encode(ControlReply(type: .progress, progress: p))) }
+                }
             }
             let done = files.filter { $0.outcome == .done }
             log.info("migrate: \(done.count) files, \(Units.formatBytes(files.reduce(0) { $0 + $1.bytesArchived })) archived, \(Units.formatBytes(files.reduce(0) { $0 + $1.bytesFreed })) freed, \(files.filter { $0.outcome == .failed }.count) not done")

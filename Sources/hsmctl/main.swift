@@ -13,7 +13,8 @@ struct HSMCtl: ParsableCommand {
             2 usage error, hsmd unreachable, or not root.
             """,
         version: "0.1.0",
-        subcommands: [Archive.self, Release.self, Migrate.self, Recall.self, Status.self, JournalCommand.self, Doctor.self])
+        subcommands: [Archive.self, Release.self, Migrate.self, Recall.self, Status.self, JournalCommand.self, Doctor.self,
+                      Queue.self, Cancel.self, Metrics.self])
 }
 
 struct Connection: ParsableArguments {
