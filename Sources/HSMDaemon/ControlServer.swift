@@ -103,17 +103,17 @@ final class ControlServer: Sendable {
         case .ping:
             reply(ControlReply(type: .result, info: info()))
         case .archive:
-            let files = ops.jobs.run(request, uid: uid, clientFD: conn.fd) { job in
+            let files = ops.jobs.run(request, uid: uid, clientFD: conn.fd, log: log) { job in
                 archiver.archiveMany(request.paths, jobs: request.jobs, release: false, cancelled: { job.isCancelled }, onResult: job.record)
             }
             reply(ControlReply(type: .result, files: files))
         case .release:
-            reply(ControlReply(type: .result, files: ops.jobs.run(request, uid: uid, clientFD: conn.fd) { job in
+            reply(ControlReply(type: .result, files: ops.jobs.run(request, uid: uid, clientFD: conn.fd, log: log) { job in
                 request.paths.map { p in job.isCancelled ? FileResult(path: p, outcome: .failed, reason: Job.cancelledReason) : job.recorded(archiver.release(p)) }
             }))
         case .recall:
             let range = request.recallRange
-            reply(ControlReply(type: .result, files: ops.jobs.run(request, uid: uid, clientFD: conn.fd) { job in
+            reply(ControlReply(type: .result, files: ops.jobs.run(request, uid: uid, clientFD: conn.fd, log: log) { job in
                 request.paths.map { p in job.isCancelled ? FileResult(path: p, outcome: .failed, reason: Job.cancelledReason) : job.recorded(archiver.recall(p, range: range)) }
             }))
         case .queue, .cancel, .metrics:
@@ -131,7 +131,7 @@ final class ControlServer: Sendable {
             let sendProgress = request.progress
             let writer = LineWriter(fd: conn.fd)
             var notes: [String] = []
-            let files = ops.jobs.run(request, uid: uid, clientFD: conn.fd) { job in
+            let files = ops.jobs.run(request, uid: uid, clientFD: conn.fd, log: log) { job in
                 Migrator(archiver: archiver, journal: journal).run(request, notes: &notes, job: job) { p in
                 guard sendProgress else { return }
                 let now = monotonicNanos()

@@ -1,6 +1,7 @@
 import Foundation
 import HSMCore
 import HSMKernel
+import Logging
 import Synchronization
 
 /// One running archive, release, recall or migrate request, for `hsmctl queue` and
@@ -82,10 +83,17 @@ final class JobTable: Sendable {
     private let nextID = Atomic<Int64>(1)
 
     /// Runs `body` as a listed job.
-    func run<R>(_ request: ControlRequest, uid: UInt32, clientFD: Int32?, _ body: (Job) -> R) -> R {
+    /// Runs `body` as a listed job; a job that was cancelled says so in the log at its end.
+    func run<R>(_ request: ControlRequest, uid: UInt32, clientFD: Int32?, log: Logger, _ body: (Job) -> R) -> R {
         let job = Job(id: nextID.add(1, ordering: .relaxed).oldValue, request: request, uid: uid, clientFD: clientFD)
         jobs.withLock { $0[job.id] = job }
-        defer { jobs.withLock { _ = $0.removeValue(forKey: job.id) } }
+        defer {
+            jobs.withLock { _ = $0.removeValue(forKey: job.id) }
+            if let why = job.cancelReason {
+                let p = job.row(now: monotonicNanos()).progress
+                log.notice("job \(job.id) (\(job.op) \(job.path)) stopped: \(why); \(p.done) file(s) done, the files not started were left as they were")
+            }
+        }
         return body(job)
     }
 
