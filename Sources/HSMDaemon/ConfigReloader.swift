@@ -35,16 +35,19 @@ struct ConfigReloader {
             metrics.child("applied").add()
             apply(new)
             var notes: [String] = []
+            var newLevel: Logger.Level?
             if changed.contains("log_level") {
                 if let logLevel, logLevel.pinnedByCommandLine {
                     notes.append("log_level stays \(logLevel.level.rawValue) (set by --log-level)")
-                } else if let l = Logger.Level(rawValue: new.logLevel) {
-                    logLevel?.level = l
+                } else {
+                    newLevel = Logger.Level(rawValue: new.logLevel)
                 }
             }
             running = new
             let list = changed.isEmpty ? "nothing changed" : "changed \(changed.joined(separator: ", "))"
+            // Said before a quieter level takes effect, so the line is always there.
             log.notice("config reloaded from \(path): \(list)\(notes.isEmpty ? "" : "; " + notes.joined(separator: "; "))")
+            if let newLevel { logLevel?.level = newLevel }
         }
     }
 }

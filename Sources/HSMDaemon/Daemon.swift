@@ -191,7 +191,9 @@ public enum Daemon {
             let reloader = ConfigReloader(path: configPath, logLevel: logLevel, log: log) { new in
                 engine.apply(new)
             }
+            SystemdNotify.send("RELOADING=1")
             running.withLock { reloader.reload(&$0) }
+            SystemdNotify.send("READY=1\nSTATUS=managing \(filesystems.all.count) filesystem(s)")
         }
 
         log.notice("received \(sig == SIGTERM ? "SIGTERM" : "SIGINT"), stopping")
