@@ -22,26 +22,27 @@ public final class MetricGauge: Sendable {
 }
 
 /// Observations are integers in a base unit (nanoseconds for durations, bytes for sizes);
-/// `scale` turns them into the exposed unit (1e-9: seconds). Each bucket is its own
+/// `perUnit` of them make one exposed unit (1e9 nanoseconds: a second). A division, not a
+/// multiplication by 1e-9, so that bounds print exactly (60, not 60.00000000000001). Each bucket is its own
 /// atomic, counted non-cumulatively and summed at exposition.
 public final class MetricHistogram: Sendable {
     /// Upper bounds in base units, ascending.
     public let bounds: [UInt64]
-    public let scale: Double
+    public let perUnit: Double
     private let buckets: [MetricCounter]
     private let sum = MetricCounter()
     private let count = MetricCounter()
 
-    public init(bounds: [UInt64], scale: Double) {
+    public init(bounds: [UInt64], perUnit: Double) {
         self.bounds = bounds.sorted()
-        self.scale = scale
+        self.perUnit = perUnit
         buckets = (0...bounds.count).map { _ in MetricCounter() }
     }
 
     /// Durations from 100 µs to 60 s, in nanoseconds.
     public static func latency() -> MetricHistogram {
         MetricHistogram(bounds: [100_000, 500_000, 1_000_000, 5_000_000, 10_000_000, 50_000_000, 100_000_000,
-                                 500_000_000, 1_000_000_000, 5_000_000_000, 10_000_000_000, 60_000_000_000], scale: 1e-9)
+                                 500_000_000, 1_000_000_000, 5_000_000_000, 10_000_000_000, 60_000_000_000], perUnit: 1e9)
     }
 
     public func observe(_ v: UInt64) {
@@ -59,7 +60,7 @@ public final class MetricHistogram: Sendable {
         let cumulative = buckets.map { b -> UInt64 in running &+= b.current; return running }
         // The count read after the buckets could be ahead of them; the +Inf bucket must equal it.
         let total = cumulative.last ?? 0
-        return (cumulative, Double(sum.current) * scale, total)
+        return (cumulative, Double(sum.current) / perUnit, total)
     }
 }
 
@@ -128,7 +129,7 @@ public struct PrometheusWriter {
     public mutating func histogram(_ name: String, _ labels: [(String, String)], _ h: MetricHistogram) {
         let s = h.snapshot
         for (i, bound) in h.bounds.enumerated() {
-            sample(name + "_bucket", labels + [("le", Self.format(Double(bound) * h.scale))], String(s.cumulative[i]))
+            sample(name + "_bucket", labels + [("le", Self.format(Double(bound) / h.perUnit))], String(s.cumulative[i]))
         }
         sample(name + "_bucket", labels + [("le", "+Inf")], String(s.count))
         sample(name + "_sum", labels, Self.format(s.sum))
