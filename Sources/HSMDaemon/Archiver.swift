@@ -544,7 +544,6 @@ struct Archiver: Sendable {
                 defer { engine.inFlight.end(ticket) }
                 do { bytes = try engine.recall(fd, range: range.map { AccessRange(offset: $0.lowerBound, count: max($0.upperBound - $0.lowerBound, 1)) } ?? .wholeFile,
                                              key: st.inodeKey, store: fs.store, readahead: false, ticket: ticket)
-                    if bytes > 0 { DaemonMetrics.shared.recalls.add() }
                 } catch {
                     log.error("recall of \(fd.path) failed: \(error)")
                     throw Refusal(result: FileResult(path: fd.path, outcome: .failed, reason: "\(error)", state: .damaged))

@@ -206,11 +206,11 @@ final class RecallEngine: Sendable {
         do {
             let bytes = try recall(fd, range: range, key: key, store: fs.store, readahead: !event.atOpen,
                                    markerBeforeAnswer: opener != nil, event: event, canShift: fs.canShiftData, ticket: ticket) {
+                // From the event's arrival to the data it needs being in: what the program
+                // waited. Counted before the answer, so a reader that has its data sees it counted.
+                if !event.isAnswered { metrics.recallSeconds.observe(monotonicNanos() &- event.received) }
                 allowed = event.answer(.allow)
-                // From the event's arrival to its answer: what the program waited.
-                if allowed { metrics.recallSeconds.observe(monotonicNanos() &- event.received) }
             }
-            if bytes > 0 { metrics.recalls.add() }
             if allowed && bytes > 0 {
                 let ms = Double(monotonicNanos() - started) / 1e6
                 log.debug("recalled \(Units.formatBytes(bytes)) of \(fd.path) for pid \(event.pid) in \(String(format: "%.1f", ms)) ms")
@@ -375,6 +375,8 @@ final class RecallEngine: Sendable {
             return 0
         }
 
+        // A recall that goes to the store: counted before any of its data is written.
+        DaemonMetrics.shared.recalls.add()
         if Self.testStoreDelayMicros > 0 { usleep(Self.testStoreDelayMicros) }
         let record: ObjectRecord
         let reader: any ObjectReader

@@ -59,7 +59,7 @@ def test_queue_lists_a_recall_in_flight(hsm_stopped):
         if reader.poll() is None:
             reader.kill()
             reader.wait()
-    assert queue(h) == {"recalls": [], "jobs": [], "queued_accesses": 0}
+    wait_for("an empty queue", lambda: queue(h) == {"recalls": [], "jobs": [], "queued_accesses": 0})
 
 
 def make_tree(h, n):
