@@ -33,10 +33,6 @@ struct Archiver: Sendable {
     static let punchPauseMicros: UInt32 = ProcessInfo.processInfo.environment["HSMD_TEST_PUNCH_PAUSE_MS"]
         .flatMap { UInt32($0) }.map { $0.multipliedReportingOverflow(by: 1000).overflow ? UInt32.max : $0 * 1000 } ?? 0
 
-    /// Test-only: a pause before each file is copied, so a test sees a long job running.
-    static let archiveDelayMicros: UInt32 = ProcessInfo.processInfo.environment["HSMD_TEST_ARCHIVE_DELAY_MS"]
-        .flatMap { UInt32($0) }.map { $0.multipliedReportingOverflow(by: 1000).overflow ? UInt32.max : $0 * 1000 } ?? 0
-
     private struct Refusal: Error {
         let result: FileResult
     }
@@ -134,7 +130,6 @@ struct Archiver: Sendable {
     /// object is durable only after the store's next `makeDurable()`.
     /// `unusable`: stores known not to prove their identity (name → why), refused at once.
     func stage(_ path: String, unusable: [String: String] = [:]) -> Staging {
-        if Self.archiveDelayMicros > 0 { usleep(Self.archiveDelayMicros) }
         do {
             let (fd, st, fs) = try openManaged(path, [.readWrite, .noAccessTime])
             defer { fd.close() }

@@ -36,6 +36,8 @@ final class DaemonMetrics: Sendable {
     }
 
     func recordArchive(_ r: FileResult) {
+        // A file a cancelled job never started is no archive outcome.
+        if r.reason == Job.cancelledReason { return }
         archives.child(r.outcome.rawValue).add(1)
         if r.outcome == .done { archivedBytes.add(signed: r.bytesArchived) }
     }

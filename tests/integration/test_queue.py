@@ -78,7 +78,7 @@ def migrate_job(h):
 
 def test_cancel_stops_a_listed_migrate(hsm_stopped):
     h = hsm_stopped
-    start_hsmd(h, HSMD_TEST_ARCHIVE_DELAY_MS=200)
+    start_hsmd(h, HSMD_TEST_ARCHIVE_PAUSE_MS=200)
     paths = make_tree(h, 40)
     m = ctl_popen(h, "migrate", "--jobs", "1", h.mnt / "tree")
     try:
@@ -102,11 +102,13 @@ def test_cancel_stops_a_listed_migrate(hsm_stopped):
     assert queue(h)["jobs"] == []
     s = h.ctl("metrics").stdout
     assert "hsmd_jobs_cancelled_total 1" in s
+    # Files the job never started are no archive failures.
+    assert 'hsmd_archives_total{outcome="failed"} 0' in s
 
 
 def test_migrate_stops_when_its_hsmctl_goes_away(hsm_stopped):
     h = hsm_stopped
-    start_hsmd(h, HSMD_TEST_ARCHIVE_DELAY_MS=200)
+    start_hsmd(h, HSMD_TEST_ARCHIVE_PAUSE_MS=200)
     paths = make_tree(h, 40)
     m = ctl_popen(h, "migrate", "--jobs", "1", h.mnt / "tree")
     try:
