@@ -134,3 +134,28 @@ def test_cancel_of_no_such_job(hsm):
 def test_queue_needs_root(hsm):
     r = hsm.ctl("queue", check=False, user=65534)
     assert r.returncode == 2 and "root" in r.stderr
+
+
+def test_a_client_that_half_closes_after_its_request_keeps_its_job(hsm_stopped):
+    """Shutting down only the sending side (as `nc -N` does) is not going away: the
+    migrate runs to the end and the answer arrives."""
+    import socket
+    h = hsm_stopped
+    start_hsmd(h, HSMD_TEST_ARCHIVE_PAUSE_MS=50)
+    paths = make_tree(h, 10)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(str(h.socket))
+    s.sendall(json.dumps({"op": "migrate", "paths": [str(h.mnt / "tree")], "jobs": 1}).encode() + b"\n")
+    s.shutdown(socket.SHUT_WR)
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    replies = [json.loads(l) for l in data.splitlines()]
+    files = [f for r in replies for f in (r.get("files") or [])]
+    assert replies[-1]["type"] == "result"
+    assert sorted(f["path"] for f in files if f["outcome"] == "done") == sorted(map(str, paths)), files
+    assert all(h.state(p) == "released" for p in paths)
