@@ -54,11 +54,13 @@ final class MetricsHTTPServer: Sendable {
         respond(conn, 200, "OK", body(), head: method == "HEAD", contentType: "text/plain; version=0.0.4; charset=utf-8")
     }
 
-    /// The request up to its blank line; nil if the peer sent none in time or too much.
+    /// The request up to its blank line; nil if the peer sent none in time (5 s in all, not
+    /// per read: a peer trickling bytes must not hold the one thread) or too much.
     private func readHead(_ conn: TCPSocket) -> String? {
         var data: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
-        while data.count < Self.maxRequestBytes {
+        let deadline = monotonicNanos() + UInt64(Self.ioTimeoutMillis) * 1_000_000
+        while data.count < Self.maxRequestBytes && monotonicNanos() < deadline {
             let n: Int
             do { n = try chunk.withUnsafeMutableBytes { b throws(SystemError) in try conn.read(into: b) } } catch { return nil }
             if n == 0 { return nil }
