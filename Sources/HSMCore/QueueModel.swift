@@ -31,13 +31,16 @@ public struct QueueJob: Codable, Sendable, Equatable {
     /// Files the job knows it will handle (archive: the paths named; migrate: the
     /// candidates once its scan is done, until then 0).
     public var total: Int
+    /// archive and migrate: files copied to the store so far (a chunk of files is copied,
+    /// then committed and released, so `progress.done` moves in steps).
+    public var copied: Int
     /// Why it is stopping, once cancelled.
     public var cancelled: String?
 
     public init(id: Int64, op: String, path: String, paths: Int, uid: UInt32, ageSeconds: Double, progress: ProgressReport,
-                total: Int, cancelled: String? = nil) {
+                total: Int, copied: Int = 0, cancelled: String? = nil) {
         self.id = id; self.op = op; self.path = path; self.paths = paths; self.uid = uid; self.ageSeconds = ageSeconds
-        self.progress = progress; self.total = total; self.cancelled = cancelled
+        self.progress = progress; self.total = total; self.copied = copied; self.cancelled = cancelled
     }
 }
 

@@ -233,6 +233,7 @@ struct Archiver: Sendable {
     /// started are reported not done (hsmctl cancel, or the requesting hsmctl went away).
     func archiveMany(_ named: [String], jobs: Int, release: Bool, chunk: Int = 256,
                      cancelled: @escaping @Sendable () -> Bool = { false },
+                     onCopied: @escaping @Sendable () -> Void = {},
                      onResult: @escaping @Sendable (FileResult) -> Void = { _ in }) -> [FileResult] {
         var results: [FileResult] = []
         var paths: [String] = []
@@ -266,7 +267,10 @@ struct Archiver: Sendable {
             }
             let refused = unusable
             let staged = parallelMap(part, jobs: jobs) { p -> Staging in
-                cancelled() ? .finished(FileResult(path: p, outcome: .failed, reason: Job.cancelledReason)) : stage(p, unusable: refused)
+                if cancelled() { return .finished(FileResult(path: p, outcome: .failed, reason: Job.cancelledReason)) }
+                let s = stage(p, unusable: refused)
+                onCopied()
+                return s
             }
             let t1 = monotonicNanos()
             var stores: [String: any ObjectStore] = [:]

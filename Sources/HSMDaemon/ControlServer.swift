@@ -104,7 +104,7 @@ final class ControlServer: Sendable {
             reply(ControlReply(type: .result, info: info()))
         case .archive:
             let files = ops.jobs.run(request, uid: uid, clientFD: conn.fd, log: log) { job in
-                archiver.archiveMany(request.paths, jobs: request.jobs, release: false, cancelled: { job.isCancelled }, onResult: job.record)
+                archiver.archiveMany(request.paths, jobs: request.jobs, release: false, cancelled: { job.isCancelled }, onCopied: job.noteCopied, onResult: job.record)
             }
             reply(ControlReply(type: .result, files: files))
         case .release:

@@ -19,6 +19,7 @@ final class Job: Sendable {
     private let clientFD: Int32?
     private let progressBox = Mutex(ProgressReport())
     private let totalBox = Atomic<Int>(0)
+    private let copiedBox = Atomic<Int>(0)
     private let stopReason = Mutex<String?>(nil)
     private let stopping = Atomic<Bool>(false)
 
@@ -70,10 +71,13 @@ final class Job: Sendable {
     /// Migrate reports its whole progress (scan included) itself.
     func setProgress(_ p: ProgressReport) { progressBox.withLock { $0 = p } }
     func setTotal(_ n: Int) { totalBox.store(n, ordering: .relaxed) }
+    /// Archive copies a chunk of files before it commits any: this counts the copies.
+    func noteCopied() { copiedBox.add(1, ordering: .relaxed) }
 
     func row(now: UInt64) -> QueueJob {
         QueueJob(id: id, op: op, path: path, paths: paths, uid: uid, ageSeconds: Double(now &- startedNanos) / 1e9,
-                 progress: progressBox.withLock { $0 }, total: totalBox.load(ordering: .relaxed), cancelled: cancelReason)
+                 progress: progressBox.withLock { $0 }, total: totalBox.load(ordering: .relaxed),
+                 copied: copiedBox.load(ordering: .relaxed), cancelled: cancelReason)
     }
 }
 

@@ -113,7 +113,7 @@ struct Migrator: Sendable {
             }
         } else {
             results += archiver.archiveMany(candidates, jobs: jobs, release: true,
-                                            cancelled: { job?.isCancelled ?? false }, onResult: record)
+                                            cancelled: { job?.isCancelled ?? false }, onCopied: { job?.noteCopied() }, onResult: record)
         }
         // Only a finished run moves the incremental starting point on.
         if stopped || job?.cancelReason != nil {

@@ -22,7 +22,7 @@ struct Queue: ParsableCommand {
                 },
                 "jobs": q.jobs.map { j -> [String: Any] in
                     ["id": j.id, "op": j.op, "path": j.path, "paths": j.paths, "uid": j.uid, "age_seconds": j.ageSeconds,
-                     "total": j.total, "cancelled": j.cancelled ?? NSNull(),
+                     "total": j.total, "copied": j.copied, "cancelled": j.cancelled ?? NSNull(),
                      "progress": ["scanned": j.progress.scanned, "done": j.progress.done, "skipped": j.progress.skipped,
                                   "failed": j.progress.failed, "bytes_archived": j.progress.bytesArchived,
                                   "bytes_freed": j.progress.bytesFreed]]
@@ -40,15 +40,16 @@ struct Queue: ParsableCommand {
         }
         print("jobs: \(q.jobs.count)")
         if !q.jobs.isEmpty {
-            print(pad("ID", 6) + pad("OP", 9) + pad("AGE", 8) + pad("PROGRESS", 30) + "PATH")
+            print(pad("ID", 6) + pad("OP", 9) + pad("AGE", 8) + pad("PROGRESS", 42) + "PATH")
             for j in q.jobs {
                 let p = j.progress
                 var progress = "\(p.done + p.skipped + p.failed)/\(j.total > 0 ? "\(j.total)" : "?") files"
                 if j.op == "migrate" { progress += ", \(p.scanned) scanned" }
+                if ["archive", "migrate"].contains(j.op) && j.copied > p.done { progress += ", \(j.copied) copied" }
                 if p.bytesArchived > 0 { progress += ", \(Units.formatBytes(p.bytesArchived))" }
                 let more = j.paths > 1 ? " (+\(j.paths - 1) more)" : ""
                 let cancelled = j.cancelled.map { "  [stopping: \($0)]" } ?? ""
-                print(pad("\(j.id)", 6) + pad(j.op, 9) + pad(age(j.ageSeconds), 8) + pad(progress, 30) + j.path + more + cancelled)
+                print(pad("\(j.id)", 6) + pad(j.op, 9) + pad(age(j.ageSeconds), 8) + pad(progress, 42) + j.path + more + cancelled)
             }
         }
     }

@@ -72,8 +72,8 @@ def make_tree(h, n):
 
 def migrate_job(h):
     jobs = queue(h)["jobs"]
-    # Its scan is done (it knows its 40 files); it is copying them one by one now.
-    return jobs[0] if jobs and jobs[0]["op"] == "migrate" and jobs[0]["total"] == 40 else None
+    # Its scan is done (it knows its 40 files) and it has copied one of them.
+    return jobs[0] if jobs and jobs[0]["op"] == "migrate" and jobs[0]["total"] == 40 and jobs[0]["copied"] >= 1 else None
 
 
 def test_cancel_stops_a_listed_migrate(hsm_stopped):
@@ -84,7 +84,7 @@ def test_cancel_stops_a_listed_migrate(hsm_stopped):
     try:
         job = wait_for("the migrate in hsmctl queue, scan done", lambda: migrate_job(h))
         assert job["path"] == str(h.mnt / "tree") and job["total"] == 40 and job["progress"]["scanned"] == 40
-        assert job["cancelled"] is None
+        assert job["cancelled"] is None and 1 <= job["copied"] < 40
         r = h.ctl("cancel", job["id"])
         assert f"job {job['id']}" in r.stdout and "stopping" in r.stdout
         out, err = m.communicate(timeout=120)
