@@ -189,15 +189,22 @@ def test_log_level_from_the_command_line_wins_at_reload(hsm_stopped):
 def test_systemctl_reload_under_real_systemd():
     """systemctl reload hsmd in a booted container running the repository's unit: a good
     change is applied by the same process; a config that does not parse fails the reload
-    (ExecReload's --check-config) and hsmd keeps running with its config."""
+    (ExecReload's --check-config) and hsmd keeps running with its config. The unit's
+    sandbox lets the metrics listener serve (the container shares the host's network)."""
     import nspawn
+    import urllib.request
+    from test_metrics import check_with_promtool, free_port
     unit = nspawn.UNIT.read_text()
     assert "ExecReload=/bin/sh -c 'kill -HUP \"$MAINPID\"'" in unit
-    sd = nspawn.SystemdHSM(image_size="1G")
+    port = free_port()
+    sd = nspawn.SystemdHSM(image_size="1G", config_extra=f'metrics_listen = "127.0.0.1:{port}"')
     try:
         sd.boot()
         pid, _ = sd.start()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            check_with_promtool(r.read().decode())
         good = sd.config.read_text().replace('log_level = "info"', 'log_level = "debug"\nfull_recall_programs = ["python3"]')
+        assert good != sd.config.read_text()
         sd.config.write_text(good)
         sd.systemctl("reload", "hsmd.service")
         deadline = time.time() + 20
@@ -212,5 +219,6 @@ def test_systemctl_reload_under_real_systemd():
         assert r.returncode != 0
         assert sd.main_pid() == pid and sd.show("ActiveState")["ActiveState"] == "active"
         assert sd.ctl("doctor").returncode == 0
+        assert 'hsmd_config_reloads_total{result="applied"} 1' in sd.ctl("metrics").stdout
     finally:
         sd.cleanup()
