@@ -188,6 +188,8 @@ public enum Daemon {
         while true {
             sigwait(&waitSet, &sig)
             guard sig == SIGHUP else { break }
+            // Every part that reads a reloadable key (ConfigReload.keys) takes the new config
+            // here; a new reloadable key adds its reader's apply call.
             let reloader = ConfigReloader(path: configPath, logLevel: logLevel, log: log) { new in
                 engine.apply(new)
             }
