@@ -1,4 +1,6 @@
 // SHA-256 (FIPS 180-4), HMAC-SHA256 (RFC 2104) and a TCP connect with a deadline.
+// accept4 (SOCK_CLOEXEC on accepted connections).
+#define _GNU_SOURCE
 #include "chsm_net.h"
 
 #include <errno.h>
@@ -142,5 +144,39 @@ int chsm_tcp_connect(const char *host, const char *port, int timeout_ms, int io_
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0) {
         int e = errno; close(fd); return -e;
     }
+    return fd;
+}
+
+int chsm_tcp_listen(const char *host, const char *port, int backlog) {
+    // Numeric addresses only: a listener resolves no names.
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | AI_PASSIVE};
+    struct addrinfo *list = NULL;
+    if (getaddrinfo(host, port, &hints, &list) != 0 || list == NULL) return -EADDRNOTAVAIL;
+    int fd = socket(list->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        int e = errno;
+        freeaddrinfo(list);
+        return -e;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, list->ai_addr, list->ai_addrlen) != 0 || listen(fd, backlog) != 0) {
+        int e = errno;
+        freeaddrinfo(list);
+        close(fd);
+        return -e;
+    }
+    freeaddrinfo(list);
+    return fd;
+}
+
+int chsm_tcp_accept(int listener, int io_timeout_ms) {
+    int fd;
+    do { fd = accept4(listener, NULL, NULL, SOCK_CLOEXEC); } while (fd < 0 && errno == EINTR);
+    if (fd < 0) return -errno;
+    struct timeval tv = {.tv_sec = io_timeout_ms / 1000, .tv_usec = (io_timeout_ms % 1000) * 1000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     return fd;
 }

@@ -39,6 +39,9 @@ public struct Config: Equatable, Sendable {
     /// How many resident files per filesystem hsmd ignore-marks in a background walk at
     /// start, so their first access costs no round trip to hsmd; 0: no walk.
     public var premarkFiles: Int = 200_000
+    /// "host:port" on which hsmd serves GET /metrics over HTTP; nil: no listener
+    /// (hsmctl metrics always works).
+    public var metricsListen: String? = nil
     public var stores: [Store] = []
     public var filesystems: [Filesystem] = []
     /// Named migration policies ([[policy]]), for watermarks and `hsmctl migrate --policy`.
@@ -117,6 +120,10 @@ public struct Config: Equatable, Sendable {
                 let n = try int(value, key)
                 guard (0...1_000_000_000).contains(n) else { throw Error("premark_files: \(n) is out of range (0 turns the walk off; at most 1000000000)") }
                 c.premarkFiles = n
+            case "metrics_listen":
+                let v = try string(value, key)
+                if let problem = MetricsListen.problem(v) { throw Error("metrics_listen: \(problem)") }
+                c.metricsListen = v
             case "store":
                 for (i, entry) in try arrayOfTables(value, key).enumerated() {
                     c.stores.append(try parseStore(entry, "store[\(i)]"))
@@ -135,7 +142,7 @@ public struct Config: Equatable, Sendable {
                     throw Error("watermark_interval: \(c.watermarkIntervalSeconds) s is out of range (1 s to 1 hour)")
                 }
             default:
-                throw Error("unknown key \"\(key)\" (known: socket, state_dir, log_level, recall_threads, recall_timeout, readahead_max, full_recall_programs, journal, premark_files, watermark_interval, [[store]], [[filesystem]], [[policy]])")
+                throw Error("unknown key \"\(key)\" (known: socket, state_dir, log_level, recall_threads, recall_timeout, readahead_max, full_recall_programs, journal, premark_files, metrics_listen, watermark_interval, [[store]], [[filesystem]], [[policy]])")
             }
         }
         try c.validate()

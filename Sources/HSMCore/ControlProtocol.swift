@@ -9,6 +9,7 @@ public struct ControlRequest: Codable, Sendable, Equatable {
         case journalList = "journal_list", journalChanged = "journal_changed"
         case remove, gc
         case importStore = "import"
+        case queue, cancel, metrics
     }
 
     public var op: Operation
@@ -34,13 +35,15 @@ public struct ControlRequest: Codable, Sendable, Equatable {
     public var into: String?
     /// migrate: the [[policy]] of hsmd's config that gives the age, size and excludes.
     public var policy: String?
+    /// cancel: the job's id (hsmctl queue lists them).
+    public var id: Int64?
 
     public init(op: Operation, paths: [String] = [], range: [Int64]? = nil, olderThanSeconds: Int64? = nil,
                 minSize: Int64? = nil, exclude: [String] = [], dryRun: Bool = false, jobs: Int = 1, progress: Bool = false,
-                since: Int64? = nil, incremental: Bool? = nil, policy: String? = nil) {
+                since: Int64? = nil, incremental: Bool? = nil, policy: String? = nil, id: Int64? = nil) {
         self.op = op; self.paths = paths; self.range = range; self.olderThanSeconds = olderThanSeconds
         self.minSize = minSize; self.exclude = exclude; self.dryRun = dryRun; self.jobs = jobs; self.progress = progress
-        self.since = since; self.incremental = incremental; self.policy = policy
+        self.since = since; self.incremental = incremental; self.policy = policy; self.id = id
     }
 
     /// hsmctl gc's default grace: a file restored from a backup with its marker still
@@ -115,6 +118,10 @@ public struct ControlReply: Codable, Sendable {
     public var changes: [JournalEntry]?
     /// journal changed.
     public var verdict: JournalVerdict?
+    /// queue.
+    public var queue: QueueSnapshot?
+    /// metrics: Prometheus's text exposition.
+    public var text: String?
 
     public init(type: Kind, message: String? = nil, files: [FileResult]? = nil, status: [StatusRow]? = nil,
                 progress: ProgressReport? = nil, info: [String: String]? = nil, notes: [String]? = nil,

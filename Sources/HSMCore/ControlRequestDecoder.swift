@@ -37,7 +37,7 @@ extension ControlRequest {
         guard let op = Operation(rawValue: opName) else {
             let known = ["ping", "archive", "release", "migrate", "recall", "status",
                          "journal_status", "journal_snapshot", "journal_list", "journal_changed",
-                         "remove", "gc", "import"]
+                         "remove", "gc", "import", "queue", "cancel", "metrics"]
             throw ControlRequestError("op: \"\(opName)\" is not an operation (known: \(known.joined(separator: ", ")))")
         }
         var r = ControlRequest(op: op)
@@ -56,6 +56,7 @@ extension ControlRequest {
         r.store = try f.optionalString("store")
         r.into = try f.optionalString("into")
         r.policy = try f.optionalString("policy")
+        r.id = try f.optionalInteger("id")
         try r.validate()
         return r
     }
@@ -89,6 +90,10 @@ extension ControlRequest {
         if let m = minSize, m < 0 { throw ControlRequestError("min_size: \(m) is negative") }
         guard ControlRequestLimits.jobs.contains(jobs) else {
             throw ControlRequestError("jobs: \(jobs) is out of range (\(ControlRequestLimits.jobs.lowerBound) to \(ControlRequestLimits.jobs.upperBound))")
+        }
+        if op == .cancel {
+            guard let id else { throw ControlRequestError("cancel: id is missing (hsmctl queue lists the jobs' ids)") }
+            guard id > 0 else { throw ControlRequestError("cancel: id \(id) is not a job id (ids count from 1)") }
         }
         if let s = since, s < 0 { throw ControlRequestError("since: \(s) is not an epoch number (epochs count from 1)") }
         if let g = graceSeconds, !(0...Units.maxDuration).contains(g) {

@@ -229,7 +229,11 @@ struct Archiver: Sendable {
     /// Archives (and optionally releases) many files: stage a chunk on `jobs` threads,
     /// make the chunk's objects durable with one flush per store, then commit and release.
     /// Several names of one inode (hard links) are archived once, by the first name.
+    /// `cancelled` is asked before each file is copied: once it says yes, the files not
+    /// started are reported not done (hsmctl cancel, or the requesting hsmctl went away).
     func archiveMany(_ named: [String], jobs: Int, release: Bool, chunk: Int = 256,
+                     cancelled: @escaping @Sendable () -> Bool = { false },
+                     onCopied: @escaping @Sendable () -> Void = {},
                      onResult: @escaping @Sendable (FileResult) -> Void = { _ in }) -> [FileResult] {
         var results: [FileResult] = []
         var paths: [String] = []
@@ -262,7 +266,12 @@ struct Archiver: Sendable {
                 }
             }
             let refused = unusable
-            let staged = parallelMap(part, jobs: jobs) { stage($0, unusable: refused) }
+            let staged = parallelMap(part, jobs: jobs) { p -> Staging in
+                if cancelled() { return .finished(FileResult(path: p, outcome: .failed, reason: Job.cancelledReason)) }
+                let s = stage(p, unusable: refused)
+                onCopied()
+                return s
+            }
             let t1 = monotonicNanos()
             var stores: [String: any ObjectStore] = [:]
             for case .staged(let s) in staged { stores[s.fs.store.name] = s.fs.store }
@@ -292,6 +301,7 @@ struct Archiver: Sendable {
                         r = commit(s)
                     }
                 }
+                DaemonMetrics.shared.recordArchive(r)
                 if release && r.outcome == .done {
                     let archived = r
                     // The chunk's store passed the full identity check after its flush.
@@ -324,6 +334,12 @@ struct Archiver: Sendable {
     /// `storeChecked`: the store's identity file was read for this batch just before; the
     /// pin (a stat) is checked again here.
     private func release(_ path: String, storeChecked: Bool) -> FileResult {
+        let r = releaseUncounted(path, storeChecked: storeChecked)
+        DaemonMetrics.shared.recordRelease(r)
+        return r
+    }
+
+    private func releaseUncounted(_ path: String, storeChecked: Bool) -> FileResult {
         do {
             // Verifying reads every block: it must not make the file look used to policies.
             let (fd, st, fs) = try openManaged(path, [.readWrite, .noAccessTime])
@@ -524,8 +540,11 @@ struct Archiver: Sendable {
             defer { fd.close() }
             return try locks.withLock(st.inodeKey) { () throws(Refusal) -> FileResult in
                 let bytes: Int64
+                let ticket = engine.inFlight.begin(path: fd.path, pid: 0, kind: "hsmctl")
+                defer { engine.inFlight.end(ticket) }
                 do { bytes = try engine.recall(fd, range: range.map { AccessRange(offset: $0.lowerBound, count: max($0.upperBound - $0.lowerBound, 1)) } ?? .wholeFile,
-                                             key: st.inodeKey, store: fs.store, readahead: false) } catch {
+                                             key: st.inodeKey, store: fs.store, readahead: false, ticket: ticket)
+                } catch {
                     log.error("recall of \(fd.path) failed: \(error)")
                     throw Refusal(result: FileResult(path: fd.path, outcome: .failed, reason: "\(error)", state: .damaged))
                 }

@@ -15,11 +15,13 @@ final class ControlServer: Sendable {
     let settings: PolicySettings
     let log: Logger
     let info: @Sendable () -> [String: String]
+    /// Jobs, queue and metrics (hsmctl queue, cancel, metrics).
+    let ops: OpsContext
     static let filesPerLine = 512
     static let trimAfterFiles = 1000
     static let requestTimeoutSeconds = 20
 
-    init(socketPath: String, archiver: Archiver, journal: Journal? = nil, settings: PolicySettings = PolicySettings(), log: Logger,
+    init(socketPath: String, archiver: Archiver, journal: Journal? = nil, settings: PolicySettings = PolicySettings(), log: Logger, ops: OpsContext = OpsContext(),
          info: @escaping @Sendable () -> [String: String]) throws(SystemError) {
         listener = try UnixListener.listen(socketPath, mode: 0o600)
         self.archiver = archiver
@@ -27,6 +29,7 @@ final class ControlServer: Sendable {
         self.settings = settings
         self.log = log
         self.info = info
+        self.ops = ops
     }
 
     func start() {
@@ -96,18 +99,27 @@ final class ControlServer: Sendable {
             return
         }
         // Requests that change files are worth an operator's line; lookups are not.
-        let level: Logger.Level = [.ping, .status, .journalStatus, .journalList, .journalChanged].contains(request.op) ? .debug : .info
+        let level: Logger.Level = [.ping, .status, .journalStatus, .journalList, .journalChanged, .queue, .metrics].contains(request.op) ? .debug : .info
         log.log(level: level, "\(request.op.rawValue) requested for \(request.paths.count) path(s) by uid \(uid)")
         switch request.op {
         case .ping:
             reply(ControlReply(type: .result, info: info()))
         case .archive:
-            reply(ControlReply(type: .result, files: archiver.archiveMany(request.paths, jobs: request.jobs, release: false)))
+            let files = ops.jobs.run(request, uid: uid, clientFD: conn.fd, log: log) { job in
+                archiver.archiveMany(request.paths, jobs: request.jobs, release: false, cancelled: { job.isCancelled }, onCopied: job.noteCopied, onResult: job.record)
+            }
+            reply(ControlReply(type: .result, files: files))
         case .release:
-            reply(ControlReply(type: .result, files: request.paths.map(archiver.release)))
+            reply(ControlReply(type: .result, files: ops.jobs.run(request, uid: uid, clientFD: conn.fd, log: log) { job in
+                request.paths.map { p in job.isCancelled ? FileResult(path: p, outcome: .failed, reason: Job.cancelledReason) : job.recorded(archiver.release(p)) }
+            }))
         case .recall:
             let range = request.recallRange
-            reply(ControlReply(type: .result, files: request.paths.map { archiver.recall($0, range: range) }))
+            reply(ControlReply(type: .result, files: ops.jobs.run(request, uid: uid, clientFD: conn.fd, log: log) { job in
+                request.paths.map { p in job.isCancelled ? FileResult(path: p, outcome: .failed, reason: Job.cancelledReason) : job.recorded(archiver.recall(p, range: range)) }
+            }))
+        case .queue, .cancel, .metrics:
+            reply(OpsRequests(ops: ops).serve(request, uid: uid))
         case .status:
             var rows: [StatusRow] = [], problems: [FileResult] = []
             for p in request.paths {
@@ -132,7 +144,8 @@ final class ControlServer: Sendable {
             if let name = request.policy, let p = policies.first(where: { $0.name == name }) {
                 notes.append("policy \(name): \(p.policy.summary); \(resolved.paths.joined(separator: ", "))")
             }
-            let files = Migrator(archiver: archiver, journal: journal).run(resolved, notes: &notes) { p in
+            let files = ops.jobs.run(resolved, uid: uid, clientFD: conn.fd, log: log) { job in
+                Migrator(archiver: archiver, journal: journal).run(resolved, notes: &notes, job: job) { p in
                 guard sendProgress else { return }
                 let now = monotonicNanos()
                 let due = lastSent.withLock { last -> Bool in
@@ -141,6 +154,7 @@ final class ControlServer: Sendable {
                     return true
                 }
                 if due { try? writer.writeLine(ControlCodec.encode(ControlReply(type: .progress, progress: p))) }
+                }
             }
             let done = files.filter { $0.outcome == .done }
             log.info("migrate\(request.policy.map { " (policy \($0))" } ?? ""): \(done.count) files, \(Units.formatBytes(files.reduce(0) { $0 + $1.bytesArchived })) archived, \(Units.formatBytes(files.reduce(0) { $0 + $1.bytesFreed })) freed, \(files.filter { $0.outcome == .failed }.count) not done")

@@ -3,6 +3,7 @@ import Glibc
 import HSMCore
 import HSMKernel
 import Logging
+import Synchronization
 
 /// hsmd's lifecycle: check the config against the system, mark the filesystems, serve
 /// events and hsmctl, stop cleanly on SIGTERM.
@@ -14,7 +15,9 @@ public enum Daemon {
     }
 
     /// Runs until SIGTERM or SIGINT. Returns the process exit status.
-    public static func run(config: Config, log: Logger) -> Int32 {
+    /// `configPath` is read again at SIGHUP (nil: no reloads); `logLevel` is the switch the
+    /// log handlers read (a reload sets it).
+    public static func run(config: Config, log: Logger, configPath: String? = nil, logLevel: LogLevelSwitch? = nil) -> Int32 {
         // Signals for the main thread's sigwait; blocked before any thread starts so every
         // thread inherits the mask.
         var waitSet = sigset_t()
@@ -128,9 +131,22 @@ public enum Daemon {
             log.warning("cannot see what accessing processes are doing (/proc/PID/task/*/syscall needs CAP_SYS_PTRACE): an access to a file with offline blocks counts as a possible insert/collapse-range (on ext4 and xfs: it recalls up to the end of the file) and as a possible truncation (no read-ahead)")
         }
         let privileges = Self.privilegeKeeping(log: log)
+        let running = Mutex(config)
+        let startedEpoch = Date().timeIntervalSince1970
+        var ops = OpsContext()
+        let jobs = ops.jobs
+        ops.queue = { (engine.inFlight.rows(), engine.queueDepth) }
+        ops.metrics = {
+            DaemonMetrics.shared.exposition(DaemonMetrics.Live(
+                queueDepth: Int64(engine.queueDepth), recallsInFlight: Int64(engine.inFlight.count),
+                jobsRunning: Int64(jobs.count), journalEvents: journal?.eventsRead.load(ordering: .relaxed),
+                journalTransactions: journal?.transactions.load(ordering: .relaxed),
+                journalOverflows: journal?.overflows.load(ordering: .relaxed), startTimeSeconds: startedEpoch))
+        }
+        let exposition = ops.metrics
         let server: ControlServer
         do {
-            server = try ControlServer(socketPath: config.socket, archiver: archiver, journal: journal, settings: settings, log: log) {
+            server = try ControlServer(socketPath: config.socket, archiver: archiver, journal: journal, settings: settings, log: log, ops: ops) {
                 ["version": version, "pid": "\(getpid())", "filesystems": fsList,
                  "uptime_seconds": "\(Int(Date().timeIntervalSince(started)))",
                  "events": "\(events.eventsSeen.load(ordering: .relaxed))",
@@ -140,13 +156,20 @@ public enum Daemon {
                  "restart": restartState,
                  "process_view": processViewText,
                  "privileges": privileges,
-                 "full_recall_programs": config.fullRecallPrograms.joined(separator: " "),
+                 "full_recall_programs": running.withLock { $0.fullRecallPrograms }.joined(separator: " "),
                  "watermarks": spaceWatcher.summary,
                  "journal": journal.map { "on, \($0.eventsRead.load(ordering: .relaxed)) events, \($0.transactions.load(ordering: .relaxed)) transactions" } ?? "off"]
             }
         } catch {
             log.critical("hsmd cannot start: control socket: \(error)")
             return 1
+        }
+        var metricsServer: MetricsHTTPServer?
+        if let listen = config.metricsListen {
+            do { metricsServer = try MetricsHTTPServer(listen: listen, log: log, body: exposition) } catch {
+                log.critical("hsmd cannot start: metrics_listen = \"\(listen)\": \(error)")
+                return 1
+            }
         }
         engine.start()
         journal?.start()
@@ -157,6 +180,8 @@ public enum Daemon {
         predecessor?.submit(to: engine, group: group, eventLog: eventLog, filesystems: filesystems, log: log)
         archiver.recoverAtStart()
         server.start()
+        metricsServer?.start()
+        if let listen = config.metricsListen { log.notice("serving GET /metrics on http://\(listen)/metrics") }
         premarker.start()
         spaceWatcher.start()
         startWatchdog(events, log: log)
@@ -164,11 +189,24 @@ public enum Daemon {
         SystemdNotify.send("READY=1\nSTATUS=managing \(filesystems.all.count) filesystem(s)")
 
         var sig: Int32 = 0
-        repeat { sigwait(&waitSet, &sig) } while sig == SIGHUP
+        while true {
+            sigwait(&waitSet, &sig)
+            guard sig == SIGHUP else { break }
+            // Every part that reads a reloadable key (ConfigReload.keys) takes the new config
+            // here; a new reloadable key adds its reader's apply call.
+            let reloader = ConfigReloader(path: configPath, logLevel: logLevel, log: log) { new in
+                engine.apply(new)
+                settings.replace(with: new)
+            }
+            SystemdNotify.send("RELOADING=1")
+            running.withLock { reloader.reload(&$0) }
+            SystemdNotify.send("READY=1\nSTATUS=managing \(filesystems.all.count) filesystem(s)")
+        }
 
         log.notice("received \(sig == SIGTERM ? "SIGTERM" : "SIGINT"), stopping")
         SystemdNotify.send("STOPPING=1")
         server.stop()
+        metricsServer?.stop()
         premarker.stop()
         spaceWatcher.stop()
         // Stop reading and finish what was taken. The filesystem marks stay: with the

@@ -91,6 +91,7 @@ final class EventLoop: Sendable {
 
     private func dispatch(_ e: FanotifyEvent, _ xattrBuffer: inout [UInt8]) {
         if e.isOverflow {
+            DaemonMetrics.shared.eventOverflow.add()
             log.warning("fanotify queue overflowed")
             return
         }
@@ -99,6 +100,7 @@ final class EventLoop: Sendable {
             // are read-only, so no EROFS or ETXTBSY: e.g. EMFILE). It denies such a
             // permission event itself; there is nothing to answer.
             if e.slot >= 0 { eventLog.done(e.slot) }
+            DaemonMetrics.shared.eventNoFD.add()
             log.error("pre-access event for pid \(e.pid) without a file: \(String(cString: strerror(-e.fd)))")
             return
         }
@@ -108,7 +110,9 @@ final class EventLoop: Sendable {
         }
         // From here the event owns its fd and is answered exactly once (EIO if dropped).
         var event = PermissionEvent(number: e.fd, pid: e.pid, group: group, log: eventLog, slot: e.slot)
+        let m = DaemonMetrics.shared
         if e.pid == ownPid {
+            m.eventOwnPid.add()
             answer(&event, .allow)
             return
         }
@@ -117,10 +121,12 @@ final class EventLoop: Sendable {
             raw = try FileDescriptor(rawValue: e.fd, path: "").xattr(Marker.xattrName, into: &xattrBuffer).map { Array(xattrBuffer[0..<$0]) }
         } catch {
             log.error("cannot read the marker of \(FileDescriptor.currentPath(of: e.fd)): \(error); the access fails with EIO")
+            m.eventDenied.add()
             answer(&event, .deny(errno: EIO))
             return
         }
         guard let raw else {
+            m.eventResident.add()
             ignoreFurtherEvents(e.fd)
             answer(&event, .allow)
             return
@@ -128,22 +134,26 @@ final class EventLoop: Sendable {
         let marker: Marker
         do { marker = try MarkerCodec.decode(raw) } catch {
             log.error("damaged marker on \(FileDescriptor.currentPath(of: e.fd)): \(error); the access fails with EIO")
+            m.eventDenied.add()
             answer(&event, .deny(errno: EIO))
             return
         }
         if marker.offline.isEmpty {
+            m.eventResident.add()
             ignoreFurtherEvents(e.fd)
             answer(&event, .allow)
             return
         }
         let st: FileStat
         do { st = try FileDescriptor(rawValue: e.fd, path: "").stat() } catch {
+            m.eventDenied.add()
             answer(&event, .deny(errno: EIO))
             return
         }
         guard let fs = filesystems.filesystem(ofOpenFile: e.fd, device: st.device) else {
             // Offline data on a filesystem hsmd cannot place: never allow over it.
             log.error("\(FileDescriptor.currentPath(of: e.fd)) has offline data but is on no managed filesystem hsmd can identify (device \(st.device >> 32):\(st.device & 0xffff_ffff)); the access fails with EIO")
+            m.eventDenied.add()
             answer(&event, .deny(errno: EIO))
             return
         }
@@ -152,6 +162,7 @@ final class EventLoop: Sendable {
             // the file is a single block) whether the whole file comes back before the open
             // returns.
             let oneBlock = marker.size <= marker.layout.blockSize && st.size <= marker.layout.blockSize
+            m.eventOpen.add()
             engine.submit(PendingEvent(event, range: nil, atOpen: true, fitsOneBlock: oneBlock, filesystem: fs), key: st.inodeKey)
             return
         }
@@ -168,6 +179,7 @@ final class EventLoop: Sendable {
             // for the engine: its writes would undo the cut.
             let busy = engine.isBusy(st.inodeKey)
             if !busy && AccessPlan.neededBlocks(e.range, worst, fileSize: st.size, marker: marker).isEmpty {
+                m.eventAllowedInline.add()
                 answer(&event, .allow)
                 return
             }
@@ -176,12 +188,14 @@ final class EventLoop: Sendable {
             // with one thread. Processes with many threads are left to the engine.
             if let n = engine.classify(pid: e.pid, e.range, canShift: fs.canShiftData, quick: true) {
                 if AccessPlan.neededBlocks(e.range, n.intent, fileSize: st.size, marker: marker).isEmpty && (!busy || !n.mayCut) {
+                    m.eventAllowedInline.add()
                     answer(&event, .allow)
                     return
                 }
                 nature = n
             }
         }
+        m.eventAccess.add()
         engine.submit(PendingEvent(event, range: e.range, atOpen: false, filesystem: fs, nature: nature), key: st.inodeKey)
     }
 

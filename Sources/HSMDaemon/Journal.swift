@@ -66,6 +66,8 @@ final class Journal: Sendable {
     private let pauseAtStartMs: Int
     let eventsRead = Atomic<UInt64>(0)
     let transactions = Atomic<UInt64>(0)
+    /// Kernel queue overflows seen (hsmd_journal_overflows_total).
+    let overflows = Atomic<UInt64>(0)
 
     /// Each watched filesystem's notification group, by fsid: for systemd's fd store.
     var groups: [(fsid: UInt64, fd: Int32)] { watched.map { ($0.fsid, $0.group.fd) } }
@@ -347,6 +349,7 @@ final class Journal: Sendable {
                         state.withLock { _ = $0[fs].remarking.remove(handle) }
                     }
                 case .overflow(let fs, let epoch):
+                    overflows.add(1, ordering: .relaxed)
                     log.warning("change journal: the kernel event queue of \(watched[fs].path) overflowed; epoch \(epoch) is incomplete")
                     incomplete.append((fs, epoch, "the kernel event queue overflowed at \(ISO8601DateFormatter().string(from: Date())): events were lost"))
                 case .beginEpoch(let fs, let epoch, let time):

@@ -140,7 +140,8 @@ final class ManagedFilesystems: Sendable {
             do { privateRoot = try Filesystem.privateMount(of: fs.path).rawValue } catch {
                 problems.append("\(fs.path): \(error)")
             }
-            list.append(ManagedFilesystem(path: fs.path, device: st.device, rootFD: root.rawValue, privateRootFD: privateRoot, type: type, store: store))
+            // Timed and counted per request (hsmd_store_*).
+            list.append(ManagedFilesystem(path: fs.path, device: st.device, rootFD: root.rawValue, privateRootFD: privateRoot, type: type, store: MeteredStore(store)))
         }
         all = list
         stateDir = config.stateDir

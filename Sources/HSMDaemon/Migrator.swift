@@ -16,7 +16,9 @@ struct Migrator: Sendable {
     }
 
     /// `notes` receives what an operator should know about the scan (incremental or full).
-    func run(_ request: ControlRequest, notes: inout [String], progress: @escaping @Sendable (ProgressReport) -> Void) -> [FileResult] {
+    /// `job`: the listed job (hsmctl queue); once it is cancelled the scan considers no
+    /// more files and no further file is migrated.
+    func run(_ request: ControlRequest, notes: inout [String], job: Job? = nil, progress: @escaping @Sendable (ProgressReport) -> Void) -> [FileResult] {
         let policy = MigrationPolicy(olderThanSeconds: request.olderThanSeconds, minSize: request.minSize, exclude: request.exclude)
         let now = Int64(Date().timeIntervalSince1970 * 1e9)
         var results: [FileResult] = []
@@ -25,12 +27,18 @@ struct Migrator: Sendable {
         var seenInodes = Set<InodeKey>()
         var remember: [(fs: Int, path: String, epoch: Int64)] = []
         let report = Mutex(ProgressReport())
+        var stopped = false
 
         func consider(_ path: String, _ st: FileStat, named: Bool) {
             // An incremental scan may reach a file twice (a changed directory and a new
             // subtree holding it); consider it once.
             guard considered.insert(path).inserted else { return }
-            report.withLock { $0.scanned += 1 }
+            let scanned = report.withLock { p -> Int in p.scanned += 1; return p.scanned }
+            if let job, scanned % 256 == 0 {
+                job.setProgress(report.withLock { $0 })
+                if job.isCancelled { stopped = true }
+            }
+            if stopped { return }
             guard st.fileType == .regular else {
                 results.append(FileResult(path: path, outcome: named ? .failed : .skipped, reason: "\(st.fileType.rawValue): not a regular file, skipped"))
                 return
@@ -91,8 +99,11 @@ struct Migrator: Sendable {
                 p.bytesFreed += r.bytesFreed
                 return p
             }
+            job?.setProgress(snapshot)
             progress(snapshot)
         }
+        job?.setTotal(candidates.count)
+        job?.setProgress(report.withLock { $0 })
         let jobs = max(1, min(request.jobs, 64))
         if request.dryRun {
             results += candidates.map { p in
@@ -101,9 +112,14 @@ struct Migrator: Sendable {
                 return r
             }
         } else {
-            results += archiver.archiveMany(candidates, jobs: jobs, release: true, onResult: record)
+            results += archiver.archiveMany(candidates, jobs: jobs, release: true,
+                                            cancelled: { job?.isCancelled ?? false }, onCopied: { job?.noteCopied() }, onResult: record)
         }
         // Only a finished run moves the incremental starting point on.
+        if stopped || job?.cancelReason != nil {
+            notes.append("stopped: \(job?.cancelReason ?? "cancelled"); files not reached were not migrated")
+            return results.sorted { $0.path < $1.path }
+        }
         for r in remember { journal?.rememberMigrate(r.fs, path: r.path, epoch: r.epoch) }
         return results.sorted { $0.path < $1.path }
     }

@@ -52,17 +52,21 @@ final class RecallEngine: Sendable {
         var outstanding: [ObjectIdentifier: PendingEvent] = [:]
         var readahead: [InodeKey: Readahead] = [:]
         var stopping = false
+        /// Reloadable settings (ConfigReload): read under this lock, which every event
+        /// takes anyway.
+        var timeoutNanos: UInt64
+        var readaheadMaxBytes: Int64
+        var fullRecallPrograms: FullRecallPrograms
     }
 
     let group: FanotifyGroup
     let filesystems: ManagedFilesystems
     let locks: InodeLocks
     let log: Logger
-    private let timeoutNanos: UInt64
-    private let readaheadMaxBytes: Int64
-    private let fullRecallPrograms: FullRecallPrograms
     private let threads: Int
-    private let state = Mutex(State())
+    private let state: Mutex<State>
+    /// Recalls copying data now (hsmctl queue, hsmd_recalls_in_flight).
+    let inFlight = InFlightRecalls()
     /// Test-only: a store that answers this slowly, to exercise recall_timeout.
     static let testStoreDelayMicros: UInt32 = ProcessInfo.processInfo.environment["HSMD_TEST_STORE_DELAY_MS"]
         .flatMap { UInt32($0) }.map { $0 > UInt32.max / 1000 ? UInt32.max : $0 * 1000 } ?? 0
@@ -76,11 +80,24 @@ final class RecallEngine: Sendable {
         self.filesystems = filesystems
         self.locks = locks
         self.log = log
-        timeoutNanos = UInt64(config.recallTimeoutSeconds) * 1_000_000_000
-        readaheadMaxBytes = config.readaheadMaxBytes
-        fullRecallPrograms = FullRecallPrograms(config.fullRecallPrograms)
+        state = Mutex(State(timeoutNanos: UInt64(config.recallTimeoutSeconds) * 1_000_000_000,
+                            readaheadMaxBytes: config.readaheadMaxBytes,
+                            fullRecallPrograms: FullRecallPrograms(config.fullRecallPrograms)))
         threads = config.recallThreads
     }
+
+    /// Takes the reloadable settings of a new config (SIGHUP); events already taken keep
+    /// going, later ones see the new values.
+    func apply(_ config: Config) {
+        state.withLock { s in
+            s.timeoutNanos = UInt64(config.recallTimeoutSeconds) * 1_000_000_000
+            s.readaheadMaxBytes = config.readaheadMaxBytes
+            s.fullRecallPrograms = FullRecallPrograms(config.fullRecallPrograms)
+        }
+    }
+
+    /// Accesses taken and not answered yet (hsmd_recall_queue_depth).
+    var queueDepth: Int { state.withLock { $0.outstanding.count } }
 
     func start() {
         for i in 0..<threads { startThread("hsmd-recall\(i)") { self.workerLoop() } }
@@ -160,7 +177,7 @@ final class RecallEngine: Sendable {
             // one block comes back whole at any open: its first read would need that
             // block anyway, and this way it costs one event instead of two.
             let program = Self.programName(pid: event.pid)
-            if fullRecallPrograms.includes(program) {
+            if state.withLock({ $0.fullRecallPrograms }).includes(program) {
                 opener = program
             } else if !event.fitsOneBlock {
                 event.answer(.allow)
@@ -186,9 +203,15 @@ final class RecallEngine: Sendable {
         }
         let started = monotonicNanos()
         var allowed = false
+        let ticket = inFlight.begin(path: fd.path, pid: event.pid, kind: event.atOpen ? "open" : "access", startedNanos: started)
+        defer { inFlight.end(ticket) }
+        let metrics = DaemonMetrics.shared
         do {
             let bytes = try recall(fd, range: range, key: key, store: fs.store, readahead: !event.atOpen,
-                                   markerBeforeAnswer: opener != nil, event: event, canShift: fs.canShiftData) {
+                                   markerBeforeAnswer: opener != nil, event: event, canShift: fs.canShiftData, ticket: ticket) {
+                // From the event's arrival to the data it needs being in: what the program
+                // waited. Counted before the answer, so a reader that has its data sees it counted.
+                if !event.isAnswered { metrics.recallSeconds.observe(monotonicNanos() &- event.received) }
                 allowed = event.answer(.allow)
             }
             if allowed && bytes > 0 {
@@ -197,6 +220,7 @@ final class RecallEngine: Sendable {
             }
         } catch {
             if event.answer(.deny(errno: error.errno)) {
+                metrics.recordRecallFailure(errno: error.errno)
                 log.error("recall failed for \(fd.path) (pid \(event.pid), bytes \(event.range?.description ?? "all")): \(error); the access fails with \(String(cString: strerror(error.errno)))")
             } else if allowed {
                 log.warning("read-ahead of \(fd.path) failed after the access itself was served: \(error)")
@@ -279,10 +303,11 @@ final class RecallEngine: Sendable {
         while !state.withLock({ $0.stopping }) {
             usleep(500_000)
             let now = monotonicNanos()
-            let late = state.withLock { s in s.outstanding.values.filter { now - $0.received > timeoutNanos } }
+            let (late, timeoutNanos) = state.withLock { s in (s.outstanding.values.filter { now - $0.received > s.timeoutNanos }, s.timeoutNanos) }
             for e in late {
                 e.answer(.deny(errno: RecallError.timedOut.errno)) { _ in
-                    self.log.error("recall of \(FileDescriptor.currentPath(of: e.file)) for pid \(e.pid) timed out after \(self.timeoutNanos / 1_000_000_000) s (recall_timeout); the access fails with EIO")
+                    DaemonMetrics.shared.recordRecallFailure(errno: RecallError.timedOut.errno)
+                    self.log.error("recall of \(FileDescriptor.currentPath(of: e.file)) for pid \(e.pid) timed out after \(timeoutNanos / 1_000_000_000) s (recall_timeout); the access fails with EIO")
                 }
             }
         }
@@ -299,7 +324,7 @@ final class RecallEngine: Sendable {
     /// it needs: AccessPlan); nil for hsmctl recall and archive, which want exactly `range`.
     func recall(_ fd: FileDescriptor, range: AccessRange?, key: InodeKey, store: any ObjectStore,
                 readahead: Bool, markerBeforeAnswer: Bool = false, event: PendingEvent? = nil, canShift: Bool = true,
-                neededIsIn: (() -> Void)? = nil) throws(RecallError) -> Int64 {
+                ticket: RecallTicket? = nil, neededIsIn: (() -> Void)? = nil) throws(RecallError) -> Int64 {
         let st: FileStat
         let raw: [UInt8]?
         do {
@@ -353,6 +378,8 @@ final class RecallEngine: Sendable {
             return 0
         }
 
+        // A recall that goes to the store: counted before any of its data is written.
+        DaemonMetrics.shared.recalls.add()
         if Self.testStoreDelayMicros > 0 { usleep(Self.testStoreDelayMicros) }
         let record: ObjectRecord
         let reader: any ObjectReader
@@ -369,6 +396,7 @@ final class RecallEngine: Sendable {
         defer { reader.close() }
         let wasClean = st.size == marker.size && st.mtimeNs == marker.mtimeNs
         let objectData = record.dataExtents
+        let recalledBytes = DaemonMetrics.shared.recalledBytes
         var written: Int64 = 0
         /// Data written since the last fdatasync: the marker may say "local" only for
         /// data on disk (docs/ARCHITECTURE.md, invariant 8), or a power cut could leave holes that the
@@ -421,6 +449,8 @@ final class RecallEngine: Sendable {
                         let from = Int(piece.lowerBound - block.lowerBound), to = Int(piece.upperBound - block.lowerBound)
                         try fd.write(UnsafeRawBufferPointer(rebasing: buffer[from..<to]), at: piece.lowerBound)
                         written += piece.upperBound - piece.lowerBound
+                        ticket?.bytes.add(piece.upperBound - piece.lowerBound, ordering: .relaxed)
+                        recalledBytes.add(signed: piece.upperBound - piece.lowerBound)
                         unsynced = true
                     }
                 }
@@ -552,8 +582,8 @@ final class RecallEngine: Sendable {
 
     /// Sequential readers get a window that doubles up to readahead_max; a jump resets it.
     private func nextWindow(key: InodeKey, first: Int, blockSize: Int64) -> Int {
-        let maxBlocks = max(Int(readaheadMaxBytes / blockSize), 0)
         return state.withLock { s in
+            let maxBlocks = max(Int(s.readaheadMaxBytes / blockSize), 0)
             if s.readahead.count > 65536 { s.readahead.removeAll() }
             var r = s.readahead[key] ?? Readahead(nextBlock: -1, window: 0)
             r.window = first == r.nextBlock ? min(max(r.window * 2, 1), maxBlocks) : 0

@@ -14,7 +14,8 @@ struct HSMCtl: ParsableCommand {
             """,
         version: "0.1.0",
         subcommands: [Archive.self, Release.self, Migrate.self, Recall.self, Status.self, Remove.self, GC.self, Import.self,
-                      JournalCommand.self, Doctor.self])
+                      JournalCommand.self, Doctor.self,
+                      Queue.self, Cancel.self, Metrics.self])
 }
 
 struct Connection: ParsableArguments {

@@ -36,15 +36,13 @@ struct HSMD: ParsableCommand {
             return
         }
         let level = Logger.Level(rawValue: logLevel ?? cfg.logLevel) ?? .info
-        LoggingSystem.bootstrap { label in
-            var h = StreamLogHandler.standardError(label: label)
-            h.logLevel = level
-            return h
-        }
+        // One switch for every logger, so a config reload (SIGHUP) can change the level.
+        let levelSwitch = LogLevelSwitch(level, pinnedByCommandLine: logLevel != nil)
+        LoggingSystem.bootstrap { label in levelSwitch.handler(label: label) }
         // Everything hsmd creates for itself (state, store objects, temporary files) is
         // root's alone; modes given explicitly are narrowed, never widened.
         umask(0o077)
-        let status = Daemon.run(config: cfg, log: Logger(label: "hsmd"))
+        let status = Daemon.run(config: cfg, log: Logger(label: "hsmd"), configPath: config, logLevel: levelSwitch)
         if status != 0 { throw ExitCode(status) }
     }
 }

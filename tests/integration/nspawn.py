@@ -319,6 +319,9 @@ class SystemdHSM:
                         f"ExecStartPre={self.hsmd} --config {self.config} --check-config\n"
                         "ExecStart=\n"
                         f"ExecStart={self.hsmd} --config {self.config}\n"
+                        "ExecReload=\n"
+                        f"ExecReload={self.hsmd} --config {self.config} --check-config\n"
+                        "ExecReload=/bin/sh -c 'kill -HUP \"$MAINPID\"'\n"
                         f"{env}",
                         reload=False)
 

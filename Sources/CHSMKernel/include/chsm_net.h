@@ -25,4 +25,12 @@ void chsm_hmac_sha256(const void *key, size_t key_len, const void *data, size_t 
 int chsm_tcp_connect(const char *host, const char *port, int timeout_ms, int io_timeout_ms,
                      char *resolve_error, size_t resolve_error_len);
 
+/// A TCP socket bound to a numeric host and port, listening. Returns the fd, or -errno
+/// (-EADDRNOTAVAIL for an address that is not numeric).
+int chsm_tcp_listen(const char *host, const char *port, int backlog);
+
+/// Accepts one connection (retrying EINTR) and gives it SO_RCVTIMEO/SO_SNDTIMEO of
+/// io_timeout_ms. Returns the fd, or -errno.
+int chsm_tcp_accept(int listener, int io_timeout_ms);
+
 #endif
