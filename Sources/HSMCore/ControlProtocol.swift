@@ -7,6 +7,7 @@ public struct ControlRequest: Codable, Sendable, Equatable {
         case ping, archive, release, migrate, recall, status
         case journalStatus = "journal_status", journalSnapshot = "journal_snapshot"
         case journalList = "journal_list", journalChanged = "journal_changed"
+        case report, check
     }
 
     public var op: Operation
@@ -23,6 +24,11 @@ public struct ControlRequest: Codable, Sendable, Equatable {
     public var since: Int64?
     /// migrate: scan only directories the change journal lists since the last run.
     public var incremental: Bool?
+    /// check: read every stored block (scrub), rebuild the catalog (repair), scrub's rate
+    /// limit in bytes per second.
+    public var scrub: Bool?
+    public var repair: Bool?
+    public var rate: Int64?
 
     public init(op: Operation, paths: [String] = [], range: [Int64]? = nil, olderThanSeconds: Int64? = nil,
                 minSize: Int64? = nil, exclude: [String] = [], dryRun: Bool = false, jobs: Int = 1, progress: Bool = false,
@@ -100,6 +106,10 @@ public struct ControlReply: Codable, Sendable {
     public var changes: [JournalEntry]?
     /// journal changed.
     public var verdict: JournalVerdict?
+    /// report.
+    public var catalog: CatalogReport?
+    /// check.
+    public var check: CheckReport?
 
     public init(type: Kind, message: String? = nil, files: [FileResult]? = nil, status: [StatusRow]? = nil,
                 progress: ProgressReport? = nil, info: [String: String]? = nil, notes: [String]? = nil,

@@ -36,7 +36,7 @@ extension ControlRequest {
         let opName = try f.string("op")
         guard let op = Operation(rawValue: opName) else {
             let known = ["ping", "archive", "release", "migrate", "recall", "status",
-                         "journal_status", "journal_snapshot", "journal_list", "journal_changed"]
+                         "journal_status", "journal_snapshot", "journal_list", "journal_changed", "report", "check"]
             throw ControlRequestError("op: \"\(opName)\" is not an operation (known: \(known.joined(separator: ", ")))")
         }
         var r = ControlRequest(op: op)
@@ -50,6 +50,9 @@ extension ControlRequest {
         r.progress = try f.bool("progress") ?? false
         r.since = try f.optionalInteger("since")
         r.incremental = try f.bool("incremental")
+        r.scrub = try f.bool("scrub")
+        r.repair = try f.bool("repair")
+        r.rate = try f.optionalInteger("rate")
         try r.validate()
         return r
     }
@@ -83,6 +86,7 @@ extension ControlRequest {
         guard ControlRequestLimits.jobs.contains(jobs) else {
             throw ControlRequestError("jobs: \(jobs) is out of range (\(ControlRequestLimits.jobs.lowerBound) to \(ControlRequestLimits.jobs.upperBound))")
         }
+        if let r = rate, r <= 0 { throw ControlRequestError("rate: \(r) must be a positive number of bytes per second") }
         if let s = since, s < 0 { throw ControlRequestError("since: \(s) is not an epoch number (epochs count from 1)") }
     }
 

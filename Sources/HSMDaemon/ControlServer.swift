@@ -12,16 +12,19 @@ final class ControlServer: Sendable {
     let listener: UnixListener
     let archiver: Archiver
     let journal: Journal?
+    let catalog: Catalog?
     let log: Logger
     let info: @Sendable () -> [String: String]
     static let filesPerLine = 512
     static let trimAfterFiles = 1000
     static let requestTimeoutSeconds = 20
 
-    init(socketPath: String, archiver: Archiver, journal: Journal? = nil, log: Logger, info: @escaping @Sendable () -> [String: String]) throws(SystemError) {
+    init(socketPath: String, archiver: Archiver, journal: Journal? = nil, catalog: Catalog? = nil, log: Logger,
+         info: @escaping @Sendable () -> [String: String]) throws(SystemError) {
         listener = try UnixListener.listen(socketPath, mode: 0o600)
         self.archiver = archiver
         self.journal = journal
+        self.catalog = catalog
         self.log = log
         self.info = info
     }
@@ -93,7 +96,7 @@ final class ControlServer: Sendable {
             return
         }
         // Requests that change files are worth an operator's line; lookups are not.
-        let level: Logger.Level = [.ping, .status, .journalStatus, .journalList, .journalChanged].contains(request.op) ? .debug : .info
+        let level: Logger.Level = [.ping, .status, .journalStatus, .journalList, .journalChanged, .report].contains(request.op) ? .debug : .info
         log.log(level: level, "\(request.op.rawValue) requested for \(request.paths.count) path(s) by uid \(uid)")
         switch request.op {
         case .ping:
@@ -137,6 +140,8 @@ final class ControlServer: Sendable {
                 return
             }
             reply(JournalRequests(journal: journal).serve(request))
+        case .report, .check:
+            reply(CatalogRequests(catalog: catalog, filesystems: archiver.filesystems, log: log).serve(request))
         }
     }
 }

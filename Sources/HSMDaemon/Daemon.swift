@@ -107,10 +107,12 @@ public enum Daemon {
         for (fsid, fd) in inherited.journalGroups where !journalFSIDs.contains(fsid) { close(fd) }
         keepAcrossRestarts(group: group, eventLog: eventLog, journal: journal, inherited: inherited, log: log)
 
+        // The catalog: an index of objects and files (README, "Catalog"); never the truth.
+        let catalog = Catalog.open(stateDir: config.stateDir, log: log)
         let locks = InodeLocks()
-        let engine = RecallEngine(group: group, filesystems: filesystems, locks: locks, config: config, log: log)
+        let engine = RecallEngine(group: group, filesystems: filesystems, locks: locks, config: config, log: log, catalog: catalog)
         let events = EventLoop(group: group, eventLog: eventLog, engine: engine, filesystems: filesystems, log: log)
-        let archiver = Archiver(group: group, filesystems: filesystems, locks: locks, engine: engine, log: log)
+        let archiver = Archiver(group: group, filesystems: filesystems, locks: locks, engine: engine, log: log, catalog: catalog)
         let premarker = ResidentPremarker(group: group, filesystems: filesystems.all, locks: locks, limit: config.premarkFiles, log: log)
         let fsList = filesystems.all.map { "\($0.path) (\($0.type), store \($0.store.name))" }.joined(separator: "; ")
         let restartState = inherited.group != nil ? "pre-content group kept across the last restart"
@@ -128,7 +130,7 @@ public enum Daemon {
         let privileges = Self.privilegeKeeping(log: log)
         let server: ControlServer
         do {
-            server = try ControlServer(socketPath: config.socket, archiver: archiver, journal: journal, log: log) {
+            server = try ControlServer(socketPath: config.socket, archiver: archiver, journal: journal, catalog: catalog, log: log) {
                 ["version": version, "pid": "\(getpid())", "filesystems": fsList,
                  "uptime_seconds": "\(Int(Date().timeIntervalSince(started)))",
                  "events": "\(events.eventsSeen.load(ordering: .relaxed))",
@@ -147,6 +149,7 @@ public enum Daemon {
         }
         engine.start()
         journal?.start()
+        catalog?.start()
         do { try events.start() } catch {
             log.critical("hsmd cannot start: \(error)")
             return 1
@@ -155,6 +158,7 @@ public enum Daemon {
         archiver.recoverAtStart()
         server.start()
         premarker.start()
+        if let catalog { CatalogCheck.rebuildIfNeeded(catalog, filesystems: filesystems, log: log) }
         startWatchdog(events, log: log)
         log.notice("hsmd \(version) ready: managing \(fsList); control socket \(config.socket)")
         SystemdNotify.send("READY=1\nSTATUS=managing \(filesystems.all.count) filesystem(s)")
@@ -175,6 +179,7 @@ public enum Daemon {
             log.warning("\(unanswered) access(es) still unanswered at stop; they stay on record for the next hsmd")
         }
         journal?.stop()
+        catalog?.stop()
         warnAboutOfflineFiles(filesystems, log: log)
         log.notice("hsmd stopped")
         return 0

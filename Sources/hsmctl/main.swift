@@ -13,7 +13,7 @@ struct HSMCtl: ParsableCommand {
             2 usage error, hsmd unreachable, or not root.
             """,
         version: "0.1.0",
-        subcommands: [Archive.self, Release.self, Migrate.self, Recall.self, Status.self, JournalCommand.self, Doctor.self])
+        subcommands: [Archive.self, Release.self, Migrate.self, Recall.self, Status.self, Report.self, Check.self, JournalCommand.self, Doctor.self])
 }
 
 struct Connection: ParsableArguments {

@@ -1,0 +1,382 @@
+import CSQLite
+import Foundation
+import HSMCore
+import Synchronization
+
+/// The catalog's database (state_dir/catalog.sqlite): one row per object and per managed
+/// file, an index of what the markers and the stores say (never the truth). The system's
+/// SQLite through CSQLite, like the journal (no GRDB: its clean build would add minutes on
+/// a small build machine for a dozen statements). One connection, serialized by a lock:
+/// the catalog's writer thread commits batches, control threads read.
+final class CatalogDatabase: @unchecked Sendable {
+    // @unchecked: `db` is an SQLite connection opened FULLMUTEX and every use of it goes
+    // through `lock`, so no two threads ever use it at once.
+    private let db: OpaquePointer
+    private let lock = Mutex<Void>(())
+    let path: String
+
+    /// The schema version this hsmd writes.
+    static let currentVersion = 1
+
+    /// `migrations[i]` takes a database from version i to i + 1. Never edit a shipped
+    /// step: add one.
+    static let migrations: [String] = [
+        """
+        CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE object(
+            id TEXT PRIMARY KEY, store TEXT NOT NULL, handle BLOB, fs TEXT, path TEXT NOT NULL,
+            size INTEGER NOT NULL, stored_bytes INTEGER NOT NULL, archived_at INTEGER NOT NULL) WITHOUT ROWID;
+        CREATE INDEX object_by_store ON object(store, archived_at, stored_bytes);
+        CREATE TABLE file(
+            fs TEXT NOT NULL, handle BLOB NOT NULL, path TEXT, state TEXT NOT NULL, size INTEGER NOT NULL,
+            offline_bytes INTEGER NOT NULL, object TEXT, updated_at INTEGER NOT NULL, PRIMARY KEY(fs, handle));
+        CREATE INDEX file_by_state ON file(fs, state, size, offline_bytes);
+        CREATE INDEX file_by_object ON file(object);
+        """,
+    ]
+
+    /// Why a catalog file cannot be used as it is (then it is set aside and rebuilt).
+    enum OpenProblem: Error, CustomStringConvertible {
+        case damaged(String)
+        case newerVersion(Int)
+        case badVersion(String)
+        case io(DatabaseError)
+
+        var description: String {
+            switch self {
+            case .damaged(let why): return "damaged (\(why))"
+            case .newerVersion(let v):
+                return "schema version \(v) is newer than this hsmd knows (\(CatalogDatabase.currentVersion)): a newer hsmd wrote it"
+            case .badVersion(let why): return "unreadable schema version (\(why))"
+            case .io(let e): return "\(e)"
+            }
+        }
+    }
+
+    /// Opens (creating, or migrating to `migrations.count`) the database at `path`.
+    init(path: String, migrations: [String] = CatalogDatabase.migrations) throws(OpenProblem) {
+        self.path = path
+        do { try Self.makePrivate(path) } catch { throw .io(error) }
+        var handle: OpaquePointer?
+        let rc = sqlite3_open_v2(path, &handle, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, nil)
+        guard rc == SQLITE_OK, let handle else {
+            let msg = handle.map { String(cString: sqlite3_errmsg($0)) } ?? "cannot allocate"
+            if let handle { sqlite3_close(handle) }
+            throw .damaged("open: \(msg)")
+        }
+        db = handle
+        sqlite3_busy_timeout(db, 5000)
+        do {
+            // quick_check reads every page: a damaged file shows here rather than at a
+            // later write (it costs about a second per GiB of catalog).
+            var verdict = ""
+            try run("PRAGMA quick_check") { verdict += (Self.text($0, 0) ?? "") }
+            guard verdict == "ok" else { throw OpenProblem.damaged("quick_check: \(verdict.prefix(200))") }
+            try run("PRAGMA journal_mode=WAL")
+            try run("PRAGMA synchronous=NORMAL")
+            try run("CREATE TABLE IF NOT EXISTS schema_version(version INTEGER NOT NULL)")
+            var versions: [Int64] = []
+            try run("SELECT version FROM schema_version") { versions.append(sqlite3_column_int64($0, 0)) }
+            guard versions.count <= 1 else { throw OpenProblem.badVersion("\(versions.count) rows in schema_version") }
+            let version = Int(versions.first ?? 0)
+            guard version >= 0 else { throw OpenProblem.badVersion("version \(version)") }
+            guard version <= migrations.count else { throw OpenProblem.newerVersion(version) }
+            if version < migrations.count {
+                try run("BEGIN IMMEDIATE")
+                do {
+                    for step in migrations[version...] { try exec(step) }
+                    try run("DELETE FROM schema_version")
+                    try run("INSERT INTO schema_version(version) VALUES(?)", [.int(Int64(migrations.count))])
+                    try run("COMMIT")
+                } catch {
+                    try? run("ROLLBACK")
+                    throw error
+                }
+            }
+        } catch let e as OpenProblem {
+            sqlite3_close(db)
+            throw e
+        } catch let e as DatabaseError {
+            sqlite3_close(db)
+            // SQLITE_NOTADB / SQLITE_CORRUPT: not a database, or a broken one.
+            if [SQLITE_NOTADB, SQLITE_CORRUPT].contains(e.code & 0xff) { throw .damaged(e.description) }
+            throw .io(e)
+        } catch {
+            sqlite3_close(db)
+            throw .damaged("\(error)")
+        }
+    }
+
+    deinit { sqlite3_close(db) }
+
+    /// The version recorded in the file (for tests and messages).
+    func schemaVersion() throws(DatabaseError) -> Int {
+        try locked { () throws(DatabaseError) -> Int in
+            var v: Int64 = 0
+            try run("SELECT version FROM schema_version") { v = sqlite3_column_int64($0, 0) }
+            return Int(v)
+        }
+    }
+
+    /// Created 0600 before SQLite opens it: it names every managed file.
+    private static func makePrivate(_ path: String) throws(DatabaseError) {
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        guard fd >= 0 else {
+            throw DatabaseError(code: SQLITE_CANTOPEN, operation: "open \(path)", message: String(cString: strerror(errno)))
+        }
+        close(fd)
+    }
+
+    // MARK: Primitives
+
+    enum Value { case int(Int64), text(String?), blob([UInt8]?) }
+
+    private func error(_ rc: Int32, _ op: String) -> DatabaseError {
+        DatabaseError(code: rc, operation: "\(op) (\(path))", message: String(cString: sqlite3_errmsg(db)))
+    }
+
+    private func exec(_ sql: String) throws(DatabaseError) {
+        let rc = sqlite3_exec(db, sql, nil, nil, nil)
+        if rc != SQLITE_OK { throw error(rc, "execute") }
+    }
+
+    /// Runs one statement with `args`, calling `row` for every result row. Caller holds the lock.
+    private func run(_ sql: String, _ args: [Value] = [], row: (OpaquePointer) -> Void = { _ in }) throws(DatabaseError) {
+        var stmt: OpaquePointer?
+        var rc = sqlite3_prepare_v2(db, sql, -1, &stmt, nil)
+        guard rc == SQLITE_OK, let stmt else { throw error(rc, "prepare \(sql.prefix(40))") }
+        defer { sqlite3_finalize(stmt) }
+        try bind(stmt, args)
+        while true {
+            rc = sqlite3_step(stmt)
+            if rc == SQLITE_ROW { row(stmt); continue }
+            if rc == SQLITE_DONE { return }
+            throw error(rc, "step \(sql.prefix(40))")
+        }
+    }
+
+    private func bind(_ stmt: OpaquePointer, _ args: [Value]) throws(DatabaseError) {
+        let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
+        for (i, a) in args.enumerated() {
+            let k = Int32(i + 1)
+            switch a {
+            case .int(let v): sqlite3_bind_int64(stmt, k, v)
+            case .text(let v?): sqlite3_bind_text(stmt, k, v, -1, transient)
+            case .text(nil), .blob(nil): sqlite3_bind_null(stmt, k)
+            case .blob(let v?): _ = v.withUnsafeBytes { sqlite3_bind_blob(stmt, k, $0.baseAddress, Int32($0.count), transient) }
+            }
+        }
+    }
+
+    /// One prepared statement run many times in a batch.
+    fileprivate final class Prepared {
+        let stmt: OpaquePointer
+        init(_ stmt: OpaquePointer) { self.stmt = stmt }
+        deinit { sqlite3_finalize(stmt) }
+    }
+
+    private func prepare(_ sql: String) throws(DatabaseError) -> Prepared {
+        var stmt: OpaquePointer?
+        let rc = sqlite3_prepare_v2(db, sql, -1, &stmt, nil)
+        guard rc == SQLITE_OK, let stmt else { throw error(rc, "prepare \(sql.prefix(40))") }
+        return Prepared(stmt)
+    }
+
+    fileprivate func step(_ p: Prepared, _ args: [Value]) throws(DatabaseError) {
+        sqlite3_reset(p.stmt)
+        sqlite3_clear_bindings(p.stmt)
+        try bind(p.stmt, args)
+        let rc = sqlite3_step(p.stmt)
+        if rc != SQLITE_DONE && rc != SQLITE_ROW { throw error(rc, "step") }
+    }
+
+    static func text(_ s: OpaquePointer, _ i: Int32) -> String? {
+        guard let p = sqlite3_column_text(s, i) else { return nil }
+        return String(cString: p)
+    }
+
+    static func blob(_ s: OpaquePointer, _ i: Int32) -> [UInt8]? {
+        if sqlite3_column_type(s, i) == SQLITE_NULL { return nil }
+        let n = Int(sqlite3_column_bytes(s, i))
+        guard n > 0, let p = sqlite3_column_blob(s, i) else { return [] }
+        return Array(UnsafeRawBufferPointer(start: p, count: n))
+    }
+
+    private func locked<T>(_ body: () throws(DatabaseError) -> T) throws(DatabaseError) -> T {
+        try lock.withLock { _ throws(DatabaseError) -> T in try body() }
+    }
+
+    // MARK: Writing
+
+    /// Runs `body` in one transaction (rolled back if it throws). `replaceAll` empties
+    /// both tables first (a rebuild).
+    func transaction(replaceAll: Bool = false, _ body: (Writer) throws(DatabaseError) -> Void) throws(DatabaseError) {
+        try locked { () throws(DatabaseError) in
+            try run("BEGIN IMMEDIATE")
+            do throws(DatabaseError) {
+                if replaceAll {
+                    try run("DELETE FROM file")
+                    try run("DELETE FROM object")
+                }
+                let w = Writer(db: self,
+                               upsertFile: try prepare("""
+                                   INSERT INTO file(fs, handle, path, state, size, offline_bytes, object, updated_at) VALUES(?, ?, ?, ?, ?, ?, ?, ?)
+                                   ON CONFLICT(fs, handle) DO UPDATE SET path = COALESCE(excluded.path, path), state = excluded.state,
+                                     size = excluded.size, offline_bytes = excluded.offline_bytes, object = excluded.object,
+                                     updated_at = excluded.updated_at
+                                   """),
+                               upsertObject: try prepare("""
+                                   INSERT INTO object(id, store, handle, fs, path, size, stored_bytes, archived_at) VALUES(?, ?, ?, ?, ?, ?, ?, ?)
+                                   ON CONFLICT(id) DO UPDATE SET store = excluded.store, handle = COALESCE(excluded.handle, handle),
+                                     fs = COALESCE(excluded.fs, fs), path = excluded.path, size = excluded.size,
+                                     stored_bytes = excluded.stored_bytes, archived_at = excluded.archived_at
+                                   """),
+                               deleteObject: try prepare("DELETE FROM object WHERE id = ?"),
+                               deleteFile: try prepare("DELETE FROM file WHERE fs = ? AND handle = ?"))
+                try body(w)
+            } catch {
+                try? run("ROLLBACK")
+                throw error
+            }
+            try run("COMMIT")
+        }
+    }
+
+    struct Writer {
+        fileprivate let db: CatalogDatabase
+        fileprivate let upsertFile: Prepared
+        fileprivate let upsertObject: Prepared
+        fileprivate let deleteObject: Prepared
+        fileprivate let deleteFile: Prepared
+
+        func file(_ f: CatalogFile) throws(DatabaseError) {
+            try db.step(upsertFile, [.text(f.fs), .blob(f.handle), .text(f.path), .text(f.state.rawValue), .int(f.size),
+                                     .int(f.offlineBytes), .text(f.object), .int(f.updatedAt)])
+        }
+
+        func object(_ o: CatalogObject) throws(DatabaseError) {
+            try db.step(upsertObject, [.text(o.id), .text(o.store), .blob(o.handle), .text(o.fs), .text(o.path), .int(o.size),
+                                       .int(o.storedBytes), .int(o.archivedAt)])
+        }
+
+        func deleteObject(_ id: String) throws(DatabaseError) { try db.step(deleteObject, [.text(id)]) }
+        func deleteFile(fs: String, handle: [UInt8]) throws(DatabaseError) { try db.step(deleteFile, [.text(fs), .blob(handle)]) }
+
+        func setMeta(_ key: String, _ value: String) throws(DatabaseError) {
+            try db.run("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                       [.text(key), .text(value)])
+        }
+    }
+
+    // MARK: Reading
+
+    func meta(_ key: String) throws(DatabaseError) -> String? {
+        try locked { () throws(DatabaseError) -> String? in
+            var v: String?
+            try run("SELECT value FROM meta WHERE key = ?", [.text(key)]) { v = Self.text($0, 0) }
+            return v
+        }
+    }
+
+    func files(fs: String) throws(DatabaseError) -> [CatalogFile] {
+        try locked { () throws(DatabaseError) -> [CatalogFile] in
+            var out: [CatalogFile] = []
+            try run("SELECT handle, path, state, size, offline_bytes, object, updated_at FROM file WHERE fs = ?", [.text(fs)]) { s in
+                guard let state = Self.text(s, 2).flatMap(HSMState.init(rawValue:)) else { return }
+                out.append(CatalogFile(fs: fs, handle: Self.blob(s, 0) ?? [], path: Self.text(s, 1), state: state,
+                                       size: sqlite3_column_int64(s, 3), offlineBytes: sqlite3_column_int64(s, 4),
+                                       object: Self.text(s, 5), updatedAt: sqlite3_column_int64(s, 6)))
+            }
+            return out
+        }
+    }
+
+    func objects(store: String) throws(DatabaseError) -> [CatalogObject] {
+        try locked { () throws(DatabaseError) -> [CatalogObject] in
+            var out: [CatalogObject] = []
+            try run("SELECT id, handle, fs, path, size, stored_bytes, archived_at FROM object WHERE store = ?", [.text(store)]) { s in
+                out.append(CatalogObject(id: Self.text(s, 0) ?? "", store: store, handle: Self.blob(s, 1), fs: Self.text(s, 2),
+                                         path: Self.text(s, 3) ?? "", size: sqlite3_column_int64(s, 4),
+                                         storedBytes: sqlite3_column_int64(s, 5), archivedAt: sqlite3_column_int64(s, 6)))
+            }
+            return out
+        }
+    }
+
+    /// Figures for `hsmctl report`, from the indexes (no walk): files and bytes by state
+    /// per filesystem, objects and orphans per store.
+    func report(filesystems: [(path: String, store: String)]) throws(DatabaseError) -> CatalogReport {
+        try locked { () throws(DatabaseError) -> CatalogReport in
+            var report = CatalogReport()
+            for fs in filesystems {
+                var r = CatalogReport.Filesystem(path: fs.path, store: fs.store)
+                try run("SELECT state, COUNT(*), TOTAL(size), TOTAL(offline_bytes) FROM file WHERE fs = ? GROUP BY state", [.text(fs.path)]) { s in
+                    guard let state = Self.text(s, 0).flatMap(HSMState.init(rawValue:)) else { return }
+                    let size = Int64(sqlite3_column_double(s, 2)), offline = Int64(sqlite3_column_double(s, 3))
+                    r.states[state.rawValue] = .init(files: sqlite3_column_int64(s, 1), bytes: size)
+                    r.files += sqlite3_column_int64(s, 1)
+                    r.bytes += size
+                    r.offlineBytes += offline
+                }
+                r.localBytes = r.bytes - r.offlineBytes
+                try run("SELECT COUNT(*), TOTAL(stored_bytes), MIN(archived_at), MAX(archived_at) FROM object WHERE fs = ?", [.text(fs.path)]) { s in
+                    r.objects = sqlite3_column_int64(s, 0)
+                    r.storedBytes = Int64(sqlite3_column_double(s, 1))
+                    if sqlite3_column_type(s, 2) != SQLITE_NULL {
+                        r.oldestArchive = sqlite3_column_int64(s, 2)
+                        r.newestArchive = sqlite3_column_int64(s, 3)
+                    }
+                }
+                report.filesystems.append(r)
+            }
+            var seen = Set<String>()
+            for name in filesystems.map(\.store) where seen.insert(name).inserted {
+                var r = CatalogReport.Store(name: name)
+                try run("SELECT COUNT(*), TOTAL(stored_bytes), MIN(archived_at), MAX(archived_at) FROM object WHERE store = ?", [.text(name)]) { s in
+                    r.objects = sqlite3_column_int64(s, 0)
+                    r.storedBytes = Int64(sqlite3_column_double(s, 1))
+                    if sqlite3_column_type(s, 2) != SQLITE_NULL {
+                        r.oldestArchive = sqlite3_column_int64(s, 2)
+                        r.newestArchive = sqlite3_column_int64(s, 3)
+                    }
+                }
+                try run("""
+                    SELECT COUNT(*), TOTAL(o.stored_bytes) FROM object o
+                    WHERE o.store = ? AND NOT EXISTS (SELECT 1 FROM file f WHERE f.object = o.id)
+                    """, [.text(name)]) { s in
+                    r.orphans = sqlite3_column_int64(s, 0)
+                    r.orphanBytes = Int64(sqlite3_column_double(s, 1))
+                }
+                report.stores.append(r)
+            }
+            var v: String?
+            try run("SELECT value FROM meta WHERE key = 'rebuilt_at'") { v = Self.text($0, 0) }
+            report.rebuiltAt = v.flatMap { Int64($0) }
+            return report
+        }
+    }
+}
+
+/// One managed file as the catalog last saw it.
+struct CatalogFile: Sendable, Equatable {
+    var fs: String
+    var handle: [UInt8]
+    var path: String?
+    var state: HSMState
+    var size: Int64
+    var offlineBytes: Int64
+    var object: String?
+    var updatedAt: Int64
+}
+
+/// One object in a store.
+struct CatalogObject: Sendable, Equatable {
+    var id: String
+    var store: String
+    var handle: [UInt8]?
+    var fs: String?
+    var path: String
+    var size: Int64
+    var storedBytes: Int64
+    var archivedAt: Int64
+}
