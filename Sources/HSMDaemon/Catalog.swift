@@ -96,7 +96,7 @@ final class Catalog: Sendable {
         guard let st = stat ?? (try? fd.stat()), let handle = try? InodeHandle.of(fd: fd.rawValue, path: fd.path) else { return }
         let s = FileStatus.derive(stat: st, marker: marker, objectExists: { _ in true })
         enqueue(.file(CatalogFile(fs: fs.path, handle: handle.encoded, path: path, state: s.state, size: st.size,
-                                  offlineBytes: s.offlineBytes, object: marker?.object.hex, updatedAt: Int64(Date().timeIntervalSince1970))),
+                                  offlineBytes: s.offlineBytes, object: marker?.object.hex, updatedAt: unixMillis())),
                 syncFD: fs.rootFD)
     }
 
@@ -207,6 +207,9 @@ final class Catalog: Sendable {
         queue.withLock { $0.failure = nil; $0.dropped = 0 }
     }
 }
+
+/// Milliseconds since 1970: when a catalog row was written (compared with a check's start).
+func unixMillis() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
 
 /// syncfs on a raw descriptor (the filesystem's root fd, kept open for hsmd's life).
 func chsm_syncfs_fd(_ fd: Int32) -> Int32 {

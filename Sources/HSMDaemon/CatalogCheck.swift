@@ -60,13 +60,13 @@ struct CatalogCheck: Sendable {
         }
         var report = CheckReport()
         report.filesystems = chosen.map(\.path)
-        let walkStarted = Int64(Date().timeIntervalSince1970)
+        let walkStarted = unixMillis()
         // Updates arriving during the walk are newer than what it sees: they go in after
         // the rebuilt rows.
+        catalog?.flush()
         if options.repair { catalog?.holdUpdates() }
         var holding = options.repair
         defer { if holding { catalog?.releaseHold() } }
-        _ = catalog?.flush()
 
         // 1. The markers.
         var seen: [String: [Seen]] = [:]
@@ -126,13 +126,14 @@ struct CatalogCheck: Sendable {
                 }
             }
         }
+        // Objects of archives under way (their markers are not written yet), read from
+        // the notes on disk (a separate reader: it changes nothing).
+        let underWay = Set(InProgress(stateDir: filesystems.stateDir).pending().compactMap { $0.entry?.object })
         for (name, have) in listed {
-            for id in have.subtracting(referenced[name] ?? []).sorted() {
+            for id in have.subtracting(referenced[name] ?? []).sorted() where !underWay.contains(id) {
                 guard let store = storeOf[name], let oid = ObjectID(hex: id) else { continue }
-                // Archived after the walk began (its marker may be newer than the walk),
-                // or its file names it now: not an orphan.
+                // Its file names it now (archived after the walk passed it): not an orphan.
                 let record = try? store.storedRecord(oid)
-                if let r = record, r.archivedAt >= walkStarted - 1 { continue }
                 if let r = record, markerNames(r.path, oid) { continue }
                 report.discrepancies.append(.init(kind: .orphan, path: record?.path, object: id, store: name,
                     meaning: "orphan: no marker on \(chosen.filter { $0.store.name == name }.map(\.path).joined(separator: ", ")) refers to it\(record.map { " (archived from \($0.path), \(Units.formatBytes($0.storedBytes)))" } ?? ""); its file was deleted or archived again. It can be deleted once no backup of the filesystem could bring its marker back"))
@@ -141,6 +142,8 @@ struct CatalogCheck: Sendable {
 
         // 4. The catalog against both.
         if let catalog {
+            // What was queued during the walk is in before the rows are read.
+            catalog.flush()
             compareCatalog(catalog, chosen, seen, listed, walkStarted: walkStarted, &report)
         }
 
@@ -156,7 +159,7 @@ struct CatalogCheck: Sendable {
         // 6. Repair: the catalog rebuilt from the markers and the stores' records.
         if options.repair, let catalog {
             var files: [CatalogFile] = []
-            let now = Int64(Date().timeIntervalSince1970)
+            let now = unixMillis()
             for fs in chosen {
                 let have = listed[fs.store.name] ?? []
                 for f in seen[fs.path] ?? [] {

@@ -366,6 +366,7 @@ struct CatalogFile: Sendable, Equatable {
     var size: Int64
     var offlineBytes: Int64
     var object: String?
+    /// Unix milliseconds when the row was queued (just after its marker was written).
     var updatedAt: Int64
 }
 
