@@ -1,0 +1,125 @@
+import Foundation
+import HSMCore
+import Logging
+import XCTest
+
+@testable import HSMDaemon
+
+/// The catalog's database and writer, on real SQLite files in a temporary folder.
+final class CatalogTests: XCTestCase {
+    private var dir = ""
+
+    override func setUp() {
+        dir = NSTemporaryDirectory() + "hsmd-catalog-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    }
+
+    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+
+    private var path: String { dir + "/catalog.sqlite" }
+
+    private func file(_ n: UInt8, _ state: HSMState, size: Int64 = 100, offline: Int64 = 0, object: String? = nil, fs: String = "/fs") -> CatalogFile {
+        CatalogFile(fs: fs, handle: [1, 0, 0, 0, n], path: "/fs/f\(n)", state: state, size: size, offlineBytes: offline,
+                    object: object, updatedAt: unixMillis())
+    }
+
+    private func object(_ id: String, archivedAt: Int64 = 1000, stored: Int64 = 100) -> CatalogObject {
+        CatalogObject(id: id, store: "tier1", handle: nil, fs: "/fs", path: "/fs/x", size: stored, storedBytes: stored, archivedAt: archivedAt)
+    }
+
+    func testANewCatalogIsAtTheCurrentVersion() throws {
+        let db = try CatalogDatabase(path: path)
+        XCTAssertEqual(try db.schemaVersion(), CatalogDatabase.currentVersion)
+        XCTAssertEqual(CatalogDatabase.migrations.count, CatalogDatabase.currentVersion)
+    }
+
+    func testAnOlderCatalogIsMigratedStepByStepAndKeepsItsRows() throws {
+        do {
+            let v1 = try CatalogDatabase(path: path, migrations: Array(CatalogDatabase.migrations.prefix(1)))
+            try v1.transaction { (w: CatalogDatabase.Writer) throws(DatabaseError) in try w.file(file(1, .released, offline: 100)) }
+        }
+        let v2Step = "CREATE TABLE scrub_run(started INTEGER NOT NULL);"
+        let v2 = try CatalogDatabase(path: path, migrations: CatalogDatabase.migrations + [v2Step])
+        XCTAssertEqual(try v2.schemaVersion(), 2)
+        XCTAssertEqual(try v2.files(fs: "/fs").map(\.state), [.released])
+    }
+
+    func testACatalogFromANewerHsmdIsRefusedWithAClearMessage() throws {
+        _ = try CatalogDatabase(path: path, migrations: CatalogDatabase.migrations + ["CREATE TABLE later(x INTEGER);"])
+        XCTAssertThrowsError(try CatalogDatabase(path: path)) { error in
+            guard case CatalogDatabase.OpenProblem.newerVersion(2) = error else { return XCTFail("\(error)") }
+            XCTAssertTrue("\(error)".contains("newer than this hsmd knows (1)"), "\(error)")
+        }
+    }
+
+    func testAFailedMigrationStepChangesNothing() throws {
+        _ = try CatalogDatabase(path: path)
+        XCTAssertThrowsError(try CatalogDatabase(path: path, migrations: CatalogDatabase.migrations + ["CREATE TABLE broken(;"]))
+        XCTAssertEqual(try CatalogDatabase(path: path).schemaVersion(), 1)
+    }
+
+    func testGarbageIsDamagedAndSetAsideAtOpen() throws {
+        try Data(repeating: 0x41, count: 8192).write(to: URL(fileURLWithPath: path))
+        XCTAssertThrowsError(try CatalogDatabase(path: path)) { error in
+            guard case CatalogDatabase.OpenProblem.damaged = error else { return XCTFail("\(error)") }
+        }
+        let catalog = try XCTUnwrap(Catalog.open(stateDir: dir, log: Logger(label: "test")))
+        XCTAssertTrue(catalog.startProblem?.contains("set aside as") ?? false, catalog.startProblem ?? "nil")
+        let names = try FileManager.default.contentsOfDirectory(atPath: dir)
+        XCTAssertTrue(names.contains { $0.hasPrefix("catalog.sqlite.damaged-") }, "\(names)")
+        XCTAssertEqual(try catalog.database.schemaVersion(), 1)
+        // A healthy one opens with no problem.
+        XCTAssertNil(Catalog.open(stateDir: dir, log: Logger(label: "test"))?.startProblem)
+    }
+
+    func testTheWriterAppliesUpdatesInOrderAndReportSumsThem() throws {
+        let catalog = try XCTUnwrap(Catalog.open(stateDir: dir, log: Logger(label: "test")))
+        XCTAssertEqual(catalog.startProblem, "missing")
+        catalog.start()
+        defer { catalog.stop() }
+        catalog.enqueue(.object(object("aa", archivedAt: 500, stored: 100)))
+        catalog.enqueue(.object(object("bb", archivedAt: 900, stored: 300)))
+        catalog.enqueue(.object(object("cc", archivedAt: 700, stored: 50)))
+        catalog.enqueue(.file(file(1, .archived, size: 100, object: "aa")))
+        catalog.enqueue(.file(file(1, .released, size: 100, offline: 100, object: "aa")))
+        catalog.enqueue(.file(file(2, .partial, size: 300, offline: 200, object: "bb")))
+        catalog.enqueue(.file(file(3, .resident, size: 7)))
+        catalog.enqueue(.deleteObject("cc"))
+        catalog.enqueue(.object(object("dd", archivedAt: 100, stored: 40)))
+        XCTAssertTrue(catalog.flush())
+        let r = try catalog.database.report(filesystems: [("/fs", "tier1")])
+        let fs = try XCTUnwrap(r.filesystems.first)
+        XCTAssertEqual(fs.states["released"], .init(files: 1, bytes: 100))
+        XCTAssertEqual(fs.states["partial"], .init(files: 1, bytes: 300))
+        XCTAssertEqual(fs.states["resident"], .init(files: 1, bytes: 7))
+        XCTAssertEqual(fs.states["archived"], .init(files: 0, bytes: 0))
+        XCTAssertEqual(fs.files, 3)
+        XCTAssertEqual(fs.offlineBytes, 300)
+        XCTAssertEqual(fs.localBytes, 107)
+        let store = try XCTUnwrap(r.stores.first)
+        XCTAssertEqual(store.objects, 3)
+        XCTAssertEqual(store.storedBytes, 440)
+        XCTAssertEqual(store.orphans, 1)
+        XCTAssertEqual(store.orphanBytes, 40)
+        XCTAssertEqual(store.oldestArchive, 100)
+        XCTAssertEqual(store.newestArchive, 900)
+    }
+
+    func testUpdatesDuringARebuildGoInAfterIt() throws {
+        let catalog = try XCTUnwrap(Catalog.open(stateDir: dir, log: Logger(label: "test")))
+        catalog.start()
+        defer { catalog.stop() }
+        catalog.holdUpdates()
+        // A release queued while the rebuild walked the file as archived: the newer wins.
+        catalog.enqueue(.file(file(1, .released, offline: 100, object: "aa")))
+        XCTAssertFalse(catalog.flush(timeout: 0.2), "held updates must wait for the rebuild")
+        XCTAssertFalse(catalog.notes.isEmpty)
+        try catalog.replaceAll(files: [file(1, .archived, object: "aa"), file(2, .archived, object: "bb")],
+                               objects: [object("aa"), object("bb")])
+        XCTAssertTrue(catalog.flush())
+        let rows = try catalog.database.files(fs: "/fs").sorted { $0.handle.lexicographicallyPrecedes($1.handle) }
+        XCTAssertEqual(rows.map(\.state), [.released, .archived])
+        XCTAssertNotNil(try catalog.database.report(filesystems: [("/fs", "tier1")]).rebuiltAt)
+        XCTAssertTrue(catalog.notes.isEmpty, "\(catalog.notes)")
+    }
+}
