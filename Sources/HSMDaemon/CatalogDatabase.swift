@@ -14,6 +14,8 @@ final class CatalogDatabase: @unchecked Sendable {
     private let db: OpaquePointer
     private let lock = Mutex<Void>(())
     let path: String
+    /// Filesystem paths and store names → their row ids; only touched under `lock`.
+    private var ids: [String: Int64] = [:]
 
     /// The schema version this hsmd writes.
     static let currentVersion = 1
@@ -21,15 +23,19 @@ final class CatalogDatabase: @unchecked Sendable {
     /// `migrations[i]` takes a database from version i to i + 1. Never edit a shipped
     /// step: add one.
     static let migrations: [String] = [
+        // Filesystems and stores by number, object ids as their 16 bytes: a catalog of a
+        // million files stays near 250 MiB.
         """
         CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE filesystem(id INTEGER PRIMARY KEY, path TEXT UNIQUE NOT NULL);
+        CREATE TABLE store(id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL);
         CREATE TABLE object(
-            id TEXT PRIMARY KEY, store TEXT NOT NULL, handle BLOB, fs TEXT, path TEXT NOT NULL,
+            id BLOB PRIMARY KEY, store INTEGER NOT NULL, handle BLOB, fs INTEGER, path TEXT NOT NULL,
             size INTEGER NOT NULL, stored_bytes INTEGER NOT NULL, archived_at INTEGER NOT NULL) WITHOUT ROWID;
         CREATE INDEX object_by_store ON object(store, archived_at, stored_bytes);
         CREATE TABLE file(
-            fs TEXT NOT NULL, handle BLOB NOT NULL, path TEXT, state TEXT NOT NULL, size INTEGER NOT NULL,
-            offline_bytes INTEGER NOT NULL, object TEXT, updated_at INTEGER NOT NULL, PRIMARY KEY(fs, handle));
+            fs INTEGER NOT NULL, handle BLOB NOT NULL, path TEXT, state TEXT NOT NULL, size INTEGER NOT NULL,
+            offline_bytes INTEGER NOT NULL, object BLOB, updated_at INTEGER NOT NULL, PRIMARY KEY(fs, handle)) WITHOUT ROWID;
         CREATE INDEX file_by_state ON file(fs, state, size, offline_bytes);
         CREATE INDEX file_by_object ON file(object);
         """,
@@ -74,6 +80,7 @@ final class CatalogDatabase: @unchecked Sendable {
             guard verdict == "ok" else { throw OpenProblem.damaged("quick_check: \(verdict.prefix(200))") }
             try run("PRAGMA journal_mode=WAL")
             try run("PRAGMA synchronous=NORMAL")
+            try run("PRAGMA journal_size_limit=67108864")
             try run("CREATE TABLE IF NOT EXISTS schema_version(version INTEGER NOT NULL)")
             var versions: [Int64] = []
             try run("SELECT version FROM schema_version") { versions.append(sqlite3_column_int64($0, 0)) }
@@ -250,22 +257,54 @@ final class CatalogDatabase: @unchecked Sendable {
         fileprivate let deleteFile: Prepared
 
         func file(_ f: CatalogFile) throws(DatabaseError) {
-            try db.step(upsertFile, [.text(f.fs), .blob(f.handle), .text(f.path), .text(f.state.rawValue), .int(f.size),
-                                     .int(f.offlineBytes), .text(f.object), .int(f.updatedAt)])
+            try db.step(upsertFile, [.int(try db.nameID("filesystem", "path", f.fs)), .blob(f.handle), .text(f.path),
+                                     .text(f.state.rawValue), .int(f.size), .int(f.offlineBytes),
+                                     .blob(f.object.flatMap(CatalogDatabase.idBytes)), .int(f.updatedAt)])
         }
 
         func object(_ o: CatalogObject) throws(DatabaseError) {
-            try db.step(upsertObject, [.text(o.id), .text(o.store), .blob(o.handle), .text(o.fs), .text(o.path), .int(o.size),
-                                       .int(o.storedBytes), .int(o.archivedAt)])
+            guard let id = CatalogDatabase.idBytes(o.id) else { return }
+            var fs = Value.blob(nil)
+            if let path = o.fs { fs = .int(try db.nameID("filesystem", "path", path)) }
+            try db.step(upsertObject, [.blob(id), .int(try db.nameID("store", "name", o.store)), .blob(o.handle), fs,
+                                       .text(o.path), .int(o.size), .int(o.storedBytes), .int(o.archivedAt)])
         }
 
-        func deleteObject(_ id: String) throws(DatabaseError) { try db.step(deleteObject, [.text(id)]) }
-        func deleteFile(fs: String, handle: [UInt8]) throws(DatabaseError) { try db.step(deleteFile, [.text(fs), .blob(handle)]) }
+        func deleteObject(_ id: String) throws(DatabaseError) {
+            guard let id = CatalogDatabase.idBytes(id) else { return }
+            try db.step(deleteObject, [.blob(id)])
+        }
+
+        func deleteFile(fs: String, handle: [UInt8]) throws(DatabaseError) {
+            try db.step(deleteFile, [.int(try db.nameID("filesystem", "path", fs)), .blob(handle)])
+        }
 
         func setMeta(_ key: String, _ value: String) throws(DatabaseError) {
             try db.run("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                        [.text(key), .text(value)])
         }
+    }
+
+    static func idBytes(_ hex: String) -> [UInt8]? { ObjectID(hex: hex)?.bytes }
+    static func idHex(_ bytes: [UInt8]?) -> String? { bytes.flatMap { ObjectID(bytes: $0)?.hex } }
+
+    /// The row id of a filesystem path or store name, added if new. Caller holds the lock.
+    fileprivate func nameID(_ table: String, _ column: String, _ name: String) throws(DatabaseError) -> Int64 {
+        let key = table + "\u{0}" + name
+        if let id = ids[key] { return id }
+        try run("INSERT OR IGNORE INTO \(table)(\(column)) VALUES(?)", [.text(name)])
+        var id: Int64?
+        try run("SELECT id FROM \(table) WHERE \(column) = ?", [.text(name)]) { id = sqlite3_column_int64($0, 0) }
+        guard let id else { throw DatabaseError(code: SQLITE_CORRUPT, operation: "add \(table) \(name)", message: "the new row cannot be read back") }
+        ids[key] = id
+        return id
+    }
+
+    /// The row id of a name, or nil when the catalog has none. Caller holds the lock.
+    private func existingID(_ table: String, _ column: String, _ name: String) throws(DatabaseError) -> Int64? {
+        var id: Int64?
+        try run("SELECT id FROM \(table) WHERE \(column) = ?", [.text(name)]) { id = sqlite3_column_int64($0, 0) }
+        return id
     }
 
     // MARK: Reading
@@ -281,11 +320,12 @@ final class CatalogDatabase: @unchecked Sendable {
     func files(fs: String) throws(DatabaseError) -> [CatalogFile] {
         try locked { () throws(DatabaseError) -> [CatalogFile] in
             var out: [CatalogFile] = []
-            try run("SELECT handle, path, state, size, offline_bytes, object, updated_at FROM file WHERE fs = ?", [.text(fs)]) { s in
+            guard let fsID = try existingID("filesystem", "path", fs) else { return [] }
+            try run("SELECT handle, path, state, size, offline_bytes, object, updated_at FROM file WHERE fs = ?", [.int(fsID)]) { s in
                 guard let state = Self.text(s, 2).flatMap(HSMState.init(rawValue:)) else { return }
                 out.append(CatalogFile(fs: fs, handle: Self.blob(s, 0) ?? [], path: Self.text(s, 1), state: state,
                                        size: sqlite3_column_int64(s, 3), offlineBytes: sqlite3_column_int64(s, 4),
-                                       object: Self.text(s, 5), updatedAt: sqlite3_column_int64(s, 6)))
+                                       object: Self.idHex(Self.blob(s, 5)), updatedAt: sqlite3_column_int64(s, 6)))
             }
             return out
         }
@@ -294,8 +334,13 @@ final class CatalogDatabase: @unchecked Sendable {
     func objects(store: String) throws(DatabaseError) -> [CatalogObject] {
         try locked { () throws(DatabaseError) -> [CatalogObject] in
             var out: [CatalogObject] = []
-            try run("SELECT id, handle, fs, path, size, stored_bytes, archived_at FROM object WHERE store = ?", [.text(store)]) { s in
-                out.append(CatalogObject(id: Self.text(s, 0) ?? "", store: store, handle: Self.blob(s, 1), fs: Self.text(s, 2),
+            guard let storeID = try existingID("store", "name", store) else { return [] }
+            try run("""
+                SELECT o.id, o.handle, f.path, o.path, o.size, o.stored_bytes, o.archived_at
+                FROM object o LEFT JOIN filesystem f ON f.id = o.fs WHERE o.store = ?
+                """, [.int(storeID)]) { s in
+                guard let id = Self.idHex(Self.blob(s, 0)) else { return }
+                out.append(CatalogObject(id: id, store: store, handle: Self.blob(s, 1), fs: Self.text(s, 2),
                                          path: Self.text(s, 3) ?? "", size: sqlite3_column_int64(s, 4),
                                          storedBytes: sqlite3_column_int64(s, 5), archivedAt: sqlite3_column_int64(s, 6)))
             }
@@ -310,7 +355,9 @@ final class CatalogDatabase: @unchecked Sendable {
             var report = CatalogReport()
             for fs in filesystems {
                 var r = CatalogReport.Filesystem(path: fs.path, store: fs.store)
-                try run("SELECT state, COUNT(*), TOTAL(size), TOTAL(offline_bytes) FROM file WHERE fs = ? GROUP BY state", [.text(fs.path)]) { s in
+                defer { report.filesystems.append(r) }
+                guard let fsID = try existingID("filesystem", "path", fs.path) else { continue }
+                try run("SELECT state, COUNT(*), TOTAL(size), TOTAL(offline_bytes) FROM file WHERE fs = ? GROUP BY state", [.int(fsID)]) { s in
                     guard let state = Self.text(s, 0).flatMap(HSMState.init(rawValue:)) else { return }
                     let size = Int64(sqlite3_column_double(s, 2)), offline = Int64(sqlite3_column_double(s, 3))
                     r.states[state.rawValue] = .init(files: sqlite3_column_int64(s, 1), bytes: size)
@@ -319,7 +366,7 @@ final class CatalogDatabase: @unchecked Sendable {
                     r.offlineBytes += offline
                 }
                 r.localBytes = r.bytes - r.offlineBytes
-                try run("SELECT COUNT(*), TOTAL(stored_bytes), MIN(archived_at), MAX(archived_at) FROM object WHERE fs = ?", [.text(fs.path)]) { s in
+                try run("SELECT COUNT(*), TOTAL(stored_bytes), MIN(archived_at), MAX(archived_at) FROM object WHERE fs = ?", [.int(fsID)]) { s in
                     r.objects = sqlite3_column_int64(s, 0)
                     r.storedBytes = Int64(sqlite3_column_double(s, 1))
                     if sqlite3_column_type(s, 2) != SQLITE_NULL {
@@ -327,12 +374,13 @@ final class CatalogDatabase: @unchecked Sendable {
                         r.newestArchive = sqlite3_column_int64(s, 3)
                     }
                 }
-                report.filesystems.append(r)
             }
             var seen = Set<String>()
             for name in filesystems.map(\.store) where seen.insert(name).inserted {
                 var r = CatalogReport.Store(name: name)
-                try run("SELECT COUNT(*), TOTAL(stored_bytes), MIN(archived_at), MAX(archived_at) FROM object WHERE store = ?", [.text(name)]) { s in
+                defer { report.stores.append(r) }
+                guard let storeID = try existingID("store", "name", name) else { continue }
+                try run("SELECT COUNT(*), TOTAL(stored_bytes), MIN(archived_at), MAX(archived_at) FROM object WHERE store = ?", [.int(storeID)]) { s in
                     r.objects = sqlite3_column_int64(s, 0)
                     r.storedBytes = Int64(sqlite3_column_double(s, 1))
                     if sqlite3_column_type(s, 2) != SQLITE_NULL {
@@ -343,11 +391,10 @@ final class CatalogDatabase: @unchecked Sendable {
                 try run("""
                     SELECT COUNT(*), TOTAL(o.stored_bytes) FROM object o
                     WHERE o.store = ? AND NOT EXISTS (SELECT 1 FROM file f WHERE f.object = o.id)
-                    """, [.text(name)]) { s in
+                    """, [.int(storeID)]) { s in
                     r.orphans = sqlite3_column_int64(s, 0)
                     r.orphanBytes = Int64(sqlite3_column_double(s, 1))
                 }
-                report.stores.append(r)
             }
             var v: String?
             try run("SELECT value FROM meta WHERE key = 'rebuilt_at'") { v = Self.text($0, 0) }

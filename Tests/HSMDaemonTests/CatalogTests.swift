@@ -18,6 +18,9 @@ final class CatalogTests: XCTestCase {
 
     private var path: String { dir + "/catalog.sqlite" }
 
+    /// An object id (32 hex digits) made of one repeated pair.
+    private func id(_ pair: String) -> String { String(repeating: pair, count: 16) }
+
     private func file(_ n: UInt8, _ state: HSMState, size: Int64 = 100, offline: Int64 = 0, object: String? = nil, fs: String = "/fs") -> CatalogFile {
         CatalogFile(fs: fs, handle: [1, 0, 0, 0, n], path: "/fs/f\(n)", state: state, size: size, offlineBytes: offline,
                     object: object, updatedAt: unixMillis())
@@ -77,15 +80,15 @@ final class CatalogTests: XCTestCase {
         XCTAssertEqual(catalog.startProblem, "missing")
         catalog.start()
         defer { catalog.stop() }
-        catalog.enqueue(.object(object("aa", archivedAt: 500, stored: 100)))
-        catalog.enqueue(.object(object("bb", archivedAt: 900, stored: 300)))
-        catalog.enqueue(.object(object("cc", archivedAt: 700, stored: 50)))
-        catalog.enqueue(.file(file(1, .archived, size: 100, object: "aa")))
-        catalog.enqueue(.file(file(1, .released, size: 100, offline: 100, object: "aa")))
-        catalog.enqueue(.file(file(2, .partial, size: 300, offline: 200, object: "bb")))
+        catalog.enqueue(.object(object(id("aa"), archivedAt: 500, stored: 100)))
+        catalog.enqueue(.object(object(id("bb"), archivedAt: 900, stored: 300)))
+        catalog.enqueue(.object(object(id("cc"), archivedAt: 700, stored: 50)))
+        catalog.enqueue(.file(file(1, .archived, size: 100, object: id("aa"))))
+        catalog.enqueue(.file(file(1, .released, size: 100, offline: 100, object: id("aa"))))
+        catalog.enqueue(.file(file(2, .partial, size: 300, offline: 200, object: id("bb"))))
         catalog.enqueue(.file(file(3, .resident, size: 7)))
-        catalog.enqueue(.deleteObject("cc"))
-        catalog.enqueue(.object(object("dd", archivedAt: 100, stored: 40)))
+        catalog.enqueue(.deleteObject(id("cc")))
+        catalog.enqueue(.object(object(id("dd"), archivedAt: 100, stored: 40)))
         XCTAssertTrue(catalog.flush())
         let r = try catalog.database.report(filesystems: [("/fs", "tier1")])
         let fs = try XCTUnwrap(r.filesystems.first)
@@ -111,11 +114,11 @@ final class CatalogTests: XCTestCase {
         defer { catalog.stop() }
         catalog.holdUpdates()
         // A release queued while the rebuild walked the file as archived: the newer wins.
-        catalog.enqueue(.file(file(1, .released, offline: 100, object: "aa")))
+        catalog.enqueue(.file(file(1, .released, offline: 100, object: id("aa"))))
         XCTAssertFalse(catalog.flush(timeout: 0.2), "held updates must wait for the rebuild")
         XCTAssertFalse(catalog.notes.isEmpty)
-        try catalog.replaceAll(files: [file(1, .archived, object: "aa"), file(2, .archived, object: "bb")],
-                               objects: [object("aa"), object("bb")])
+        try catalog.replaceAll(files: [file(1, .archived, object: id("aa")), file(2, .archived, object: id("bb"))],
+                               objects: [object(id("aa")), object(id("bb"))])
         XCTAssertTrue(catalog.flush())
         let rows = try catalog.database.files(fs: "/fs").sorted { $0.handle.lexicographicallyPrecedes($1.handle) }
         XCTAssertEqual(rows.map(\.state), [.released, .archived])
