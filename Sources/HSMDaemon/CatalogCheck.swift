@@ -149,7 +149,8 @@ struct CatalogCheck: Sendable {
 
         // 5. Scrub: every stored block of every referenced object, at idle priority.
         if options.scrub {
-            let jobs = referenced.flatMap { name, ids in ids.sorted().map { (name, $0) } }
+            // Objects missing from the listing are reported above already.
+            let jobs = referenced.flatMap { name, ids in ids.intersection(listed[name] ?? []).sorted().map { (name, $0) } }
             let found = scrub(jobs, stores: storeOf, referrer: referrer.mapValues(\.path), rate: options.rateBytesPerSecond)
             report.scrubbedObjects = found.objects
             report.scrubbedBytes = found.bytes
