@@ -23,23 +23,78 @@ final class CatalogDatabase: @unchecked Sendable {
     /// `migrations[i]` takes a database from version i to i + 1. Never edit a shipped
     /// step: add one.
     static let migrations: [String] = [
-        // Filesystems and stores by number, object ids as their 16 bytes: a catalog of a
-        // million files stays near 250 MiB.
+        // Filesystems and stores by number, object ids as their 16 bytes.
         """
         CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
         CREATE TABLE filesystem(id INTEGER PRIMARY KEY, path TEXT UNIQUE NOT NULL);
         CREATE TABLE store(id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL);
         CREATE TABLE object(
             id BLOB PRIMARY KEY, store INTEGER NOT NULL, handle BLOB, fs INTEGER, path TEXT NOT NULL,
-            size INTEGER NOT NULL, stored_bytes INTEGER NOT NULL, archived_at INTEGER NOT NULL) WITHOUT ROWID;
-        CREATE INDEX object_by_store ON object(store, archived_at, stored_bytes);
+            size INTEGER NOT NULL, stored_bytes INTEGER NOT NULL, archived_at INTEGER NOT NULL,
+            refs INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+        CREATE INDEX object_by_store ON object(store, archived_at);
+        CREATE INDEX object_by_fs ON object(fs, archived_at);
+        CREATE INDEX object_orphans ON object(store, stored_bytes) WHERE refs = 0;
         CREATE TABLE file(
             fs INTEGER NOT NULL, handle BLOB NOT NULL, path TEXT, state TEXT NOT NULL, size INTEGER NOT NULL,
             offline_bytes INTEGER NOT NULL, object BLOB, updated_at INTEGER NOT NULL, PRIMARY KEY(fs, handle)) WITHOUT ROWID;
-        CREATE INDEX file_by_state ON file(fs, state, size, offline_bytes);
         CREATE INDEX file_by_object ON file(object);
+        -- Running totals, kept by the triggers below in the same transactions as the rows,
+        -- so that report reads a few rows whatever the number of files.
+        CREATE TABLE file_totals(fs INTEGER NOT NULL, state TEXT NOT NULL, files INTEGER NOT NULL,
+            bytes INTEGER NOT NULL, offline_bytes INTEGER NOT NULL, PRIMARY KEY(fs, state)) WITHOUT ROWID;
+        CREATE TABLE object_totals(kind TEXT NOT NULL, id INTEGER NOT NULL, objects INTEGER NOT NULL,
+            stored_bytes INTEGER NOT NULL, PRIMARY KEY(kind, id)) WITHOUT ROWID;
+        CREATE TRIGGER file_added AFTER INSERT ON file BEGIN
+            INSERT INTO file_totals VALUES(NEW.fs, NEW.state, 1, NEW.size, NEW.offline_bytes)
+                ON CONFLICT(fs, state) DO UPDATE SET files = files + 1, bytes = bytes + excluded.bytes,
+                offline_bytes = offline_bytes + excluded.offline_bytes;
+            UPDATE object SET refs = refs + 1 WHERE NEW.object IS NOT NULL AND id = NEW.object;
+        END;
+        CREATE TRIGGER file_removed AFTER DELETE ON file BEGIN
+            UPDATE file_totals SET files = files - 1, bytes = bytes - OLD.size, offline_bytes = offline_bytes - OLD.offline_bytes
+                WHERE fs = OLD.fs AND state = OLD.state;
+            UPDATE object SET refs = refs - 1 WHERE OLD.object IS NOT NULL AND id = OLD.object;
+        END;
+        CREATE TRIGGER file_changed AFTER UPDATE ON file BEGIN
+            UPDATE file_totals SET files = files - 1, bytes = bytes - OLD.size, offline_bytes = offline_bytes - OLD.offline_bytes
+                WHERE fs = OLD.fs AND state = OLD.state;
+            INSERT INTO file_totals VALUES(NEW.fs, NEW.state, 1, NEW.size, NEW.offline_bytes)
+                ON CONFLICT(fs, state) DO UPDATE SET files = files + 1, bytes = bytes + excluded.bytes,
+                offline_bytes = offline_bytes + excluded.offline_bytes;
+            UPDATE object SET refs = refs - 1 WHERE OLD.object IS NOT NULL AND id = OLD.object AND OLD.object IS NOT NEW.object;
+            UPDATE object SET refs = refs + 1 WHERE NEW.object IS NOT NULL AND id = NEW.object AND OLD.object IS NOT NEW.object;
+        END;
+        CREATE TRIGGER object_added AFTER INSERT ON object BEGIN
+            UPDATE object SET refs = (SELECT COUNT(*) FROM file WHERE file.object = NEW.id) WHERE id = NEW.id;
+            INSERT INTO object_totals VALUES('store', NEW.store, 1, NEW.stored_bytes)
+                ON CONFLICT(kind, id) DO UPDATE SET objects = objects + 1, stored_bytes = stored_bytes + excluded.stored_bytes;
+            INSERT INTO object_totals SELECT 'fs', NEW.fs, 1, NEW.stored_bytes WHERE NEW.fs IS NOT NULL
+                ON CONFLICT(kind, id) DO UPDATE SET objects = objects + 1, stored_bytes = stored_bytes + excluded.stored_bytes;
+        END;
+        CREATE TRIGGER object_removed AFTER DELETE ON object BEGIN
+            UPDATE object_totals SET objects = objects - 1, stored_bytes = stored_bytes - OLD.stored_bytes
+                WHERE (kind = 'store' AND id = OLD.store) OR (kind = 'fs' AND id = OLD.fs);
+        END;
+        CREATE TRIGGER object_changed AFTER UPDATE OF store, fs, stored_bytes ON object BEGIN
+            UPDATE object_totals SET objects = objects - 1, stored_bytes = stored_bytes - OLD.stored_bytes
+                WHERE (kind = 'store' AND id = OLD.store) OR (kind = 'fs' AND id = OLD.fs);
+            INSERT INTO object_totals VALUES('store', NEW.store, 1, NEW.stored_bytes)
+                ON CONFLICT(kind, id) DO UPDATE SET objects = objects + 1, stored_bytes = stored_bytes + excluded.stored_bytes;
+            INSERT INTO object_totals SELECT 'fs', NEW.fs, 1, NEW.stored_bytes WHERE NEW.fs IS NOT NULL
+                ON CONFLICT(kind, id) DO UPDATE SET objects = objects + 1, stored_bytes = stored_bytes + excluded.stored_bytes;
+        END;
         """,
     ]
+
+    /// The two removal triggers of version 1, recreated after a rebuild empties the tables.
+    static var removalTriggers: String {
+        let v1 = migrations[0]
+        return ["CREATE TRIGGER file_removed", "CREATE TRIGGER object_removed"].compactMap { start -> String? in
+            guard let a = v1.range(of: start), let b = v1.range(of: "END;", range: a.upperBound..<v1.endIndex) else { return nil }
+            return String(v1[a.lowerBound..<b.upperBound])
+        }.joined(separator: "\n")
+    }
 
     /// Why a catalog file cannot be used as it is (then it is set aside and rebuilt).
     enum OpenProblem: Error, CustomStringConvertible {
@@ -222,8 +277,15 @@ final class CatalogDatabase: @unchecked Sendable {
             try run("BEGIN IMMEDIATE")
             do throws(DatabaseError) {
                 if replaceAll {
+                    // Triggers are per row: emptying the tables is quicker without them,
+                    // and the totals start again from nothing.
+                    try run("DROP TRIGGER IF EXISTS file_removed")
+                    try run("DROP TRIGGER IF EXISTS object_removed")
                     try run("DELETE FROM file")
                     try run("DELETE FROM object")
+                    try run("DELETE FROM file_totals")
+                    try run("DELETE FROM object_totals")
+                    try exec(Self.removalTriggers)
                 }
                 let w = Writer(db: self,
                                upsertFile: try prepare("""
@@ -247,6 +309,19 @@ final class CatalogDatabase: @unchecked Sendable {
             }
             try run("COMMIT")
         }
+    }
+
+    /// The oldest and newest archive time of a store's or filesystem's objects (from the
+    /// index on that column: two lookups). Caller holds the lock.
+    private func archiveRange(_ column: String, _ id: Int64) throws(DatabaseError) -> (Int64?, Int64?) {
+        var oldest: Int64?, newest: Int64?
+        try run("SELECT MIN(archived_at) FROM object WHERE \(column) = ?", [.int(id)]) { s in
+            if sqlite3_column_type(s, 0) != SQLITE_NULL { oldest = sqlite3_column_int64(s, 0) }
+        }
+        try run("SELECT MAX(archived_at) FROM object WHERE \(column) = ?", [.int(id)]) { s in
+            if sqlite3_column_type(s, 0) != SQLITE_NULL { newest = sqlite3_column_int64(s, 0) }
+        }
+        return (oldest, newest)
     }
 
     struct Writer {
@@ -357,41 +432,32 @@ final class CatalogDatabase: @unchecked Sendable {
                 var r = CatalogReport.Filesystem(path: fs.path, store: fs.store)
                 defer { report.filesystems.append(r) }
                 guard let fsID = try existingID("filesystem", "path", fs.path) else { continue }
-                try run("SELECT state, COUNT(*), TOTAL(size), TOTAL(offline_bytes) FROM file WHERE fs = ? GROUP BY state", [.int(fsID)]) { s in
+                try run("SELECT state, files, bytes, offline_bytes FROM file_totals WHERE fs = ? AND files > 0", [.int(fsID)]) { s in
                     guard let state = Self.text(s, 0).flatMap(HSMState.init(rawValue:)) else { return }
-                    let size = Int64(sqlite3_column_double(s, 2)), offline = Int64(sqlite3_column_double(s, 3))
-                    r.states[state.rawValue] = .init(files: sqlite3_column_int64(s, 1), bytes: size)
-                    r.files += sqlite3_column_int64(s, 1)
+                    let files = sqlite3_column_int64(s, 1), size = sqlite3_column_int64(s, 2)
+                    r.states[state.rawValue] = .init(files: files, bytes: size)
+                    r.files += files
                     r.bytes += size
-                    r.offlineBytes += offline
+                    r.offlineBytes += sqlite3_column_int64(s, 3)
                 }
                 r.localBytes = r.bytes - r.offlineBytes
-                try run("SELECT COUNT(*), TOTAL(stored_bytes), MIN(archived_at), MAX(archived_at) FROM object WHERE fs = ?", [.int(fsID)]) { s in
+                try run("SELECT objects, stored_bytes FROM object_totals WHERE kind = 'fs' AND id = ?", [.int(fsID)]) { s in
                     r.objects = sqlite3_column_int64(s, 0)
-                    r.storedBytes = Int64(sqlite3_column_double(s, 1))
-                    if sqlite3_column_type(s, 2) != SQLITE_NULL {
-                        r.oldestArchive = sqlite3_column_int64(s, 2)
-                        r.newestArchive = sqlite3_column_int64(s, 3)
-                    }
+                    r.storedBytes = sqlite3_column_int64(s, 1)
                 }
+                (r.oldestArchive, r.newestArchive) = try archiveRange("fs", fsID)
             }
             var seen = Set<String>()
             for name in filesystems.map(\.store) where seen.insert(name).inserted {
                 var r = CatalogReport.Store(name: name)
                 defer { report.stores.append(r) }
                 guard let storeID = try existingID("store", "name", name) else { continue }
-                try run("SELECT COUNT(*), TOTAL(stored_bytes), MIN(archived_at), MAX(archived_at) FROM object WHERE store = ?", [.int(storeID)]) { s in
+                try run("SELECT objects, stored_bytes FROM object_totals WHERE kind = 'store' AND id = ?", [.int(storeID)]) { s in
                     r.objects = sqlite3_column_int64(s, 0)
-                    r.storedBytes = Int64(sqlite3_column_double(s, 1))
-                    if sqlite3_column_type(s, 2) != SQLITE_NULL {
-                        r.oldestArchive = sqlite3_column_int64(s, 2)
-                        r.newestArchive = sqlite3_column_int64(s, 3)
-                    }
+                    r.storedBytes = sqlite3_column_int64(s, 1)
                 }
-                try run("""
-                    SELECT COUNT(*), TOTAL(o.stored_bytes) FROM object o
-                    WHERE o.store = ? AND NOT EXISTS (SELECT 1 FROM file f WHERE f.object = o.id)
-                    """, [.int(storeID)]) { s in
+                (r.oldestArchive, r.newestArchive) = try archiveRange("store", storeID)
+                try run("SELECT COUNT(*), TOTAL(stored_bytes) FROM object WHERE store = ? AND refs = 0", [.int(storeID)]) { s in
                     r.orphans = sqlite3_column_int64(s, 0)
                     r.orphanBytes = Int64(sqlite3_column_double(s, 1))
                 }

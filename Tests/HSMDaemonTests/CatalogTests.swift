@@ -106,6 +106,18 @@ final class CatalogTests: XCTestCase {
         XCTAssertEqual(store.orphanBytes, 40)
         XCTAssertEqual(store.oldestArchive, 100)
         XCTAssertEqual(store.newestArchive, 900)
+
+        // File 2 archived again as dd: bb is now the orphan; file 3 gone from the totals.
+        catalog.enqueue(.file(file(2, .archived, size: 300, object: id("dd"))))
+        try catalog.database.transaction { (w: CatalogDatabase.Writer) throws(DatabaseError) in try w.deleteFile(fs: "/fs", handle: [1, 0, 0, 0, 3]) }
+        XCTAssertTrue(catalog.flush())
+        let again = try catalog.database.report(filesystems: [("/fs", "tier1")])
+        XCTAssertEqual(again.filesystems.first?.states["archived"], .init(files: 1, bytes: 300))
+        XCTAssertEqual(again.filesystems.first?.states["partial"], .init(files: 0, bytes: 0))
+        XCTAssertEqual(again.filesystems.first?.states["resident"], .init(files: 0, bytes: 0))
+        XCTAssertEqual(again.filesystems.first?.files, 2)
+        XCTAssertEqual(again.stores.first?.orphans, 1)
+        XCTAssertEqual(again.stores.first?.orphanBytes, 300)
     }
 
     func testUpdatesDuringARebuildGoInAfterIt() throws {
@@ -122,7 +134,22 @@ final class CatalogTests: XCTestCase {
         XCTAssertTrue(catalog.flush())
         let rows = try catalog.database.files(fs: "/fs").sorted { $0.handle.lexicographicallyPrecedes($1.handle) }
         XCTAssertEqual(rows.map(\.state), [.released, .archived])
-        XCTAssertNotNil(try catalog.database.report(filesystems: [("/fs", "tier1")]).rebuiltAt)
+        let r = try catalog.database.report(filesystems: [("/fs", "tier1")])
+        XCTAssertNotNil(r.rebuiltAt)
+        // The totals were started again by the rebuild, then moved by the held update.
+        XCTAssertEqual(r.filesystems.first?.states["released"], .init(files: 1, bytes: 100))
+        XCTAssertEqual(r.filesystems.first?.states["archived"], .init(files: 1, bytes: 100))
+        XCTAssertEqual(r.filesystems.first?.files, 2)
+        XCTAssertEqual(r.stores.first?.objects, 2)
+        XCTAssertEqual(r.stores.first?.orphans, 0)
+        // A second rebuild with fewer rows: nothing of the first is left in the totals.
+        catalog.holdUpdates()
+        try catalog.replaceAll(files: [file(9, .resident, size: 5)], objects: [object(id("ee"))])
+        let r2 = try catalog.database.report(filesystems: [("/fs", "tier1")])
+        XCTAssertEqual(r2.filesystems.first?.files, 1)
+        XCTAssertEqual(r2.filesystems.first?.states["resident"], .init(files: 1, bytes: 5))
+        XCTAssertEqual(r2.stores.first?.objects, 1)
+        XCTAssertEqual(r2.stores.first?.orphans, 1)
         XCTAssertTrue(catalog.notes.isEmpty, "\(catalog.notes)")
     }
 }
