@@ -30,7 +30,9 @@ final class Catalog: Sendable {
         var stopping = false
     }
 
-    let database: CatalogDatabase
+    /// The database; replaced by an empty one when it turns out damaged.
+    var database: CatalogDatabase { current.withLock { $0 } }
+    private let current: Mutex<CatalogDatabase>
     let log: Logger
     /// Why the catalog had to be started empty at this start (nil: it was fine).
     let startProblem: String?
@@ -42,7 +44,7 @@ final class Catalog: Sendable {
     static let fileName = "catalog.sqlite"
 
     init(database: CatalogDatabase, log: Logger, startProblem: String? = nil) {
-        self.database = database
+        current = Mutex(database)
         self.log = log
         self.startProblem = startProblem
     }
@@ -57,10 +59,7 @@ final class Catalog: Sendable {
             let db = try CatalogDatabase(path: path)
             return Catalog(database: db, log: log, startProblem: existed ? nil : "missing")
         } catch {
-            let aside = path + ".damaged-\(Int(Date().timeIntervalSince1970))"
-            for suffix in ["", "-wal", "-shm"] where access(path + suffix, F_OK) == 0 {
-                _ = rename(path + suffix, aside + suffix)
-            }
+            let aside = setAside(path)
             do {
                 let db = try CatalogDatabase(path: path)
                 return Catalog(database: db, log: log, startProblem: "\(error); set aside as \(aside)")
@@ -69,6 +68,15 @@ final class Catalog: Sendable {
                 return nil
             }
         }
+    }
+
+    /// Renames the database and its companions out of the way; returns the new name.
+    private static func setAside(_ path: String) -> String {
+        let aside = path + ".damaged-\(Int(Date().timeIntervalSince1970))"
+        for suffix in ["", "-wal", "-shm"] where access(path + suffix, F_OK) == 0 {
+            _ = rename(path + suffix, aside + suffix)
+        }
+        return aside
     }
 
     // MARK: Queueing (any thread; never blocks on the database)
@@ -102,8 +110,41 @@ final class Catalog: Sendable {
 
     // MARK: The writer
 
-    func start() {
-        startThread("hsmd-catalog") { self.writerLoop() }
+    /// Starts the writer. `rebuild` rebuilds the catalog from the markers and the stores
+    /// (CatalogCheck with repair); it runs on a thread of its own at idle priority when
+    /// the catalog was missing or damaged at open, or turns out damaged later (quick_check
+    /// after start, or a statement meeting damage).
+    func start(rebuild: (@Sendable () -> Void)? = nil) {
+        if let problem = startProblem, let rebuild { rebuildInBackground(why: "was \(problem)", rebuild) }
+        startThread("hsmd-catalog") {
+            // After start, not before: it reads every page, and hsmd must answer accesses first.
+            if self.startProblem == nil, let problem = self.database.quickCheck() { self.replaceDamaged(problem, rebuild) }
+            self.writerLoop(rebuild)
+        }
+    }
+
+    private func rebuildInBackground(why: String, _ rebuild: @escaping @Sendable () -> Void) {
+        log.notice("catalog \(database.path) \(why): rebuilding it from the markers and the stores in the background (hsmctl report says when it is done)")
+        holdUpdates()
+        startThread("hsmd-catalog-rebuild") {
+            defer { self.releaseHold() }
+            try? setThreadIdlePriority()
+            rebuild()
+        }
+    }
+
+    /// Sets a damaged database aside and carries on with an empty one, rebuilt in the background.
+    private func replaceDamaged(_ problem: String, _ rebuild: (@Sendable () -> Void)?) {
+        let path = database.path
+        let aside = Self.setAside(path)
+        do {
+            let fresh = try CatalogDatabase(path: path)
+            current.withLock { $0 = fresh }
+        } catch {
+            log.error("catalog \(path) is damaged (\(problem)) and a new one cannot be created (\(error)); report and check --repair fail until hsmd restarts")
+            return
+        }
+        if let rebuild { rebuildInBackground(why: "was damaged (\(problem)); set aside as \(aside)", rebuild) }
     }
 
     /// Writes what is queued, then ends the writer.
@@ -113,7 +154,7 @@ final class Catalog: Sendable {
         _ = finished.wait(timeout: .now() + 20)
     }
 
-    private func writerLoop() {
+    private func writerLoop(_ rebuild: (@Sendable () -> Void)?) {
         defer { finished.signal() }
         while true {
             wake.wait()
@@ -126,7 +167,7 @@ final class Catalog: Sendable {
                     q.items.removeAll(keepingCapacity: false)
                     return (b, q.stopping)
                 }
-                if !batch.isEmpty { write(batch) }
+                if !batch.isEmpty { write(batch, rebuild) }
                 if batch.isEmpty {
                     if stopping { return }
                     break
@@ -135,7 +176,7 @@ final class Catalog: Sendable {
         }
     }
 
-    private func write(_ batch: [(update: Update, syncFD: Int32?)]) {
+    private func write(_ batch: [(update: Update, syncFD: Int32?)], _ rebuild: (@Sendable () -> Void)?) {
         // The markers first: a row must never say more than a durable marker does.
         for fd in Set(batch.compactMap(\.syncFD)) {
             if chsm_syncfs_fd(fd) != 0 { log.debug("catalog: syncfs before a commit failed; committing anyway after the failure") }
@@ -151,6 +192,12 @@ final class Catalog: Sendable {
                 }
             }
         } catch {
+            if CatalogDatabase.meansDamaged(error) {
+                // The batch is lost with the damaged file; the rebuild walks what it said.
+                replaceDamaged("\(error)", rebuild)
+                queue.withLock { $0.applied += UInt64(batch.count) }
+                return
+            }
             let first = queue.withLock { q -> Bool in
                 defer { q.failure = "\(error)" }
                 return q.failure == nil

@@ -196,19 +196,13 @@ struct CatalogCheck: Sendable {
         return report
     }
 
-    /// At start: a catalog that was missing or damaged is rebuilt in the background, on
-    /// a thread at idle priority (one log line says why).
-    static func rebuildIfNeeded(_ catalog: Catalog, filesystems: ManagedFilesystems, log: Logger) {
-        guard let problem = catalog.startProblem else { return }
-        log.notice("catalog \(catalog.database.path) was \(problem): rebuilding it from the markers and the stores in the background (hsmctl report says when it is done)")
-        catalog.holdUpdates()
-        startThread("hsmd-catalog-rebuild") {
-            try? setThreadIdlePriority()
-            let check = CatalogCheck(filesystems: filesystems, catalog: catalog, log: log)
-            do { _ = try check.run(paths: [], options: Options(repair: true)) } catch {
+    /// The rebuild hsmd runs by itself (Catalog.start): the whole of check --repair.
+    static func rebuilder(_ catalog: Catalog, filesystems: ManagedFilesystems, log: Logger) -> @Sendable () -> Void {
+        { [weak catalog] in
+            guard let catalog else { return }
+            do { _ = try CatalogCheck(filesystems: filesystems, catalog: catalog, log: log).run(paths: [], options: Options(repair: true)) } catch {
                 log.error("catalog rebuild failed: \(error); run hsmctl check --repair")
             }
-            catalog.releaseHold()
         }
     }
 

@@ -149,7 +149,7 @@ public enum Daemon {
         }
         engine.start()
         journal?.start()
-        catalog?.start()
+        if let catalog { catalog.start(rebuild: CatalogCheck.rebuilder(catalog, filesystems: filesystems, log: log)) }
         do { try events.start() } catch {
             log.critical("hsmd cannot start: \(error)")
             return 1
@@ -158,7 +158,6 @@ public enum Daemon {
         archiver.recoverAtStart()
         server.start()
         premarker.start()
-        if let catalog { CatalogCheck.rebuildIfNeeded(catalog, filesystems: filesystems, log: log) }
         startWatchdog(events, log: log)
         log.notice("hsmd \(version) ready: managing \(fsList); control socket \(config.socket)")
         SystemdNotify.send("READY=1\nSTATUS=managing \(filesystems.all.count) filesystem(s)")

@@ -75,6 +75,37 @@ final class CatalogTests: XCTestCase {
         XCTAssertNil(Catalog.open(stateDir: dir, log: Logger(label: "test"))?.startProblem)
     }
 
+    func testDamageInsideTheFileIsFoundAfterStartAndRebuilt() throws {
+        do {
+            let db = try CatalogDatabase(path: path)
+            try db.transaction { (w: CatalogDatabase.Writer) throws(DatabaseError) in
+                for n in 0..<2000 { try w.file(CatalogFile(fs: "/fs", handle: [1, 0, UInt8(n & 255), UInt8(n >> 8)], path: "/fs/a-long-name-to-fill-pages-\(n)", state: .archived, size: 1, offlineBytes: 0, object: nil, updatedAt: 0)) }
+            }
+            try db.transaction { (w: CatalogDatabase.Writer) throws(DatabaseError) in try w.setMeta("x", "y") }
+        }
+        // Checkpoint the WAL into the file (a plain open and close does), then scribble
+        // over the middle of it: the header stays sound, so the open succeeds.
+        _ = try CatalogDatabase(path: path)
+        let fd = open(path, O_RDWR)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        let size = lseek(fd, 0, SEEK_END)
+        XCTAssertGreaterThan(size, 65536)
+        // The last pages hold rows; the first ones hold the schema, which the open reads.
+        let junk = [UInt8](repeating: 0xA5, count: 16384)
+        XCTAssertEqual(pwrite(fd, junk, junk.count, size - 16384), junk.count)
+        close(fd)
+        let catalog = try XCTUnwrap(Catalog.open(stateDir: dir, log: Logger(label: "test")))
+        XCTAssertNil(catalog.startProblem, "the damage is not at the start of the file")
+        let rebuilt = DispatchSemaphore(value: 0)
+        catalog.start(rebuild: { rebuilt.signal() })
+        defer { catalog.stop() }
+        XCTAssertEqual(rebuilt.wait(timeout: .now() + 10), .success, "no rebuild after quick_check found the damage")
+        let names = try FileManager.default.contentsOfDirectory(atPath: dir)
+        XCTAssertTrue(names.contains { $0.hasPrefix("catalog.sqlite.damaged-") }, "\(names)")
+        XCTAssertEqual(try catalog.database.files(fs: "/fs"), [], "the new catalog starts empty")
+        XCTAssertNil(catalog.database.quickCheck())
+    }
+
     func testTheWriterAppliesUpdatesInOrderAndReportSumsThem() throws {
         let catalog = try XCTUnwrap(Catalog.open(stateDir: dir, log: Logger(label: "test")))
         XCTAssertEqual(catalog.startProblem, "missing")
