@@ -116,10 +116,13 @@ final class Catalog: Sendable {
     /// after start, or a statement meeting damage).
     func start(rebuild: (@Sendable () -> Void)? = nil) {
         if let problem = startProblem, let rebuild { rebuildInBackground(why: "was \(problem)", rebuild) }
-        startThread("hsmd-catalog") {
-            // After start, not before: it reads every page, and hsmd must answer accesses first.
-            if self.startProblem == nil, let problem = self.database.quickCheck() { self.replaceDamaged(problem, rebuild) }
-            self.writerLoop(rebuild)
+        startThread("hsmd-catalog") { self.writerLoop(rebuild) }
+        // After start, not before: it reads every page, and hsmd must answer accesses first.
+        if startProblem == nil {
+            startThread("hsmd-catalog-check") {
+                try? setThreadIdlePriority()
+                if let problem = CatalogDatabase.quickCheck(path: self.database.path) { self.replaceDamaged(problem, rebuild) }
+            }
         }
     }
 
