@@ -126,15 +126,18 @@ struct CatalogCheck: Sendable {
                 }
             }
         }
-        // Objects of archives under way (their markers are not written yet), read from
-        // the notes on disk (a separate reader: it changes nothing).
-        let underWay = Set(InProgress(stateDir: filesystems.stateDir).pending().compactMap { $0.entry?.object })
+        // Objects of archives under way (the new one's marker is not written yet; the one
+        // it replaces is about to be deleted), read from the notes on disk (a separate
+        // reader: it changes nothing).
+        let underWay = Set(InProgress(stateDir: filesystems.stateDir).pending().flatMap { [$0.entry?.object, $0.entry?.previous].compactMap { $0 } })
         for (name, have) in listed {
             for id in have.subtracting(referenced[name] ?? []).sorted() where !underWay.contains(id) {
                 guard let store = storeOf[name], let oid = ObjectID(hex: id) else { continue }
                 // Its file names it now (archived after the walk passed it): not an orphan.
                 let record = try? store.storedRecord(oid)
                 if let r = record, markerNames(r.path, oid) { continue }
+                // Deleted meanwhile (the stale object of a re-archive): nothing to report.
+                if !store.contains(oid) { continue }
                 report.discrepancies.append(.init(kind: .orphan, path: record?.path, object: id, store: name,
                     meaning: "orphan: no marker on \(chosen.filter { $0.store.name == name }.map(\.path).joined(separator: ", ")) refers to it\(record.map { " (archived from \($0.path), \(Units.formatBytes($0.storedBytes)))" } ?? ""); its file was deleted or archived again. It can be deleted once no backup of the filesystem could bring its marker back"))
             }
@@ -272,7 +275,13 @@ struct CatalogCheck: Sendable {
         for fs in chosen where storesDone.insert(fs.store.name).inserted {
             guard let rows = try? catalog.database.objects(store: fs.store.name) else { continue }
             let have = listed[fs.store.name] ?? []
-            for r in rows where !have.contains(r.id) {
+            let candidates = rows.filter { !have.contains($0.id) }
+            if candidates.isEmpty { continue }
+            // Archived after the listing, or deleted with its row still queued: asked again
+            // once what is queued is written.
+            catalog.flush()
+            let still = Set(((try? catalog.database.objects(store: fs.store.name)) ?? []).map(\.id))
+            for r in candidates where still.contains(r.id) && !(ObjectID(hex: r.id).map(fs.store.contains) ?? false) {
                 report.discrepancies.append(.init(kind: .staleCatalog, path: r.path, object: r.id, store: fs.store.name,
                     meaning: "stale catalog row: object \(r.id) is in the catalog but not in store \(fs.store.name); run hsmctl check --repair"))
             }

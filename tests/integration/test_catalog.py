@@ -162,3 +162,40 @@ def test_check_exit_codes_and_usage(hsm, tmp_path):
     assert r.returncode == 3 and "not on a managed filesystem" in r.stderr
     r = hsm.ctl("report", str(tmp_path), check=False)
     assert r.returncode == 2 and "not on a managed filesystem" in r.stderr
+
+
+def test_check_while_files_are_archived_reports_nothing(hsm):
+    """Archives (and re-archives) running during a check are not orphans, missing
+    objects or stale rows: each finding is confirmed before it is reported."""
+    import threading
+    paths = [hsm.write(f"busy/f{i}", size=64 * 1024 + i)[0] for i in range(300)]
+    done = threading.Event()
+    errors = []
+
+    def archiver():
+        try:
+            for i in range(0, len(paths), 20):
+                hsm.ctl("archive", *paths[i:i + 20])
+            for p in paths[:100]:          # dirty, then archived again: a new object each
+                with open(p, "ab") as f:
+                    f.write(b"x")
+            for i in range(0, 100, 20):
+                hsm.ctl("archive", *paths[i:i + 20])
+        except Exception as e:             # reported by the main thread
+            errors.append(e)
+        finally:
+            done.set()
+
+    t = threading.Thread(target=archiver)
+    t.start()
+    runs = 0
+    while not done.is_set() or runs == 0:
+        code, result = check(hsm)
+        runs += 1
+        assert code == 0 and result["discrepancies"] == [], result
+    t.join()
+    assert not errors, errors
+    code, result = check(hsm)
+    assert code == 0, result
+    fs, store = fs_report(hsm)
+    assert fs["states"]["archived"]["files"] == 300 and store["objects"] == 300 and store["orphans"] == 0, (fs, store)
