@@ -57,7 +57,9 @@ final class Catalog: Sendable {
         let existed = access(path, F_OK) == 0
         do {
             let db = try CatalogDatabase(path: path)
-            return Catalog(database: db, log: log, startProblem: existed ? nil : "missing")
+            // A rebuild that did not finish (hsmd stopped meanwhile) left it incomplete.
+            let unfinished = (try? db.meta(Self.rebuildPendingKey)) != nil
+            return Catalog(database: db, log: log, startProblem: !existed ? "missing" : (unfinished ? "left incomplete by a rebuild that did not finish" : nil))
         } catch {
             let aside = setAside(path)
             do {
@@ -126,7 +128,10 @@ final class Catalog: Sendable {
         }
     }
 
+    static let rebuildPendingKey = "rebuild_pending"
+
     private func rebuildInBackground(why: String, _ rebuild: @escaping @Sendable () -> Void) {
+        try? database.transaction { (w: CatalogDatabase.Writer) throws(DatabaseError) in try w.setMeta(Self.rebuildPendingKey, "1") }
         log.notice("catalog \(database.path) \(why): rebuilding it from the markers and the stores in the background (hsmctl report says when it is done)")
         holdUpdates()
         startThread("hsmd-catalog-rebuild") {
@@ -253,6 +258,7 @@ final class Catalog: Sendable {
             for f in files { try w.file(f) }
             for o in objects { try w.object(o) }
             try w.setMeta("rebuilt_at", "\(Int64(Date().timeIntervalSince1970))")
+            try w.deleteMeta(Self.rebuildPendingKey)
         }
         queue.withLock { $0.failure = nil; $0.dropped = 0 }
     }

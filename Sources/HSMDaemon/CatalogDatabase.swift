@@ -379,6 +379,8 @@ final class CatalogDatabase: @unchecked Sendable {
             try db.step(deleteFile, [.int(try db.nameID("filesystem", "path", fs)), .blob(handle)])
         }
 
+        func deleteMeta(_ key: String) throws(DatabaseError) { try db.run("DELETE FROM meta WHERE key = ?", [.text(key)]) }
+
         func setMeta(_ key: String, _ value: String) throws(DatabaseError) {
             try db.run("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                        [.text(key), .text(value)])

@@ -106,6 +106,21 @@ final class CatalogTests: XCTestCase {
         XCTAssertNil(CatalogDatabase.quickCheck(path: catalog.database.path))
     }
 
+    func testARebuildThatDidNotFinishIsDoneAgainAtTheNextStart() throws {
+        do {
+            let catalog = try XCTUnwrap(Catalog.open(stateDir: dir, log: Logger(label: "test")))
+            XCTAssertEqual(catalog.startProblem, "missing")
+            // The rebuild never ends (hsmd stopped during its walk).
+            catalog.start(rebuild: { usleep(200_000) })
+            catalog.stop()
+        }
+        let again = try XCTUnwrap(Catalog.open(stateDir: dir, log: Logger(label: "test")))
+        XCTAssertEqual(again.startProblem, "left incomplete by a rebuild that did not finish")
+        again.holdUpdates()
+        try again.replaceAll(files: [], objects: [])
+        XCTAssertNil(Catalog.open(stateDir: dir, log: Logger(label: "test"))?.startProblem)
+    }
+
     func testTheWriterAppliesUpdatesInOrderAndReportSumsThem() throws {
         let catalog = try XCTUnwrap(Catalog.open(stateDir: dir, log: Logger(label: "test")))
         XCTAssertEqual(catalog.startProblem, "missing")
