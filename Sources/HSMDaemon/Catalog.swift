@@ -187,7 +187,7 @@ final class Catalog: Sendable {
     private func write(_ batch: [(update: Update, syncFD: Int32?)], _ rebuild: (@Sendable () -> Void)?) {
         // The markers first: a row must never say more than a durable marker does.
         for fd in Set(batch.compactMap(\.syncFD)) {
-            if chsm_syncfs_fd(fd) != 0 { log.debug("catalog: syncfs before a commit failed; committing anyway after the failure") }
+            if syncFilesystem(fd: fd) != 0 { log.debug("catalog: syncfs before a commit failed; committing anyway (an index: check --repair corrects what a lost marker makes wrong)") }
         }
         do {
             try database.transaction { (w: CatalogDatabase.Writer) throws(DatabaseError) in
@@ -268,6 +268,6 @@ final class Catalog: Sendable {
 func unixMillis() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
 
 /// syncfs on a raw descriptor (the filesystem's root fd, kept open for hsmd's life).
-func chsm_syncfs_fd(_ fd: Int32) -> Int32 {
+func syncFilesystem(fd: Int32) -> Int32 {
     (try? FileDescriptor(rawValue: fd, path: "").syncFilesystem()) == nil ? -1 : 0
 }
