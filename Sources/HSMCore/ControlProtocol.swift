@@ -10,6 +10,7 @@ public struct ControlRequest: Codable, Sendable, Equatable {
         case remove, gc
         case importStore = "import"
         case queue, cancel, metrics
+        case report, check
     }
 
     public var op: Operation
@@ -37,6 +38,11 @@ public struct ControlRequest: Codable, Sendable, Equatable {
     public var policy: String?
     /// cancel: the job's id (hsmctl queue lists them).
     public var id: Int64?
+    /// check: read every stored block (scrub), rebuild the catalog (repair), scrub's rate
+    /// limit in bytes per second.
+    public var scrub: Bool?
+    public var repair: Bool?
+    public var rate: Int64?
 
     public init(op: Operation, paths: [String] = [], range: [Int64]? = nil, olderThanSeconds: Int64? = nil,
                 minSize: Int64? = nil, exclude: [String] = [], dryRun: Bool = false, jobs: Int = 1, progress: Bool = false,
@@ -122,6 +128,10 @@ public struct ControlReply: Codable, Sendable {
     public var queue: QueueSnapshot?
     /// metrics: Prometheus's text exposition.
     public var text: String?
+    /// report.
+    public var catalog: CatalogReport?
+    /// check.
+    public var check: CheckReport?
 
     public init(type: Kind, message: String? = nil, files: [FileResult]? = nil, status: [StatusRow]? = nil,
                 progress: ProgressReport? = nil, info: [String: String]? = nil, notes: [String]? = nil,

@@ -37,7 +37,7 @@ extension ControlRequest {
         guard let op = Operation(rawValue: opName) else {
             let known = ["ping", "archive", "release", "migrate", "recall", "status",
                          "journal_status", "journal_snapshot", "journal_list", "journal_changed",
-                         "remove", "gc", "import", "queue", "cancel", "metrics"]
+                         "report", "check", "remove", "gc", "import", "queue", "cancel", "metrics"]
             throw ControlRequestError("op: \"\(opName)\" is not an operation (known: \(known.joined(separator: ", ")))")
         }
         var r = ControlRequest(op: op)
@@ -57,6 +57,9 @@ extension ControlRequest {
         r.into = try f.optionalString("into")
         r.policy = try f.optionalString("policy")
         r.id = try f.optionalInteger("id")
+        r.scrub = try f.bool("scrub")
+        r.repair = try f.bool("repair")
+        r.rate = try f.optionalInteger("rate")
         try r.validate()
         return r
     }
@@ -95,6 +98,7 @@ extension ControlRequest {
             guard let id else { throw ControlRequestError("cancel: id is missing (hsmctl queue lists the jobs' ids)") }
             guard id > 0 else { throw ControlRequestError("cancel: id \(id) is not a job id (ids count from 1)") }
         }
+        if let r = rate, r <= 0 { throw ControlRequestError("rate: \(r) must be a positive number of bytes per second") }
         if let s = since, s < 0 { throw ControlRequestError("since: \(s) is not an epoch number (epochs count from 1)") }
         if let g = graceSeconds, !(0...Units.maxDuration).contains(g) {
             throw ControlRequestError("grace_seconds: \(g) is out of range (0 to \(Units.maxDuration), 100 years)")

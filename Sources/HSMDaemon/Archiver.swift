@@ -15,8 +15,12 @@ struct Archiver: Sendable {
     let log: Logger
     /// Notes of the operations under way (state_dir/in-progress), shared by every copy.
     let inProgress: InProgress
+    /// Told of every marker archive and release write (after it is written).
+    let catalog: Catalog?
 
-    init(group: FanotifyGroup, filesystems: ManagedFilesystems, locks: InodeLocks, engine: RecallEngine, log: Logger) {
+    init(group: FanotifyGroup, filesystems: ManagedFilesystems, locks: InodeLocks, engine: RecallEngine, log: Logger,
+         catalog: Catalog? = nil) {
+        self.catalog = catalog
         self.group = group
         self.filesystems = filesystems
         self.locks = locks
@@ -204,7 +208,16 @@ struct Archiver: Sendable {
                 let m = Marker(object: s.record.object, size: s.stat.size, mtimeNs: s.stat.mtimeNs, blockShift: s.record.blockShift)
                 try fd.setXattr(Marker.xattrName, MarkerCodec.encode(m))
                 defer { inProgress.end(s.note) }
-                if let previous = s.previous { deletePrevious(previous, of: fd, from: s.fs.store) }
+                if let catalog {
+                    let handle = try? InodeHandle.of(fd: fd.rawValue, path: fd.path)
+                    catalog.enqueue(.object(CatalogObject(id: s.record.object.hex, store: s.fs.store.name, handle: handle?.encoded,
+                                                          fs: s.fs.path, path: s.path, size: s.record.size,
+                                                          storedBytes: s.record.storedBytes, archivedAt: s.record.archivedAt)))
+                    catalog.noteFile(fd, fs: s.fs, marker: m, path: s.path, stat: now)
+                }
+                if let previous = s.previous {
+                    if deletePrevious(previous, of: fd, from: s.fs.store) { catalog?.enqueue(.deleteObject(previous.hex)) }
+                }
                 log.info("archived \(s.path) as object \(s.record.object) (\(Units.formatBytes(s.record.storedBytes)))")
                 return FileResult(path: s.path, outcome: .done, state: .archived, object: s.record.object.hex, bytesArchived: s.record.storedBytes)
             }
@@ -216,14 +229,18 @@ struct Archiver: Sendable {
     /// Deletes a re-archived file's old object once the marker that no longer names it is
     /// durable: an xattr change is inode metadata, which reaches the disk with an fsync of
     /// the file. If the fsync fails the old object stays (an orphan, never a dangling marker).
-    func deletePrevious(_ previous: ObjectID, of fd: FileDescriptor, from store: any ObjectStore) {
+    /// True when the object was deleted.
+    @discardableResult
+    func deletePrevious(_ previous: ObjectID, of fd: FileDescriptor, from store: any ObjectStore) -> Bool {
         do { try fd.sync() } catch {
             log.warning("kept the stale object \(previous) of \(fd.path): the new marker could not be made durable: \(error)")
-            return
+            return false
         }
         do { try store.delete(previous) } catch {
             log.warning("could not delete the stale object \(previous) of \(fd.path): \(error)")
+            return false
         }
+        return true
     }
 
     /// Archives (and optionally releases) many files: stage a chunk on `jobs` threads,
@@ -344,12 +361,27 @@ struct Archiver: Sendable {
             // Verifying reads every block: it must not make the file look used to policies.
             let (fd, st, fs) = try openManaged(path, [.readWrite, .noAccessTime])
             defer { fd.close() }
-            return try locks.withLock(st.inodeKey) { try releaseLocked(fd, st, fs, storeChecked: storeChecked) }
+            return try locks.withLock(st.inodeKey) { () throws(Refusal) -> FileResult in
+                let result: FileResult
+                do throws(Refusal) { result = try releaseLocked(fd, st, fs, storeChecked: storeChecked) } catch {
+                    noteReleaseInCatalog(fd, fs)
+                    throw error
+                }
+                noteReleaseInCatalog(fd, fs)
+                return result
+            }
         } catch let r as Refusal {
             return r.result
         } catch {
             return FileResult(path: path, outcome: .failed, reason: "\(error)")
         }
+    }
+
+    /// The catalog row after a release, done or not (a refused one may have found the
+    /// file dirty; a stopped one left it partly released).
+    private func noteReleaseInCatalog(_ fd: FileDescriptor, _ fs: ManagedFilesystem) {
+        guard let catalog, let raw = try? fd.xattr(Marker.xattrName), let m = try? MarkerCodec.decode(raw) else { return }
+        catalog.noteFile(fd, fs: fs, marker: m, path: fd.path)
     }
 
     /// docs/ARCHITECTURE.md invariant 2: ignore mark → lease → verify → marker → punch in chunks →

@@ -13,6 +13,7 @@ final class ControlServer: Sendable {
     let archiver: Archiver
     let journal: Journal?
     let settings: PolicySettings
+    let catalog: Catalog?
     let log: Logger
     let info: @Sendable () -> [String: String]
     /// Jobs, queue and metrics (hsmctl queue, cancel, metrics).
@@ -21,12 +22,14 @@ final class ControlServer: Sendable {
     static let trimAfterFiles = 1000
     static let requestTimeoutSeconds = 20
 
-    init(socketPath: String, archiver: Archiver, journal: Journal? = nil, settings: PolicySettings = PolicySettings(), log: Logger, ops: OpsContext = OpsContext(),
+    init(socketPath: String, archiver: Archiver, journal: Journal? = nil, catalog: Catalog? = nil, settings: PolicySettings = PolicySettings(),
+         log: Logger, ops: OpsContext = OpsContext(),
          info: @escaping @Sendable () -> [String: String]) throws(SystemError) {
         listener = try UnixListener.listen(socketPath, mode: 0o600)
         self.archiver = archiver
         self.journal = journal
         self.settings = settings
+        self.catalog = catalog
         self.log = log
         self.info = info
         self.ops = ops
@@ -99,7 +102,7 @@ final class ControlServer: Sendable {
             return
         }
         // Requests that change files are worth an operator's line; lookups are not.
-        let level: Logger.Level = [.ping, .status, .journalStatus, .journalList, .journalChanged, .queue, .metrics].contains(request.op) ? .debug : .info
+        let level: Logger.Level = [.ping, .status, .journalStatus, .journalList, .journalChanged, .queue, .metrics, .report].contains(request.op) ? .debug : .info
         log.log(level: level, "\(request.op.rawValue) requested for \(request.paths.count) path(s) by uid \(uid)")
         switch request.op {
         case .ping:
@@ -183,6 +186,8 @@ final class ControlServer: Sendable {
                 return
             }
             reply(JournalRequests(journal: journal).serve(request))
+        case .report, .check:
+            reply(CatalogRequests(catalog: catalog, filesystems: archiver.filesystems, log: log).serve(request))
         }
     }
 }

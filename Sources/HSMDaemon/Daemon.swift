@@ -110,10 +110,12 @@ public enum Daemon {
         for (fsid, fd) in inherited.journalGroups where !journalFSIDs.contains(fsid) { close(fd) }
         keepAcrossRestarts(group: group, eventLog: eventLog, journal: journal, inherited: inherited, log: log)
 
+        // The catalog: an index of objects and files (README, "Catalog"); never the truth.
+        let catalog = Catalog.open(stateDir: config.stateDir, log: log)
         let locks = InodeLocks()
-        let engine = RecallEngine(group: group, filesystems: filesystems, locks: locks, config: config, log: log)
+        let engine = RecallEngine(group: group, filesystems: filesystems, locks: locks, config: config, log: log, catalog: catalog)
         let events = EventLoop(group: group, eventLog: eventLog, engine: engine, filesystems: filesystems, log: log)
-        let archiver = Archiver(group: group, filesystems: filesystems, locks: locks, engine: engine, log: log)
+        let archiver = Archiver(group: group, filesystems: filesystems, locks: locks, engine: engine, log: log, catalog: catalog)
         let premarker = ResidentPremarker(group: group, filesystems: filesystems.all, locks: locks, limit: config.premarkFiles, log: log)
         let settings = PolicySettings(config)
         let spaceWatcher = SpaceWatcher(archiver: archiver, engine: engine, settings: settings, log: log)
@@ -146,7 +148,8 @@ public enum Daemon {
         let exposition = ops.metrics
         let server: ControlServer
         do {
-            server = try ControlServer(socketPath: config.socket, archiver: archiver, journal: journal, settings: settings, log: log, ops: ops) {
+            server = try ControlServer(socketPath: config.socket, archiver: archiver, journal: journal, catalog: catalog, settings: settings,
+                                       log: log, ops: ops) {
                 ["version": version, "pid": "\(getpid())", "filesystems": fsList,
                  "uptime_seconds": "\(Int(Date().timeIntervalSince(started)))",
                  "events": "\(events.eventsSeen.load(ordering: .relaxed))",
@@ -173,6 +176,7 @@ public enum Daemon {
         }
         engine.start()
         journal?.start()
+        if let catalog { catalog.start(rebuild: CatalogCheck.rebuilder(catalog, filesystems: filesystems, log: log)) }
         do { try events.start() } catch {
             log.critical("hsmd cannot start: \(error)")
             return 1
@@ -218,6 +222,7 @@ public enum Daemon {
             log.warning("\(unanswered) access(es) still unanswered at stop; they stay on record for the next hsmd")
         }
         journal?.stop()
+        catalog?.stop()
         warnAboutOfflineFiles(filesystems, log: log)
         log.notice("hsmd stopped")
         return 0

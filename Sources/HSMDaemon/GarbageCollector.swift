@@ -103,7 +103,10 @@ struct GarbageCollector {
 
     /// Every orphan gc decides about passes here once (the catalog records it here):
     /// `deleted` true when the object is gone from `store`.
-    private func collected(_ r: FileResult, object: ObjectID, store: any ObjectStore, deleted: Bool) -> FileResult { r }
+    private func collected(_ r: FileResult, object: ObjectID, store: any ObjectStore, deleted: Bool) -> FileResult {
+        if deleted { archiver.catalog?.enqueue(.deleteObject(object.hex)) }
+        return r
+    }
 
     /// One orphan: deleted (done), kept (skipped) or not deleted (failed). `dryRun`
     /// includes an incomplete walk, which deletes nothing.

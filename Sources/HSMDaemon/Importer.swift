@@ -225,6 +225,12 @@ struct Importer {
                 if error.errno == EEXIST { return fail("conflict: \(shown) exists; never overwritten (move it away and import again, or use --into)") }
                 throw error
             }
+            if let catalog = archiver.catalog {
+                catalog.enqueue(.object(CatalogObject(id: record.object.hex, store: fs.store.name, handle: (try? InodeHandle.of(fd: file.rawValue, path: shown))?.encoded,
+                                                      fs: fs.path, path: record.path, size: record.size,
+                                                      storedBytes: record.storedBytes, archivedAt: record.archivedAt)))
+                catalog.noteFile(file, fs: fs, marker: marker, path: shown)
+            }
         } catch {
             return fail("\(error); nothing created")
         }

@@ -74,8 +74,12 @@ final class RecallEngine: Sendable {
     /// Bytes written back by recalls since start: the space watcher looks at usage again
     /// after a large amount (SpaceWatcher).
     let bytesRecalled = Atomic<Int64>(0)
+    /// Told of every marker recall writes (queued; see Catalog).
+    let catalog: Catalog?
 
-    init(group: FanotifyGroup, filesystems: ManagedFilesystems, locks: InodeLocks, config: Config, log: Logger) {
+    init(group: FanotifyGroup, filesystems: ManagedFilesystems, locks: InodeLocks, config: Config, log: Logger,
+         catalog: Catalog? = nil) {
+        self.catalog = catalog
         self.group = group
         self.filesystems = filesystems
         self.locks = locks
@@ -595,6 +599,10 @@ final class RecallEngine: Sendable {
     private func persist(_ marker: Marker, _ fd: FileDescriptor) throws(RecallError) {
         do {
             try fd.setXattr(Marker.xattrName, MarkerCodec.encode(marker))
+            // Queued, never written here: the catalog's thread does that (and syncs first).
+            if let catalog, let st = try? fd.stat(), let fs = filesystems.filesystem(ofOpenFile: fd.rawValue, device: st.device) {
+                catalog.noteFile(fd, fs: fs, marker: marker, path: nil, stat: st)
+            }
         } catch let e as SystemError {
             throw .system(e)
         } catch {

@@ -36,7 +36,8 @@ extension Archiver {
 
     /// Every remove's outcome passes here once (the catalog records it here).
     private func removed(_ outcome: RemoveOutcome) -> FileResult {
-        outcome.result
+        if outcome.objectDeleted, let object = outcome.object { catalog?.enqueue(.deleteObject(object.hex)) }
+        return outcome.result
     }
 
     /// Under the inode lock, which every recall and release of the file also holds: no
@@ -75,6 +76,8 @@ extension Archiver {
         let note = try noteInProgress(.remove, fd, st, object: marker.object, store: fs.store)
         defer { inProgress.end(note) }
         do { try fd.removeXattr(Marker.xattrName) } catch { throw fail("removing its marker: \(error); nothing removed") }
+        // The row says unmanaged now; the object's row goes once the object is deleted.
+        catalog?.noteFile(fd, fs: fs, marker: nil, path: fd.path)
         var outcome = RemoveOutcome(result: FileResult(path: fd.path, outcome: .done, reason: "stored copy removed", state: .resident, object: marker.object.hex),
                                     object: marker.object, store: fs.store.name)
         // An xattr change is inode metadata: an fsync of the file makes it durable.

@@ -13,8 +13,8 @@ struct HSMCtl: ParsableCommand {
             2 usage error, hsmd unreachable, or not root.
             """,
         version: "0.1.0",
-        subcommands: [Archive.self, Release.self, Migrate.self, Recall.self, Status.self, Remove.self, GC.self, Import.self,
-                      JournalCommand.self, Doctor.self,
+        subcommands: [Archive.self, Release.self, Migrate.self, Recall.self, Status.self, Report.self, Check.self,
+                      Remove.self, GC.self, Import.self, JournalCommand.self, Doctor.self,
                       Queue.self, Cancel.self, Metrics.self])
 }
 

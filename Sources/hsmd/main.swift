@@ -21,6 +21,11 @@ struct HSMD: ParsableCommand {
     @Flag(name: .long, help: "Check the configuration and exit.")
     var checkConfig = false
 
+    // For scripts/bench-catalog.sh only: fill state_dir's catalog with N synthetic rows
+    // for the config's first filesystem and store, through the catalog's writer, and exit.
+    @Option(name: .long, help: .hidden)
+    var benchFillCatalog: Int?
+
     func run() throws {
         let cfg: Config
         do { cfg = try Config.load(path: config) } catch {
@@ -30,6 +35,15 @@ struct HSMD: ParsableCommand {
         if let l = logLevel, !Config.logLevels.contains(l) {
             FileHandle.standardError.write(Data("hsmd: --log-level \(l) is not one of \(Config.logLevels.joined(separator: ", "))\n".utf8))
             throw ExitCode(2)
+        }
+        if let n = benchFillCatalog {
+            guard let fs = cfg.filesystems.first, n > 0 else { throw ExitCode(2) }
+            try? FileManager.default.createDirectory(atPath: cfg.stateDir, withIntermediateDirectories: true)
+            guard let s = CatalogBench.fill(stateDir: cfg.stateDir, fs: fs.path, store: fs.store, files: n, log: Logger(label: "hsmd")) else {
+                throw ExitCode(1)
+            }
+            print(String(format: "filled %d file rows in %.1f s", n, s))
+            return
         }
         if checkConfig {
             print("\(config): OK (\(cfg.filesystems.count) filesystem(s), \(cfg.stores.count) store(s))")

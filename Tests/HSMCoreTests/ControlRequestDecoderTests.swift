@@ -57,7 +57,7 @@ final class ControlRequestDecoderTests: XCTestCase {
             XCTAssertNoThrow(try r.validate())
         }
         for op in ["ping", "archive", "release", "migrate", "recall", "status",
-                   "journal_status", "journal_snapshot", "journal_list", "journal_changed"] {
+                   "journal_status", "journal_snapshot", "journal_list", "journal_changed", "report", "check"] {
             XCTAssertEqual(try ControlRequest.decode(line: Array(#"{"op":"\#(op)"}"#.utf8)).op.rawValue, op)
         }
     }
@@ -78,6 +78,20 @@ final class ControlRequestDecoderTests: XCTestCase {
         XCTAssertEqual(refusal(#"{"op":"gc","grace_seconds":"1d"}"#), "malformed request: grace_seconds: expected an integer, found a string")
         XCTAssertEqual(refusal(#"{"op":"remove","recall":1}"#), "malformed request: recall: expected true or false, found an integer")
         XCTAssertEqual(refusal(#"{"op":"import","store":7}"#), "malformed request: store: expected a string, found an integer")
+    }
+
+    func testCheckOptionsRoundTripAndABadRateIsRefused() throws {
+        var r = ControlRequest(op: .check, paths: ["/mnt"])
+        r.scrub = true
+        r.repair = true
+        r.rate = 50 << 20
+        XCTAssertEqual(try ControlRequest.decode(line: ControlCodec.encode(r)), r)
+        for bad in ["0", "-1"] {
+            XCTAssertThrowsError(try ControlRequest.decode(line: Array(#"{"op":"check","scrub":true,"rate":\#(bad)}"#.utf8))) {
+                XCTAssertTrue("\($0)".contains("rate"), "\($0)")
+            }
+        }
+        XCTAssertThrowsError(try ControlRequest.decode(line: Array(#"{"op":"check","scrub":"yes"}"#.utf8)))
     }
 
     func testAbsentOptionalFieldsTakeTheirDefaults() throws {

@@ -1,0 +1,523 @@
+import CSQLite
+import Foundation
+import HSMCore
+import Synchronization
+
+/// The catalog's database (state_dir/catalog.sqlite): one row per object and per managed
+/// file, an index of what the markers and the stores say (never the truth). The system's
+/// SQLite through CSQLite, like the journal (no GRDB: its clean build would add minutes on
+/// a small build machine for a dozen statements). One connection, serialized by a lock:
+/// the catalog's writer thread commits batches, control threads read.
+final class CatalogDatabase: @unchecked Sendable {
+    // @unchecked: `db` is an SQLite connection opened FULLMUTEX and every use of it goes
+    // through `lock`, so no two threads ever use it at once.
+    private let db: OpaquePointer
+    private let lock = Mutex<Void>(())
+    let path: String
+    /// Filesystem paths and store names → their row ids; only touched under `lock`.
+    private var ids: [String: Int64] = [:]
+
+    /// The schema version this hsmd writes.
+    static let currentVersion = 1
+
+    /// `migrations[i]` takes a database from version i to i + 1. Never edit a shipped
+    /// step: add one.
+    static let migrations: [String] = [
+        // Filesystems and stores by number, object ids as their 16 bytes.
+        """
+        CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE filesystem(id INTEGER PRIMARY KEY, path TEXT UNIQUE NOT NULL);
+        CREATE TABLE store(id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL);
+        CREATE TABLE object(
+            id BLOB PRIMARY KEY, store INTEGER NOT NULL, handle BLOB, fs INTEGER, path TEXT NOT NULL,
+            size INTEGER NOT NULL, stored_bytes INTEGER NOT NULL, archived_at INTEGER NOT NULL,
+            refs INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+        CREATE INDEX object_by_store ON object(store, archived_at);
+        CREATE INDEX object_by_fs ON object(fs, archived_at);
+        CREATE INDEX object_orphans ON object(store, stored_bytes) WHERE refs = 0;
+        CREATE TABLE file(
+            fs INTEGER NOT NULL, handle BLOB NOT NULL, path TEXT, state TEXT NOT NULL, size INTEGER NOT NULL,
+            offline_bytes INTEGER NOT NULL, object BLOB, updated_at INTEGER NOT NULL, PRIMARY KEY(fs, handle)) WITHOUT ROWID;
+        CREATE INDEX file_by_object ON file(object);
+        -- Running totals, kept by the triggers below in the same transactions as the rows,
+        -- so that report reads a few rows whatever the number of files.
+        CREATE TABLE file_totals(fs INTEGER NOT NULL, state TEXT NOT NULL, files INTEGER NOT NULL,
+            bytes INTEGER NOT NULL, offline_bytes INTEGER NOT NULL, PRIMARY KEY(fs, state)) WITHOUT ROWID;
+        CREATE TABLE object_totals(kind TEXT NOT NULL, id INTEGER NOT NULL, objects INTEGER NOT NULL,
+            stored_bytes INTEGER NOT NULL, PRIMARY KEY(kind, id)) WITHOUT ROWID;
+        CREATE TRIGGER file_added AFTER INSERT ON file BEGIN
+            INSERT INTO file_totals VALUES(NEW.fs, NEW.state, 1, NEW.size, NEW.offline_bytes)
+                ON CONFLICT(fs, state) DO UPDATE SET files = files + 1, bytes = bytes + excluded.bytes,
+                offline_bytes = offline_bytes + excluded.offline_bytes;
+            UPDATE object SET refs = refs + 1 WHERE NEW.object IS NOT NULL AND id = NEW.object;
+        END;
+        CREATE TRIGGER file_removed AFTER DELETE ON file BEGIN
+            UPDATE file_totals SET files = files - 1, bytes = bytes - OLD.size, offline_bytes = offline_bytes - OLD.offline_bytes
+                WHERE fs = OLD.fs AND state = OLD.state;
+            UPDATE object SET refs = refs - 1 WHERE OLD.object IS NOT NULL AND id = OLD.object;
+        END;
+        CREATE TRIGGER file_changed AFTER UPDATE ON file BEGIN
+            UPDATE file_totals SET files = files - 1, bytes = bytes - OLD.size, offline_bytes = offline_bytes - OLD.offline_bytes
+                WHERE fs = OLD.fs AND state = OLD.state;
+            INSERT INTO file_totals VALUES(NEW.fs, NEW.state, 1, NEW.size, NEW.offline_bytes)
+                ON CONFLICT(fs, state) DO UPDATE SET files = files + 1, bytes = bytes + excluded.bytes,
+                offline_bytes = offline_bytes + excluded.offline_bytes;
+            UPDATE object SET refs = refs - 1 WHERE OLD.object IS NOT NULL AND id = OLD.object AND OLD.object IS NOT NEW.object;
+            UPDATE object SET refs = refs + 1 WHERE NEW.object IS NOT NULL AND id = NEW.object AND OLD.object IS NOT NEW.object;
+        END;
+        CREATE TRIGGER object_added AFTER INSERT ON object BEGIN
+            UPDATE object SET refs = (SELECT COUNT(*) FROM file WHERE file.object = NEW.id) WHERE id = NEW.id;
+            INSERT INTO object_totals VALUES('store', NEW.store, 1, NEW.stored_bytes)
+                ON CONFLICT(kind, id) DO UPDATE SET objects = objects + 1, stored_bytes = stored_bytes + excluded.stored_bytes;
+            INSERT INTO object_totals SELECT 'fs', NEW.fs, 1, NEW.stored_bytes WHERE NEW.fs IS NOT NULL
+                ON CONFLICT(kind, id) DO UPDATE SET objects = objects + 1, stored_bytes = stored_bytes + excluded.stored_bytes;
+        END;
+        CREATE TRIGGER object_removed AFTER DELETE ON object BEGIN
+            UPDATE object_totals SET objects = objects - 1, stored_bytes = stored_bytes - OLD.stored_bytes
+                WHERE (kind = 'store' AND id = OLD.store) OR (kind = 'fs' AND id = OLD.fs);
+        END;
+        CREATE TRIGGER object_changed AFTER UPDATE OF store, fs, stored_bytes ON object BEGIN
+            UPDATE object_totals SET objects = objects - 1, stored_bytes = stored_bytes - OLD.stored_bytes
+                WHERE (kind = 'store' AND id = OLD.store) OR (kind = 'fs' AND id = OLD.fs);
+            INSERT INTO object_totals VALUES('store', NEW.store, 1, NEW.stored_bytes)
+                ON CONFLICT(kind, id) DO UPDATE SET objects = objects + 1, stored_bytes = stored_bytes + excluded.stored_bytes;
+            INSERT INTO object_totals SELECT 'fs', NEW.fs, 1, NEW.stored_bytes WHERE NEW.fs IS NOT NULL
+                ON CONFLICT(kind, id) DO UPDATE SET objects = objects + 1, stored_bytes = stored_bytes + excluded.stored_bytes;
+        END;
+        """,
+    ]
+
+    /// The two removal triggers of version 1, recreated after a rebuild empties the tables.
+    static var removalTriggers: String {
+        let v1 = migrations[0]
+        return ["CREATE TRIGGER file_removed", "CREATE TRIGGER object_removed"].compactMap { start -> String? in
+            guard let a = v1.range(of: start), let b = v1.range(of: "END;", range: a.upperBound..<v1.endIndex) else { return nil }
+            return String(v1[a.lowerBound..<b.upperBound])
+        }.joined(separator: "\n")
+    }
+
+    /// Why a catalog file cannot be used as it is (then it is set aside and rebuilt).
+    enum OpenProblem: Error, CustomStringConvertible {
+        case damaged(String)
+        case newerVersion(Int)
+        case badVersion(String)
+        case io(DatabaseError)
+
+        var description: String {
+            switch self {
+            case .damaged(let why): return "damaged (\(why))"
+            case .newerVersion(let v):
+                return "schema version \(v) is newer than this hsmd knows (\(CatalogDatabase.currentVersion)): a newer hsmd wrote it"
+            case .badVersion(let why): return "unreadable schema version (\(why))"
+            case .io(let e): return "\(e)"
+            }
+        }
+    }
+
+    /// Opens (creating, or migrating to `migrations.count`) the database at `path`.
+    init(path: String, migrations: [String] = CatalogDatabase.migrations) throws(OpenProblem) {
+        self.path = path
+        do { try Self.makePrivate(path) } catch { throw .io(error) }
+        var handle: OpaquePointer?
+        let rc = sqlite3_open_v2(path, &handle, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, nil)
+        guard rc == SQLITE_OK, let handle else {
+            let msg = handle.map { String(cString: sqlite3_errmsg($0)) } ?? "cannot allocate"
+            if let handle { sqlite3_close(handle) }
+            throw .damaged("open: \(msg)")
+        }
+        db = handle
+        sqlite3_busy_timeout(db, 5000)
+        do {
+            // A file that is not a database fails here, at its first read. Damage inside
+            // it shows at quickCheck (which the writer runs after start, off the start
+            // path: it reads every page) or at the first statement that meets it.
+            try run("PRAGMA journal_mode=WAL")
+            try run("PRAGMA synchronous=NORMAL")
+            try run("PRAGMA journal_size_limit=67108864")
+            try run("CREATE TABLE IF NOT EXISTS schema_version(version INTEGER NOT NULL)")
+            var versions: [Int64] = []
+            try run("SELECT version FROM schema_version") { versions.append(sqlite3_column_int64($0, 0)) }
+            guard versions.count <= 1 else { throw OpenProblem.badVersion("\(versions.count) rows in schema_version") }
+            let version = Int(versions.first ?? 0)
+            guard version >= 0 else { throw OpenProblem.badVersion("version \(version)") }
+            guard version <= migrations.count else { throw OpenProblem.newerVersion(version) }
+            if version < migrations.count {
+                try run("BEGIN IMMEDIATE")
+                do {
+                    for step in migrations[version...] { try exec(step) }
+                    try run("DELETE FROM schema_version")
+                    try run("INSERT INTO schema_version(version) VALUES(?)", [.int(Int64(migrations.count))])
+                    try run("COMMIT")
+                } catch {
+                    try? run("ROLLBACK")
+                    throw error
+                }
+            }
+        } catch let e as OpenProblem {
+            sqlite3_close(db)
+            throw e
+        } catch let e as DatabaseError {
+            sqlite3_close(db)
+            // SQLITE_NOTADB / SQLITE_CORRUPT: not a database, or a broken one.
+            if [SQLITE_NOTADB, SQLITE_CORRUPT].contains(e.code & 0xff) { throw .damaged(e.description) }
+            throw .io(e)
+        } catch {
+            sqlite3_close(db)
+            throw .damaged("\(error)")
+        }
+    }
+
+    deinit { sqlite3_close(db) }
+
+    /// nil when SQLite's quick_check finds the file sound, else what it found. Reads every
+    /// page (measured: 14 s for a catalog of a million files, 409 MiB, on a busy machine),
+    /// through a read-only connection of its own, so writes and reports go on meanwhile (WAL).
+    static func quickCheck(path: String) -> String? {
+        var handle: OpaquePointer?
+        let rc = sqlite3_open_v2(path, &handle, SQLITE_OPEN_READONLY, nil)
+        defer { if let handle { sqlite3_close(handle) } }
+        guard rc == SQLITE_OK, let handle else { return "open for quick_check: sqlite \(rc)" }
+        sqlite3_busy_timeout(handle, 5000)
+        var stmt: OpaquePointer?
+        guard sqlite3_prepare_v2(handle, "PRAGMA quick_check", -1, &stmt, nil) == SQLITE_OK, let stmt else {
+            return "quick_check: \(String(cString: sqlite3_errmsg(handle)))"
+        }
+        defer { sqlite3_finalize(stmt) }
+        var verdict = ""
+        while true {
+            let step = sqlite3_step(stmt)
+            if step == SQLITE_ROW { verdict += text(stmt, 0) ?? ""; continue }
+            if step == SQLITE_DONE { break }
+            return "quick_check: \(String(cString: sqlite3_errmsg(handle))) (sqlite \(step))"
+        }
+        return verdict == "ok" ? nil : "quick_check: \(verdict.prefix(200))"
+    }
+
+    /// True for the result codes of a file that is not, or no longer, a sound database.
+    static func meansDamaged(_ e: DatabaseError) -> Bool { [SQLITE_NOTADB, SQLITE_CORRUPT].contains(e.code & 0xff) }
+
+    /// The version recorded in the file (for tests and messages).
+    func schemaVersion() throws(DatabaseError) -> Int {
+        try locked { () throws(DatabaseError) -> Int in
+            var v: Int64 = 0
+            try run("SELECT version FROM schema_version") { v = sqlite3_column_int64($0, 0) }
+            return Int(v)
+        }
+    }
+
+    /// Created 0600 before SQLite opens it: it names every managed file.
+    private static func makePrivate(_ path: String) throws(DatabaseError) {
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        guard fd >= 0 else {
+            throw DatabaseError(code: SQLITE_CANTOPEN, operation: "open \(path)", message: String(cString: strerror(errno)))
+        }
+        close(fd)
+    }
+
+    // MARK: Primitives
+
+    enum Value { case int(Int64), text(String?), blob([UInt8]?) }
+
+    private func error(_ rc: Int32, _ op: String) -> DatabaseError {
+        DatabaseError(code: rc, operation: "\(op) (\(path))", message: String(cString: sqlite3_errmsg(db)))
+    }
+
+    private func exec(_ sql: String) throws(DatabaseError) {
+        let rc = sqlite3_exec(db, sql, nil, nil, nil)
+        if rc != SQLITE_OK { throw error(rc, "execute") }
+    }
+
+    /// Runs one statement with `args`, calling `row` for every result row. Caller holds the lock.
+    private func run(_ sql: String, _ args: [Value] = [], row: (OpaquePointer) -> Void = { _ in }) throws(DatabaseError) {
+        var stmt: OpaquePointer?
+        var rc = sqlite3_prepare_v2(db, sql, -1, &stmt, nil)
+        guard rc == SQLITE_OK, let stmt else { throw error(rc, "prepare \(sql.prefix(40))") }
+        defer { sqlite3_finalize(stmt) }
+        try bind(stmt, args)
+        while true {
+            rc = sqlite3_step(stmt)
+            if rc == SQLITE_ROW { row(stmt); continue }
+            if rc == SQLITE_DONE { return }
+            throw error(rc, "step \(sql.prefix(40))")
+        }
+    }
+
+    private func bind(_ stmt: OpaquePointer, _ args: [Value]) throws(DatabaseError) {
+        let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
+        for (i, a) in args.enumerated() {
+            let k = Int32(i + 1)
+            switch a {
+            case .int(let v): sqlite3_bind_int64(stmt, k, v)
+            case .text(let v?): sqlite3_bind_text(stmt, k, v, -1, transient)
+            case .text(nil), .blob(nil): sqlite3_bind_null(stmt, k)
+            case .blob(let v?): _ = v.withUnsafeBytes { sqlite3_bind_blob(stmt, k, $0.baseAddress, Int32($0.count), transient) }
+            }
+        }
+    }
+
+    /// One prepared statement run many times in a batch.
+    fileprivate final class Prepared {
+        let stmt: OpaquePointer
+        init(_ stmt: OpaquePointer) { self.stmt = stmt }
+        deinit { sqlite3_finalize(stmt) }
+    }
+
+    private func prepare(_ sql: String) throws(DatabaseError) -> Prepared {
+        var stmt: OpaquePointer?
+        let rc = sqlite3_prepare_v2(db, sql, -1, &stmt, nil)
+        guard rc == SQLITE_OK, let stmt else { throw error(rc, "prepare \(sql.prefix(40))") }
+        return Prepared(stmt)
+    }
+
+    fileprivate func step(_ p: Prepared, _ args: [Value]) throws(DatabaseError) {
+        sqlite3_reset(p.stmt)
+        sqlite3_clear_bindings(p.stmt)
+        try bind(p.stmt, args)
+        let rc = sqlite3_step(p.stmt)
+        if rc != SQLITE_DONE && rc != SQLITE_ROW { throw error(rc, "step") }
+    }
+
+    static func text(_ s: OpaquePointer, _ i: Int32) -> String? {
+        guard let p = sqlite3_column_text(s, i) else { return nil }
+        return String(cString: p)
+    }
+
+    static func blob(_ s: OpaquePointer, _ i: Int32) -> [UInt8]? {
+        if sqlite3_column_type(s, i) == SQLITE_NULL { return nil }
+        let n = Int(sqlite3_column_bytes(s, i))
+        guard n > 0, let p = sqlite3_column_blob(s, i) else { return [] }
+        return Array(UnsafeRawBufferPointer(start: p, count: n))
+    }
+
+    private func locked<T>(_ body: () throws(DatabaseError) -> T) throws(DatabaseError) -> T {
+        try lock.withLock { _ throws(DatabaseError) -> T in try body() }
+    }
+
+    // MARK: Writing
+
+    /// Runs `body` in one transaction (rolled back if it throws). `replaceAll` empties
+    /// both tables first (a rebuild).
+    func transaction(replaceAll: Bool = false, _ body: (Writer) throws(DatabaseError) -> Void) throws(DatabaseError) {
+        try locked { () throws(DatabaseError) in
+            try run("BEGIN IMMEDIATE")
+            do throws(DatabaseError) {
+                if replaceAll {
+                    // Triggers are per row: emptying the tables is quicker without them,
+                    // and the totals start again from nothing.
+                    try run("DROP TRIGGER IF EXISTS file_removed")
+                    try run("DROP TRIGGER IF EXISTS object_removed")
+                    try run("DELETE FROM file")
+                    try run("DELETE FROM object")
+                    try run("DELETE FROM file_totals")
+                    try run("DELETE FROM object_totals")
+                    try exec(Self.removalTriggers)
+                }
+                let w = Writer(db: self,
+                               upsertFile: try prepare("""
+                                   INSERT INTO file(fs, handle, path, state, size, offline_bytes, object, updated_at) VALUES(?, ?, ?, ?, ?, ?, ?, ?)
+                                   ON CONFLICT(fs, handle) DO UPDATE SET path = COALESCE(excluded.path, path), state = excluded.state,
+                                     size = excluded.size, offline_bytes = excluded.offline_bytes, object = excluded.object,
+                                     updated_at = excluded.updated_at
+                                   """),
+                               upsertObject: try prepare("""
+                                   INSERT INTO object(id, store, handle, fs, path, size, stored_bytes, archived_at) VALUES(?, ?, ?, ?, ?, ?, ?, ?)
+                                   ON CONFLICT(id) DO UPDATE SET store = excluded.store, handle = COALESCE(excluded.handle, handle),
+                                     fs = COALESCE(excluded.fs, fs), path = excluded.path, size = excluded.size,
+                                     stored_bytes = excluded.stored_bytes, archived_at = excluded.archived_at
+                                   """),
+                               deleteObject: try prepare("DELETE FROM object WHERE id = ?"),
+                               deleteFile: try prepare("DELETE FROM file WHERE fs = ? AND handle = ?"))
+                try body(w)
+            } catch {
+                try? run("ROLLBACK")
+                throw error
+            }
+            try run("COMMIT")
+        }
+    }
+
+    /// The oldest and newest archive time of a store's or filesystem's objects (from the
+    /// index on that column: two lookups). Caller holds the lock.
+    private func archiveRange(_ column: String, _ id: Int64) throws(DatabaseError) -> (Int64?, Int64?) {
+        var oldest: Int64?, newest: Int64?
+        try run("SELECT MIN(archived_at) FROM object WHERE \(column) = ?", [.int(id)]) { s in
+            if sqlite3_column_type(s, 0) != SQLITE_NULL { oldest = sqlite3_column_int64(s, 0) }
+        }
+        try run("SELECT MAX(archived_at) FROM object WHERE \(column) = ?", [.int(id)]) { s in
+            if sqlite3_column_type(s, 0) != SQLITE_NULL { newest = sqlite3_column_int64(s, 0) }
+        }
+        return (oldest, newest)
+    }
+
+    struct Writer {
+        fileprivate let db: CatalogDatabase
+        fileprivate let upsertFile: Prepared
+        fileprivate let upsertObject: Prepared
+        fileprivate let deleteObject: Prepared
+        fileprivate let deleteFile: Prepared
+
+        func file(_ f: CatalogFile) throws(DatabaseError) {
+            try db.step(upsertFile, [.int(try db.nameID("filesystem", "path", f.fs)), .blob(f.handle), .text(f.path),
+                                     .text(f.state.rawValue), .int(f.size), .int(f.offlineBytes),
+                                     .blob(f.object.flatMap(CatalogDatabase.idBytes)), .int(f.updatedAt)])
+        }
+
+        func object(_ o: CatalogObject) throws(DatabaseError) {
+            guard let id = CatalogDatabase.idBytes(o.id) else { return }
+            var fs = Value.blob(nil)
+            if let path = o.fs { fs = .int(try db.nameID("filesystem", "path", path)) }
+            try db.step(upsertObject, [.blob(id), .int(try db.nameID("store", "name", o.store)), .blob(o.handle), fs,
+                                       .text(o.path), .int(o.size), .int(o.storedBytes), .int(o.archivedAt)])
+        }
+
+        func deleteObject(_ id: String) throws(DatabaseError) {
+            guard let id = CatalogDatabase.idBytes(id) else { return }
+            try db.step(deleteObject, [.blob(id)])
+        }
+
+        func deleteFile(fs: String, handle: [UInt8]) throws(DatabaseError) {
+            try db.step(deleteFile, [.int(try db.nameID("filesystem", "path", fs)), .blob(handle)])
+        }
+
+        func deleteMeta(_ key: String) throws(DatabaseError) { try db.run("DELETE FROM meta WHERE key = ?", [.text(key)]) }
+
+        func setMeta(_ key: String, _ value: String) throws(DatabaseError) {
+            try db.run("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                       [.text(key), .text(value)])
+        }
+    }
+
+    static func idBytes(_ hex: String) -> [UInt8]? { ObjectID(hex: hex)?.bytes }
+    static func idHex(_ bytes: [UInt8]?) -> String? { bytes.flatMap { ObjectID(bytes: $0)?.hex } }
+
+    /// The row id of a filesystem path or store name, added if new. Caller holds the lock.
+    fileprivate func nameID(_ table: String, _ column: String, _ name: String) throws(DatabaseError) -> Int64 {
+        let key = table + "\u{0}" + name
+        if let id = ids[key] { return id }
+        try run("INSERT OR IGNORE INTO \(table)(\(column)) VALUES(?)", [.text(name)])
+        var id: Int64?
+        try run("SELECT id FROM \(table) WHERE \(column) = ?", [.text(name)]) { id = sqlite3_column_int64($0, 0) }
+        guard let id else { throw DatabaseError(code: SQLITE_CORRUPT, operation: "add \(table) \(name)", message: "the new row cannot be read back") }
+        ids[key] = id
+        return id
+    }
+
+    /// The row id of a name, or nil when the catalog has none. Caller holds the lock.
+    private func existingID(_ table: String, _ column: String, _ name: String) throws(DatabaseError) -> Int64? {
+        var id: Int64?
+        try run("SELECT id FROM \(table) WHERE \(column) = ?", [.text(name)]) { id = sqlite3_column_int64($0, 0) }
+        return id
+    }
+
+    // MARK: Reading
+
+    func meta(_ key: String) throws(DatabaseError) -> String? {
+        try locked { () throws(DatabaseError) -> String? in
+            var v: String?
+            try run("SELECT value FROM meta WHERE key = ?", [.text(key)]) { v = Self.text($0, 0) }
+            return v
+        }
+    }
+
+    func files(fs: String) throws(DatabaseError) -> [CatalogFile] {
+        try locked { () throws(DatabaseError) -> [CatalogFile] in
+            var out: [CatalogFile] = []
+            guard let fsID = try existingID("filesystem", "path", fs) else { return [] }
+            try run("SELECT handle, path, state, size, offline_bytes, object, updated_at FROM file WHERE fs = ?", [.int(fsID)]) { s in
+                guard let state = Self.text(s, 2).flatMap(HSMState.init(rawValue:)) else { return }
+                out.append(CatalogFile(fs: fs, handle: Self.blob(s, 0) ?? [], path: Self.text(s, 1), state: state,
+                                       size: sqlite3_column_int64(s, 3), offlineBytes: sqlite3_column_int64(s, 4),
+                                       object: Self.idHex(Self.blob(s, 5)), updatedAt: sqlite3_column_int64(s, 6)))
+            }
+            return out
+        }
+    }
+
+    func objects(store: String) throws(DatabaseError) -> [CatalogObject] {
+        try locked { () throws(DatabaseError) -> [CatalogObject] in
+            var out: [CatalogObject] = []
+            guard let storeID = try existingID("store", "name", store) else { return [] }
+            try run("""
+                SELECT o.id, o.handle, f.path, o.path, o.size, o.stored_bytes, o.archived_at
+                FROM object o LEFT JOIN filesystem f ON f.id = o.fs WHERE o.store = ?
+                """, [.int(storeID)]) { s in
+                guard let id = Self.idHex(Self.blob(s, 0)) else { return }
+                out.append(CatalogObject(id: id, store: store, handle: Self.blob(s, 1), fs: Self.text(s, 2),
+                                         path: Self.text(s, 3) ?? "", size: sqlite3_column_int64(s, 4),
+                                         storedBytes: sqlite3_column_int64(s, 5), archivedAt: sqlite3_column_int64(s, 6)))
+            }
+            return out
+        }
+    }
+
+    /// Figures for `hsmctl report`, from the indexes (no walk): files and bytes by state
+    /// per filesystem, objects and orphans per store.
+    func report(filesystems: [(path: String, store: String)]) throws(DatabaseError) -> CatalogReport {
+        try locked { () throws(DatabaseError) -> CatalogReport in
+            var report = CatalogReport()
+            for fs in filesystems {
+                var r = CatalogReport.Filesystem(path: fs.path, store: fs.store)
+                defer { report.filesystems.append(r) }
+                guard let fsID = try existingID("filesystem", "path", fs.path) else { continue }
+                try run("SELECT state, files, bytes, offline_bytes FROM file_totals WHERE fs = ? AND files > 0", [.int(fsID)]) { s in
+                    guard let state = Self.text(s, 0).flatMap(HSMState.init(rawValue:)) else { return }
+                    let files = sqlite3_column_int64(s, 1), size = sqlite3_column_int64(s, 2)
+                    r.states[state.rawValue] = .init(files: files, bytes: size)
+                    r.files += files
+                    r.bytes += size
+                    r.offlineBytes += sqlite3_column_int64(s, 3)
+                }
+                r.localBytes = r.bytes - r.offlineBytes
+                try run("SELECT objects, stored_bytes FROM object_totals WHERE kind = 'fs' AND id = ?", [.int(fsID)]) { s in
+                    r.objects = sqlite3_column_int64(s, 0)
+                    r.storedBytes = sqlite3_column_int64(s, 1)
+                }
+                (r.oldestArchive, r.newestArchive) = try archiveRange("fs", fsID)
+            }
+            var seen = Set<String>()
+            for name in filesystems.map(\.store) where seen.insert(name).inserted {
+                var r = CatalogReport.Store(name: name)
+                defer { report.stores.append(r) }
+                guard let storeID = try existingID("store", "name", name) else { continue }
+                try run("SELECT objects, stored_bytes FROM object_totals WHERE kind = 'store' AND id = ?", [.int(storeID)]) { s in
+                    r.objects = sqlite3_column_int64(s, 0)
+                    r.storedBytes = sqlite3_column_int64(s, 1)
+                }
+                (r.oldestArchive, r.newestArchive) = try archiveRange("store", storeID)
+                try run("SELECT COUNT(*), TOTAL(stored_bytes) FROM object WHERE store = ? AND refs = 0", [.int(storeID)]) { s in
+                    r.orphans = sqlite3_column_int64(s, 0)
+                    r.orphanBytes = Int64(sqlite3_column_double(s, 1))
+                }
+            }
+            var v: String?
+            try run("SELECT value FROM meta WHERE key = 'rebuilt_at'") { v = Self.text($0, 0) }
+            report.rebuiltAt = v.flatMap { Int64($0) }
+            return report
+        }
+    }
+}
+
+/// One managed file as the catalog last saw it.
+struct CatalogFile: Sendable, Equatable {
+    var fs: String
+    var handle: [UInt8]
+    var path: String?
+    var state: HSMState
+    var size: Int64
+    var offlineBytes: Int64
+    var object: String?
+    /// Unix milliseconds when the row was queued (just after its marker was written).
+    var updatedAt: Int64
+}
+
+/// One object in a store.
+struct CatalogObject: Sendable, Equatable {
+    var id: String
+    var store: String
+    var handle: [UInt8]?
+    var fs: String?
+    var path: String
+    var size: Int64
+    var storedBytes: Int64
+    var archivedAt: Int64
+}
