@@ -21,7 +21,9 @@ public final class S3Store: ObjectStore {
     public let client: S3Client
     private let records = Mutex(RecordCache())
 
-    public init(name: String, settings: S3Settings, credentials: S3Credentials) throws(StoreError) {
+    /// `retryBudgetSeconds`: how long the attempts of one request may take (the recall's
+    /// recall_timeout); the start check gives up sooner (`startBudgetMillis`).
+    public init(name: String, settings: S3Settings, credentials: S3Credentials, retryBudgetSeconds: Int64 = 120) throws(StoreError) {
         self.name = name
         self.settings = settings
         let endpoint: S3Endpoint
@@ -29,10 +31,20 @@ public final class S3Store: ObjectStore {
         case .success(let e): endpoint = e
         case .failure(let e): throw .unusable("store \(name): \(e)")
         }
-        guard !endpoint.secure else { throw .unusable("store \(name): https endpoints are not supported yet") }
+        var tls: TLSContext?
+        if endpoint.secure {
+            do { tls = try TLSContext(caFile: settings.tlsCAFile) } catch {
+                throw .unusable("store \(name): \(settings.endpoint): \(error)")
+            }
+        }
         client = S3Client(endpoint: endpoint, bucket: settings.bucket, region: settings.region, credentials: credentials,
-                          connections: settings.connections, timeoutMillis: Int(settings.timeoutSeconds) * 1000)
+                          connections: settings.connections, timeoutMillis: Int(settings.timeoutSeconds) * 1000,
+                          retry: RetryPolicy(budgetMillis: Int(retryBudgetSeconds) * 1000), tls: tls)
     }
+
+    /// The start check tries a service that does not answer for this long at most, so a
+    /// gateway that is down delays hsmd's start by seconds, not by recall_timeout.
+    var startBudgetMillis: Int { min(client.retry.budgetMillis, 5000) }
 
     /// The credentials of `settings`: its keys, else its credentials_file (which must be
     /// readable by its owner only), else AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY.
@@ -95,7 +107,7 @@ public final class S3Store: ObjectStore {
     /// otherwise the service is not answering now (down, unreachable, failing).
     public func startProblem() -> (message: String, fatal: Bool)? {
         do throws(S3Error) {
-            try client.headBucket()
+            try client.headBucket(retry: RetryPolicy(budgetMillis: startBudgetMillis))
             let probe = "\(settings.prefix)hsmd-probe-\(ObjectID.random().hex)"
             try client.putObject(probe, bytes: Array("hsmd start check\n".utf8))
             try client.deleteObject(probe)
@@ -104,7 +116,7 @@ public final class S3Store: ObjectStore {
             let fatal: Bool
             switch error {
             case .status(let s, _, _, _, _): fatal = (400..<500).contains(s) && s != 408 && s != 429
-            case .config, .protocolError: fatal = true
+            case .config, .protocolError, .tls: fatal = true
             case .transport: fatal = false
             }
             return ("store \(name): \(explain(error))", fatal)
@@ -123,6 +135,9 @@ public final class S3Store: ObjectStore {
             return "\(at): the bucket does not exist (\(e)); create it first"
         case .transport:
             return "\(at) cannot be reached (\(e))"
+        case .tls:
+            let ca = settings.tlsCAFile.map { "tls_ca_file \($0)" } ?? "the system's CA certificates (or set tls_ca_file)"
+            return "\(at): TLS refused (\(e)); check the server's certificate, its host name, and \(ca)"
         default:
             return "\(at): \(e)"
         }
