@@ -21,8 +21,8 @@ public final class S3Store: ObjectStore {
     public let client: S3Client
     private let records = Mutex(RecordCache())
 
-    /// `retryBudgetSeconds`: how long the attempts of one request may take (the recall's
-    /// recall_timeout); the start check gives up sooner (`startBudgetMillis`).
+    /// `retryBudgetSeconds`: the recall's recall_timeout, which bounds the attempts of one
+    /// request (`retryBudgetMillis`); the start check gives up sooner (`startBudgetMillis`).
     public init(name: String, settings: S3Settings, credentials: S3Credentials, retryBudgetSeconds: Int64 = 120) throws(StoreError) {
         self.name = name
         self.settings = settings
@@ -39,7 +39,14 @@ public final class S3Store: ObjectStore {
         }
         client = S3Client(endpoint: endpoint, bucket: settings.bucket, region: settings.region, credentials: credentials,
                           connections: settings.connections, timeoutMillis: Int(settings.timeoutSeconds) * 1000,
-                          retry: RetryPolicy(budgetMillis: Int(retryBudgetSeconds) * 1000), tls: tls)
+                          retry: RetryPolicy(budgetMillis: Self.retryBudgetMillis(recallTimeoutSeconds: retryBudgetSeconds)), tls: tls)
+    }
+
+    /// Nine tenths of recall_timeout: a request that keeps failing gives up a little before
+    /// the recall engine's own timer, so the access fails with the store's error (which
+    /// names the object key and the HTTP status or errno) rather than a bare timeout.
+    static func retryBudgetMillis(recallTimeoutSeconds: Int64) -> Int {
+        Int(max(1, recallTimeoutSeconds)) * 900
     }
 
     /// The start check tries a service that does not answer for this long at most, so a
@@ -140,6 +147,36 @@ public final class S3Store: ObjectStore {
             return "\(at): TLS refused (\(e)); check the server's certificate, its host name, and \(ca)"
         default:
             return "\(at): \(e)"
+        }
+    }
+
+    /// Whether `key` is the data key of an object id in this store (`<prefix>objects/xx/<id>.data`).
+    func isDataKey(_ key: String) -> Bool {
+        let head = "\(settings.prefix)objects/"
+        guard key.hasPrefix(head), key.hasSuffix(".data") else { return false }
+        let rest = key.dropFirst(head.count).dropLast(5)
+        let parts = rest.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count == 2, let id = ObjectID(hex: String(parts[1])) else { return false }
+        return dataKey(id) == key
+    }
+
+    /// Aborts every multipart upload in progress under this store's objects: at start no
+    /// archive of this hsmd is under way, so each is one a killed hsmd left (its parts take
+    /// room and cost money until aborted). Uploads to keys that are not this store's data
+    /// keys are not touched. The count aborted, or the failure.
+    public func abortUnfinishedUploads() -> Result<Int, StoreError> {
+        do throws(S3Error) {
+            // Before the control socket serves anyone: a service that does not answer
+            // delays the start by seconds only.
+            let quick = RetryPolicy(budgetMillis: startBudgetMillis)
+            var aborted = 0
+            for (key, upload) in try client.listMultipartUploads(prefix: "\(settings.prefix)objects/", retry: quick) where isDataKey(key) {
+                try client.abortMultipartUpload(key, uploadID: upload, retry: quick)
+                aborted += 1
+            }
+            return .success(aborted)
+        } catch {
+            return .failure(.unusable("store \(name): \(explain(error))"))
         }
     }
 

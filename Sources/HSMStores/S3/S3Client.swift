@@ -214,14 +214,15 @@ public final class S3Client: Sendable {
     }
 
     /// The multipart uploads begun and not finished under `prefix`: (key, upload id).
-    public func listMultipartUploads(prefix: String) throws(S3Error) -> [(String, String)] {
+    public func listMultipartUploads(prefix: String, retry policy: RetryPolicy? = nil) throws(S3Error) -> [(String, String)] {
         var all: [(String, String)] = []
         var marker: (String, String)?
         var pages = 0
         repeat {
             var query = [("uploads", ""), ("prefix", prefix)]
             if let (k, id) = marker { query += [("key-marker", k), ("upload-id-marker", id)] }
-            let r = try request("GET", key: nil, query: query, operation: "ListMultipartUploads", expect: [200], sink: .collect(limit: 16 << 20))
+            let r = try request("GET", key: nil, query: query, operation: "ListMultipartUploads", expect: [200], sink: .collect(limit: 16 << 20),
+                                retry: policy)
             guard let page = S3MultipartXML.uploads(r.body) else {
                 throw .protocolError("the answer is not a ListMultipartUploadsResult", operation: "ListMultipartUploads", key: prefix)
             }
@@ -232,8 +233,9 @@ public final class S3Client: Sendable {
         return all
     }
 
-    public func abortMultipartUpload(_ key: String, uploadID: String) throws(S3Error) {
-        _ = try request("DELETE", key: key, query: [("uploadId", uploadID)], operation: "AbortMultipartUpload", expect: [204, 200, 404])
+    public func abortMultipartUpload(_ key: String, uploadID: String, retry policy: RetryPolicy? = nil) throws(S3Error) {
+        _ = try request("DELETE", key: key, query: [("uploadId", uploadID)], operation: "AbortMultipartUpload", expect: [204, 200, 404],
+                        retry: policy)
     }
 
     // MARK: the request
