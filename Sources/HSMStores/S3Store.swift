@@ -49,8 +49,8 @@ public final class S3Store: ObjectStore {
         Int(max(1, recallTimeoutSeconds)) * 900
     }
 
-    /// The start check tries a service that does not answer for this long at most, so a
-    /// gateway that is down delays hsmd's start by seconds, not by recall_timeout.
+    /// The start check, doctor and the check before archive and release try a service that
+    /// does not answer for this long at most: seconds, not recall_timeout.
     var startBudgetMillis: Int { min(client.retry.budgetMillis, 5000) }
 
     /// The credentials of `settings`: its keys, else its credentials_file (which must be
@@ -182,7 +182,11 @@ public final class S3Store: ObjectStore {
 
     public func healthProblem(readingIdentity: Bool) -> String? {
         guard readingIdentity else { return nil }
-        do throws(S3Error) { try client.headBucket(); return nil } catch { return "store \(name): \(explain(error))" }
+        // Asked by doctor and before each archive and release: a service that does not
+        // answer is reported within seconds, not after recall_timeout.
+        do throws(S3Error) { try client.headBucket(retry: RetryPolicy(budgetMillis: startBudgetMillis)); return nil } catch {
+            return "store \(name): \(explain(error))"
+        }
     }
 
     // MARK: put
@@ -269,8 +273,8 @@ public final class S3Store: ObjectStore {
             if let uploader, let upload = uploadID {
                 if let part = current, filled > 0 { uploader.submit(part, count: filled) }
                 let etags = try uploader.finish()
+                dataPut = true  // a completion whose answer was lost may still have landed
                 try client.completeMultipartUpload(key, uploadID: upload, etags: etags)
-                dataPut = true
                 uploadID = nil
             } else if let part = single {
                 dataPut = true  // a failed PUT may still have landed: delete on failure

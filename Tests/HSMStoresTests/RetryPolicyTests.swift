@@ -103,6 +103,19 @@ final class RetryPolicyTests: XCTestCase {
         XCTAssertEqual(server.connections, 2)
     }
 
+    func testAKeptAliveConnectionTheServerClosedIsNoFailure() throws {
+        let server = CannedServer([
+            ("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na", true),   // then the server closes
+            ("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb", false),
+        ])
+        // No budget for any retry: the fresh connection is not one.
+        let c = client(port: server.port, budgetMillis: 0)
+        XCTAssertEqual(try c.getObject("k", limit: 10), Array("a".utf8))
+        usleep(100_000)  // let the close arrive
+        XCTAssertEqual(try c.getObject("k", limit: 10), Array("b".utf8))
+        XCTAssertEqual(server.connections, 2)
+    }
+
     func testRefusalsFailAtOnce() {
         for (reply, status) in [("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n", 403),
                                 ("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", 404)] {

@@ -113,6 +113,17 @@ def test_https_certificate_refused_stops_start_with_a_clear_message(rgw, bucket,
         assert rgw.secret_key not in out, out
 
 
+def test_https_host_name_the_certificate_does_not_carry_stops_start(rgw, bucket):
+    """The right CA, but the gateway reached as localhost while its certificate names only
+    127.0.0.1: refused."""
+    with managed_filesystem(start=False) as h:
+        endpoint = rgw.https_endpoint.replace("127.0.0.1", "localhost")
+        configure(h, rgw, bucket, endpoint=endpoint, store_extra=f'tls_ca_file = "{rgw.ca_file}"\n')
+        out = start_fails(h)
+        assert endpoint in out and "certificate was refused" in out and "mismatch" in out, out
+        assert rgw.secret_key not in out, out
+
+
 def test_https_ca_file_that_is_not_a_certificate_stops_start(rgw, bucket):
     with managed_filesystem(start=False) as h:
         bad = h.base / "not-a-ca.pem"
