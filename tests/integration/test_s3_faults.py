@@ -173,17 +173,20 @@ def test_gateway_stopped_in_the_middle_of_a_recall(rgw, bucket, comes_back):
             reader.stdin.write("go\n")
             reader.stdin.flush()
             rgw.kill_rgw()
+            down = True
             try:
                 if comes_back:
-                    # The reader is still waiting for its data (the gateway is down):
-                    # nothing can have answered it.
-                    time.sleep(1)
+                    # Down for longer than a few quick retries would cover (radosgw alone
+                    # restarts in about a second), well within recall_timeout. The reader is
+                    # still waiting for its data: nothing can have answered it.
+                    time.sleep(10)
                     assert reader.poll() is None, "the reader finished while the gateway was down"
                     rgw.start_rgw()
+                    down = False
                 result = json.loads(reader.communicate(timeout=240)[0].strip().splitlines()[-1])
+                log = h.log_text()
             finally:
-                if not comes_back:
-                    log = h.log_text()
+                if down:
                     rgw.start_rgw()
         finally:
             if reader.poll() is None:
