@@ -114,10 +114,11 @@ public final class S3Store: ObjectStore {
     /// otherwise the service is not answering now (down, unreachable, failing).
     public func startProblem() -> (message: String, fatal: Bool)? {
         do throws(S3Error) {
-            try client.headBucket(retry: RetryPolicy(budgetMillis: startBudgetMillis))
+            let quick = RetryPolicy(budgetMillis: startBudgetMillis)
+            try client.headBucket(retry: quick)
             let probe = "\(settings.prefix)hsmd-probe-\(ObjectID.random().hex)"
-            try client.putObject(probe, bytes: Array("hsmd start check\n".utf8))
-            try client.deleteObject(probe)
+            try client.putObject(probe, bytes: Array("hsmd start check\n".utf8), retry: quick)
+            try client.deleteObject(probe, retry: quick)
             return nil
         } catch {
             let fatal: Bool

@@ -109,14 +109,14 @@ public final class S3Client: Sendable {
 
     /// PUT of a whole object from memory. The payload's SHA-256 is signed, so the server
     /// refuses a body that arrives altered.
-    public func putObject(_ key: String, body: UnsafeRawBufferPointer) throws(S3Error) {
-        _ = try request("PUT", key: key, body: body, operation: "PUT", expect: [200])
+    public func putObject(_ key: String, body: UnsafeRawBufferPointer, retry policy: RetryPolicy? = nil) throws(S3Error) {
+        _ = try request("PUT", key: key, body: body, operation: "PUT", expect: [200], retry: policy)
     }
 
-    public func putObject(_ key: String, bytes: [UInt8]) throws(S3Error) {
+    public func putObject(_ key: String, bytes: [UInt8], retry policy: RetryPolicy? = nil) throws(S3Error) {
         var failure: S3Error?
         bytes.withUnsafeBytes { b in
-            do throws(S3Error) { try putObject(key, body: b) } catch { failure = error }
+            do throws(S3Error) { try putObject(key, body: b, retry: policy) } catch { failure = error }
         }
         if let failure { throw failure }
     }
@@ -156,8 +156,8 @@ public final class S3Client: Sendable {
     }
 
     /// DELETE; an object that is already gone is fine.
-    public func deleteObject(_ key: String) throws(S3Error) {
-        _ = try request("DELETE", key: key, operation: "DELETE", expect: [204, 200, 404])
+    public func deleteObject(_ key: String, retry policy: RetryPolicy? = nil) throws(S3Error) {
+        _ = try request("DELETE", key: key, operation: "DELETE", expect: [204, 200, 404], retry: policy)
     }
 
     /// Every key under `prefix` (ListObjectsV2, page by page).
