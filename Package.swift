@@ -15,7 +15,10 @@ let package = Package(
     ],
     targets: [
         // Kernel constants the system headers lack, and the syscalls that need _GNU_SOURCE.
-        .target(name: "CHSMKernel"),
+        // TLS for the s3 store's https endpoints goes through the system's OpenSSL
+        // (libssl-dev), called from tls.c only. Linked here: a system library module's
+        // `link` reaches only the Swift code that imports it, and no Swift code sees OpenSSL.
+        .target(name: "CHSMKernel", linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]),
         // The system's SQLite, for the change journal (small and quick to build).
         .systemLibrary(name: "CSQLite", path: "Sources/CSQLite"),
         // Thin Swift wrappers: file descriptors, fanotify, leases, xattrs, holes. All unsafe

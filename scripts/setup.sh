@@ -17,6 +17,8 @@ command -v setpriv >/dev/null || need_apt+=(util-linux)   # runs hsmd with the u
 command -v qemu-img >/dev/null || need_apt+=(qemu-utils)   # qemu-img, qemu-nbd: tests of image readers
 [ -f /usr/include/sqlite3.h ] || need_apt+=(libsqlite3-dev)   # the change journal's database
 command -v promtool >/dev/null || need_apt+=(prometheus)   # promtool checks hsmd's metrics exposition (test_metrics.py)
+[ -f /usr/include/openssl/ssl.h ] || need_apt+=(libssl-dev)   # TLS for the s3 store's https endpoints
+command -v openssl >/dev/null || need_apt+=(openssl)   # the https tests make their own CA with it
 # The tests under a real systemd (tests/integration/test_systemd_life.py) boot a Debian
 # root tree, built by debootstrap, in systemd-nspawn.
 command -v debootstrap >/dev/null || need_apt+=(debootstrap)

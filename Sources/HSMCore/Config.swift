@@ -211,10 +211,9 @@ public struct Config: Equatable, Sendable {
             switch key {
             case "endpoint":
                 let e = try string(value, k)
-                if e.hasPrefix("https://") {
-                    throw Error("\(k): https endpoints are not supported yet (this hsmd speaks http only); use an http:// endpoint on a trusted network")
+                guard (e.hasPrefix("http://") && e.count > 7) || (e.hasPrefix("https://") && e.count > 8) else {
+                    throw Error("\(k): \"\(e)\" must be a URL such as \"http://127.0.0.1:7480\" or \"https://s3.example.com\"")
                 }
-                guard e.hasPrefix("http://"), e.count > 7 else { throw Error("\(k): \"\(e)\" must be a URL such as \"http://127.0.0.1:7480\"") }
                 endpoint = e
             case "bucket":
                 let b = try string(value, k)
@@ -240,8 +239,7 @@ public struct Config: Equatable, Sendable {
                 guard let v = value.string, !v.isEmpty else { throw Error("\(k): expected a non-empty string") }
                 s.secretAccessKey = Secret(v)
             case "credentials_file": s.credentialsFile = try absolutePath(value, k)
-            case "tls_ca_file":
-                throw Error("\(k): https is not supported yet, so a CA file cannot be used; remove the key")
+            case "tls_ca_file": s.tlsCAFile = try absolutePath(value, k)
             case "part_size":
                 let text = try string(value, k)
                 guard let n = Units.parseSize(text), (S3Settings.minPartSize...S3Settings.maxPartSize).contains(n) else {
@@ -265,6 +263,9 @@ public struct Config: Equatable, Sendable {
         s.bucket = bucket
         if (s.accessKeyID == nil) != (s.secretAccessKey == nil) {
             throw Error("\(ctx): access_key_id and secret_access_key go together; give both or neither")
+        }
+        if s.tlsCAFile != nil && !endpoint.hasPrefix("https://") {
+            throw Error("\(ctx).tls_ca_file is for https endpoints; \(endpoint) is http (use https:// or remove tls_ca_file)")
         }
         if s.accessKeyID != nil && s.credentialsFile != nil {
             throw Error("\(ctx): give the keys or credentials_file, not both")

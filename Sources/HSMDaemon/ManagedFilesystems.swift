@@ -104,7 +104,8 @@ final class ManagedFilesystems: Sendable {
                 let s3Store: S3Store
                 do throws(StoreError) {
                     s3Store = try S3Store(name: storeConfig.name, settings: s3,
-                                          credentials: try S3Store.credentials(s3, store: storeConfig.name))
+                                          credentials: try S3Store.credentials(s3, store: storeConfig.name),
+                                          retryBudgetSeconds: config.recallTimeoutSeconds)
                 } catch {
                     throw SetupError(description: "\(error)")
                 }

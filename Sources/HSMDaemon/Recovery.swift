@@ -42,6 +42,22 @@ extension Archiver {
             }
             if done { inProgress.end(note) }
         }
+        // After the notes: parts of an upload whose note was lost, or whose object was
+        // deleted while the listing lagged, go too.
+        for case let store as S3Store in filesystems.stores {
+            // A store that did not answer at start was logged above; its uploads wait for
+            // the next start.
+            let unanswered = filesystems.storeIdentities.contains { entry in
+                if entry.store == store.name, case .refused = entry.outcome { return true }
+                return false
+            }
+            if unanswered { continue }
+            switch store.abortUnfinishedUploads() {
+            case .success(0): break
+            case .success(let n): log.notice("store \(store.name): aborted \(n) unfinished multipart upload\(n == 1 ? "" : "s") an hsmd that stopped mid-archive left under \(store.settings.prefix)objects/")
+            case .failure(let e): log.warning("cannot abort unfinished multipart uploads: \(e); their parts stay in the bucket until the next start")
+            }
+        }
     }
 
     private func store(named name: String) -> (any ObjectStore)? {

@@ -21,7 +21,9 @@ public final class S3Store: ObjectStore {
     public let client: S3Client
     private let records = Mutex(RecordCache())
 
-    public init(name: String, settings: S3Settings, credentials: S3Credentials) throws(StoreError) {
+    /// `retryBudgetSeconds`: the recall's recall_timeout, which bounds the attempts of one
+    /// request (`retryBudgetMillis`); the start check gives up sooner (`startBudgetMillis`).
+    public init(name: String, settings: S3Settings, credentials: S3Credentials, retryBudgetSeconds: Int64 = 120) throws(StoreError) {
         self.name = name
         self.settings = settings
         let endpoint: S3Endpoint
@@ -29,10 +31,27 @@ public final class S3Store: ObjectStore {
         case .success(let e): endpoint = e
         case .failure(let e): throw .unusable("store \(name): \(e)")
         }
-        guard !endpoint.secure else { throw .unusable("store \(name): https endpoints are not supported yet") }
+        var tls: TLSContext?
+        if endpoint.secure {
+            do { tls = try TLSContext(caFile: settings.tlsCAFile) } catch {
+                throw .unusable("store \(name): \(settings.endpoint): \(error)")
+            }
+        }
         client = S3Client(endpoint: endpoint, bucket: settings.bucket, region: settings.region, credentials: credentials,
-                          connections: settings.connections, timeoutMillis: Int(settings.timeoutSeconds) * 1000)
+                          connections: settings.connections, timeoutMillis: Int(settings.timeoutSeconds) * 1000,
+                          retry: RetryPolicy(budgetMillis: Self.retryBudgetMillis(recallTimeoutSeconds: retryBudgetSeconds)), tls: tls)
     }
+
+    /// Nine tenths of recall_timeout: a request that keeps failing gives up a little before
+    /// the recall engine's own timer, so the access fails with the store's error (which
+    /// names the object key and the HTTP status or errno) rather than a bare timeout.
+    static func retryBudgetMillis(recallTimeoutSeconds: Int64) -> Int {
+        Int(max(1, recallTimeoutSeconds)) * 900
+    }
+
+    /// The start check, doctor and the check before archive and release try a service that
+    /// does not answer for this long at most: seconds, not recall_timeout.
+    var startBudgetMillis: Int { min(client.retry.budgetMillis, 5000) }
 
     /// The credentials of `settings`: its keys, else its credentials_file (which must be
     /// readable by its owner only), else AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY.
@@ -95,16 +114,17 @@ public final class S3Store: ObjectStore {
     /// otherwise the service is not answering now (down, unreachable, failing).
     public func startProblem() -> (message: String, fatal: Bool)? {
         do throws(S3Error) {
-            try client.headBucket()
+            let quick = RetryPolicy(budgetMillis: startBudgetMillis)
+            try client.headBucket(retry: quick)
             let probe = "\(settings.prefix)hsmd-probe-\(ObjectID.random().hex)"
-            try client.putObject(probe, bytes: Array("hsmd start check\n".utf8))
-            try client.deleteObject(probe)
+            try client.putObject(probe, bytes: Array("hsmd start check\n".utf8), retry: quick)
+            try client.deleteObject(probe, retry: quick)
             return nil
         } catch {
             let fatal: Bool
             switch error {
             case .status(let s, _, _, _, _): fatal = (400..<500).contains(s) && s != 408 && s != 429
-            case .config, .protocolError: fatal = true
+            case .config, .protocolError, .tls: fatal = true
             case .transport: fatal = false
             }
             return ("store \(name): \(explain(error))", fatal)
@@ -123,14 +143,51 @@ public final class S3Store: ObjectStore {
             return "\(at): the bucket does not exist (\(e)); create it first"
         case .transport:
             return "\(at) cannot be reached (\(e))"
+        case .tls:
+            let ca = settings.tlsCAFile.map { "tls_ca_file \($0)" } ?? "the system's CA certificates (or set tls_ca_file)"
+            return "\(at): TLS refused (\(e)); check the server's certificate, its host name, and \(ca)"
         default:
             return "\(at): \(e)"
         }
     }
 
+    /// Whether `key` is the data key of an object id in this store (`<prefix>objects/xx/<id>.data`).
+    func isDataKey(_ key: String) -> Bool {
+        let head = "\(settings.prefix)objects/"
+        guard key.hasPrefix(head), key.hasSuffix(".data") else { return false }
+        let rest = key.dropFirst(head.count).dropLast(5)
+        let parts = rest.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count == 2, let id = ObjectID(hex: String(parts[1])) else { return false }
+        return dataKey(id) == key
+    }
+
+    /// Aborts every multipart upload in progress under this store's objects: at start no
+    /// archive of this hsmd is under way, so each is one a killed hsmd left (its parts take
+    /// room and cost money until aborted). Uploads to keys that are not this store's data
+    /// keys are not touched. The count aborted, or the failure.
+    public func abortUnfinishedUploads() -> Result<Int, StoreError> {
+        do throws(S3Error) {
+            // Before the control socket serves anyone: a service that does not answer
+            // delays the start by seconds only.
+            let quick = RetryPolicy(budgetMillis: startBudgetMillis)
+            var aborted = 0
+            for (key, upload) in try client.listMultipartUploads(prefix: "\(settings.prefix)objects/", retry: quick) where isDataKey(key) {
+                try client.abortMultipartUpload(key, uploadID: upload, retry: quick)
+                aborted += 1
+            }
+            return .success(aborted)
+        } catch {
+            return .failure(.unusable("store \(name): \(explain(error))"))
+        }
+    }
+
     public func healthProblem(readingIdentity: Bool) -> String? {
         guard readingIdentity else { return nil }
-        do throws(S3Error) { try client.headBucket(); return nil } catch { return "store \(name): \(explain(error))" }
+        // Asked by doctor and before each archive and release: a service that does not
+        // answer is reported within seconds, not after recall_timeout.
+        do throws(S3Error) { try client.headBucket(retry: RetryPolicy(budgetMillis: startBudgetMillis)); return nil } catch {
+            return "store \(name): \(explain(error))"
+        }
     }
 
     // MARK: put
@@ -217,8 +274,8 @@ public final class S3Store: ObjectStore {
             if let uploader, let upload = uploadID {
                 if let part = current, filled > 0 { uploader.submit(part, count: filled) }
                 let etags = try uploader.finish()
+                dataPut = true  // a completion whose answer was lost may still have landed
                 try client.completeMultipartUpload(key, uploadID: upload, etags: etags)
-                dataPut = true
                 uploadID = nil
             } else if let part = single {
                 dataPut = true  // a failed PUT may still have landed: delete on failure

@@ -255,11 +255,22 @@ final class ConfigTests: XCTestCase {
         }
     }
 
+    func testHTTPSEndpointAndCAFile() throws {
+        let c = try Config.parse(s3Store("endpoint = \"https://s3.example.com:8443\"\nbucket = \"b01\"\ntls_ca_file = \"/etc/hsmd/ca.pem\""))
+        let s = try XCTUnwrap(c.stores.first?.s3)
+        XCTAssertEqual(s.endpoint, "https://s3.example.com:8443")
+        XCTAssertEqual(s.tlsCAFile, "/etc/hsmd/ca.pem")
+        // Without tls_ca_file: the system's CA certificates.
+        let d = try XCTUnwrap(try Config.parse(s3Store("endpoint = \"https://s3.example.com\"\nbucket = \"b01\"")).stores.first?.s3)
+        XCTAssertNil(d.tlsCAFile)
+    }
+
     func testBadS3StoreRefused() {
         let base = "endpoint = \"http://127.0.0.1:7480\"\nbucket = \"b01\"\n"
         assertRefused(s3Store("bucket = \"b01\""), naming: ["store[0].endpoint", "required"])
         assertRefused(s3Store("endpoint = \"http://h\""), naming: ["store[0].bucket", "required"])
-        assertRefused(s3Store("endpoint = \"https://h\"\nbucket = \"b01\""), naming: ["store[0].endpoint", "https", "not supported yet"])
+        assertRefused(s3Store("endpoint = \"https://\"\nbucket = \"b01\""), naming: ["store[0].endpoint", "https://"])
+        assertRefused(s3Store("endpoint = \"ftp://h\"\nbucket = \"b01\""), naming: ["store[0].endpoint", "ftp://h"])
         assertRefused(s3Store("endpoint = \"127.0.0.1:7480\"\nbucket = \"b01\""), naming: ["store[0].endpoint"])
         assertRefused(s3Store(base + "path = \"/srv/x\""), naming: ["store[0].path", "s3"])
         assertRefused(s3Store("endpoint = \"http://h\"\nbucket = \"Bad_Bucket\""), naming: ["store[0].bucket", "Bad_Bucket"])
@@ -269,7 +280,9 @@ final class ConfigTests: XCTestCase {
         assertRefused(s3Store(base + "timeout = 0"), naming: ["store[0].timeout"])
         assertRefused(s3Store(base + "prefix = \"/abs/\""), naming: ["store[0].prefix"])
         assertRefused(s3Store(base + "prefix = \"noslash\""), naming: ["store[0].prefix"])
-        assertRefused(s3Store(base + "tls_ca_file = \"/etc/ca.pem\""), naming: ["store[0].tls_ca_file", "not supported yet"])
+        assertRefused(s3Store(base + "tls_ca_file = \"/etc/ca.pem\""), naming: ["store[0].tls_ca_file", "https", "http://127.0.0.1:7480"])
+        assertRefused(s3Store("endpoint = \"https://h\"\nbucket = \"b01\"\ntls_ca_file = \"ca.pem\""), naming: ["store[0].tls_ca_file"])
+        assertRefused(s3Store("endpoint = \"https://h\"\nbucket = \"b01\"\ntls_ca_file = 3"), naming: ["store[0].tls_ca_file"])
         assertRefused(s3Store(base + "access_key_id = \"AK\""), naming: ["access_key_id", "secret_access_key"])
         assertRefused(s3Store(base + "access_key_id = \"AK\"\nsecret_access_key = \"S\"\ncredentials_file = \"/etc/c\""),
                       naming: ["credentials_file"])

@@ -6,7 +6,7 @@ import XCTest
 /// A loopback server that answers each request with the next canned reply, and may close
 /// the connection after it: the client's keep-alive, chunked bodies, retry on a kept-alive
 /// connection the server closed, and refusals of bodies that do not fit.
-private final class CannedServer: @unchecked Sendable {
+final class CannedServer: @unchecked Sendable {
     // @unchecked: `replies` and `accepted` are touched only under `lock`; the fd is set once.
     let fd: Int32
     let port: UInt16

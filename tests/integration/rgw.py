@@ -9,6 +9,10 @@ scripts/setup.sh (ceph-mon, ceph-osd, radosgw, ceph-common).
 
     with RGWCluster.running() as rgw:
         rgw.endpoint, rgw.access_key, rgw.secret_key
+        rgw.https_endpoint, rgw.ca_file   # the same gateway over TLS, and the CA that signed it
+
+The gateway also listens with TLS on a second port, with a certificate for 127.0.0.1 (not
+for localhost) signed by a CA made here with `openssl` (tls/ca.pem in the folder).
 """
 import contextlib
 import json
@@ -48,6 +52,9 @@ class RGWCluster:
         self.mon_port = free_port()
         self.rgw_port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.rgw_port}"
+        self.rgw_tls_port = free_port()
+        self.https_endpoint = f"https://127.0.0.1:{self.rgw_tls_port}"
+        self.ca_file = self.dir / "tls" / "ca.pem"
         self.access_key = "HSMDTEST" + uuid.uuid4().hex[:12].upper()
         self.secret_key = uuid.uuid4().hex + uuid.uuid4().hex[:8]
 
@@ -126,17 +133,30 @@ bluestore block size = {int(os.environ.get("CEPH_OSD_SIZE", 10 << 30))}
 osd memory target = 1073741824
 
 [client.rgw.a]
-rgw frontends = beast endpoint=127.0.0.1:{self.rgw_port} tcp_nodelay=1
+rgw frontends = beast endpoint=127.0.0.1:{self.rgw_port} ssl_endpoint=127.0.0.1:{self.rgw_tls_port} ssl_certificate={d}/tls/server.pem ssl_private_key={d}/tls/server.key tcp_nodelay=1
 rgw data = {d}/rgw/$cluster-$id
 rgw thread pool size = 64
 rgw gc obj min wait = 60
 rgw gc processor period = 60
 """)
 
+    def _make_tls(self):
+        """A CA, and a server certificate it signs for 127.0.0.1 only (so a test can reach the
+        same gateway by a name the certificate does not carry: localhost)."""
+        t = self.dir / "tls"
+        self._run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=hsmd test CA",
+                  "-keyout", str(t / "ca.key"), "-out", str(self.ca_file))
+        (t / "ext.cnf").write_text("subjectAltName = IP:127.0.0.1\nbasicConstraints = CA:FALSE\n")
+        self._run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+                  "-keyout", str(t / "server.key"), "-out", str(t / "server.csr"))
+        self._run("openssl", "x509", "-req", "-in", str(t / "server.csr"), "-CA", str(self.ca_file), "-CAkey", str(t / "ca.key"),
+                  "-CAcreateserial", "-days", "2", "-extfile", str(t / "ext.cnf"), "-out", str(t / "server.pem"))
+
     def start(self):
         d = self.dir
-        for sub in ["run", "log", "crash", "keyring", "mon/ceph-a", "osd/ceph-0", "rgw/ceph-rgw.a"]:
+        for sub in ["run", "log", "crash", "keyring", "mon/ceph-a", "osd/ceph-0", "rgw/ceph-rgw.a", "tls"]:
             (d / sub).mkdir(parents=True, exist_ok=True)
+        self._make_tls()
         fsid = str(uuid.uuid4())
         self._write_conf(fsid)
         # Every key first, all imported into the monitor's keyring before --mkfs, so no
@@ -164,8 +184,9 @@ rgw gc processor period = 60
         self._run("ceph", "osd", "new", osd_uuid, "0")
         self._run("ceph-osd", "-c", str(self.conf), "-i", "0", "--mkfs", "--osd-uuid", osd_uuid, timeout=120)
         self._spawn("osd", "ceph-osd", "-f", "-c", str(self.conf), "-i", "0")
-        if port_in_use(self.rgw_port):
-            raise RuntimeError(f"port {self.rgw_port} was taken before radosgw could bind it")
+        for port in (self.rgw_port, self.rgw_tls_port):
+            if port_in_use(port):
+                raise RuntimeError(f"port {port} was taken before radosgw could bind it")
         self._spawn("rgw", "radosgw", "-f", "-c", str(self.conf), "-n", "client.rgw.a")
         self._wait(self._rgw_answers, deadline, "radosgw answering S3")
         self._run("radosgw-admin", "user", "create", "--uid", "test", "--display-name", "hsmd tests",
@@ -216,6 +237,14 @@ rgw gc processor period = 60
     def stop_rgw(self):
         self._stop("rgw")
 
+    def kill_rgw(self):
+        """The gateway dies at once (SIGKILL): connections in flight break mid-answer."""
+        p = self.pids.pop("rgw", None)
+        if p is not None and p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGKILL)
+            p.wait(timeout=30)
+
     def start_rgw(self):
         self._spawn("rgw", "radosgw", "-f", "-c", str(self.conf), "-n", "client.rgw.a")
         self._wait(self._rgw_answers, time.monotonic() + START_TIMEOUT, "radosgw answering S3 again")
@@ -249,5 +278,5 @@ rgw gc processor period = 60
 if __name__ == "__main__":
     # By hand: start a cluster, print how to reach it, stop it on Enter.
     with RGWCluster.running() as c:
-        print(json.dumps({"endpoint": c.endpoint, "access_key": c.access_key, "secret_key": c.secret_key, "dir": str(c.dir)}))
+        print(json.dumps({"endpoint": c.endpoint, "https_endpoint": c.https_endpoint, "ca_file": str(c.ca_file), "access_key": c.access_key, "secret_key": c.secret_key, "dir": str(c.dir)}))
         input("running; Enter stops it\n")

@@ -26,12 +26,16 @@ public enum HTTPError: Error, CustomStringConvertible, Sendable {
     case malformed(String)
     /// No connection came free within the timeout.
     case poolTimeout(String)
+    /// The TLS handshake failed; `refused` when the server's certificate was refused or
+    /// its TLS cannot be spoken with (no use trying again).
+    case tls(TLSError)
 
     public var description: String {
         switch self {
         case .transport(let e, _): return e.description
         case .malformed(let why): return "bad HTTP response: \(why)"
         case .poolTimeout(let peer): return "no connection to \(peer) came free within the timeout"
+        case .tls(let e): return e.description
         }
     }
 }
@@ -44,65 +48,98 @@ public enum HTTPBodySink {
     case buffer(UnsafeMutableRawBufferPointer)
 }
 
-/// HTTP/1.1 over blocking sockets, with keep-alive and at most `maxConnections` requests
-/// at once. Runs on the caller's thread (hsmd's own threads, never Swift's cooperative
-/// pool); every connect, send and receive is bounded by `timeoutMillis`.
+/// A kept-alive connection waiting in the pool.
+private struct PooledStream: @unchecked Sendable {
+    // @unchecked: a pooled connection belongs to the pool alone; whoever takes it out owns
+    // it until it puts it back or closes it, so no two threads use it at once.
+    let stream: any ByteStream
+}
+
+/// HTTP/1.1 over blocking sockets, plain or TLS, with keep-alive and at most
+/// `maxConnections` requests at once. Runs on the caller's thread (hsmd's own threads,
+/// never Swift's cooperative pool); every connect, send and receive is bounded by
+/// `timeoutMillis`.
 public final class HTTPClient: Sendable {
     public let host: String
     public let port: UInt16
     public let timeoutMillis: Int
     public let maxConnections: Int
+    /// Set for https: every connection is TLS, verified against this context and `host`.
+    public let tls: TLSContext?
     /// Error bodies are short XML; longer ones are cut here.
     static let errorBodyLimit = 64 << 10
     static let headerLimit = 64 << 10
     private let slots: DispatchSemaphore
-    /// Idle kept-alive sockets (their fds).
-    private let idle = Mutex<[Int32]>([])
+    private let idle = Mutex<[PooledStream]>([])
 
-    public init(host: String, port: UInt16, timeoutMillis: Int, maxConnections: Int) {
+    public init(host: String, port: UInt16, timeoutMillis: Int, maxConnections: Int, tls: TLSContext? = nil) {
         self.host = host
         self.port = port
         self.timeoutMillis = max(1, timeoutMillis)
         self.maxConnections = max(1, maxConnections)
+        self.tls = tls
         slots = DispatchSemaphore(value: max(1, maxConnections))
     }
 
     deinit {
-        for fd in idle.withLock({ $0 }) { Glibc.close(fd) }
+        for p in idle.withLock({ $0 }) { p.stream.close() }
     }
 
-    public var hostHeader: String { port == 80 ? host : "\(host):\(port)" }
+    public var hostHeader: String {
+        let name = host.contains(":") ? "[\(host)]" : host
+        return port == (tls == nil ? 80 : 443) ? name : "\(name):\(port)"
+    }
+
+    private func takeIdle() -> PooledStream? { idle.withLock { $0.popLast() } }
+
+    /// Closes every idle connection: one of them turned out closed by the server, and the
+    /// others most likely were too (a restart, an idle timeout).
+    private func dropIdle() {
+        for p in idle.withLock({ pool -> [PooledStream] in defer { pool.removeAll() }; return pool }) { p.stream.close() }
+    }
+
+    /// A fresh connection: TCP within `connectMillis`, then TLS when https.
+    private func open(connectMillis: Int) throws(HTTPError) -> any ByteStream {
+        let socket: TCPSocket
+        do { socket = try TCPSocket.connect(host: host, port: port, timeoutMillis: connectMillis, ioTimeoutMillis: timeoutMillis) } catch {
+            throw .transport(error, beforeResponse: true)
+        }
+        guard let tls else { return socket }
+        do { return try tls.connect(socket, host: host) } catch {
+            if error.refused { throw .tls(error) }
+            throw .transport(SystemError(errno: error.errno, operation: error.reason, path: error.peer), beforeResponse: true)
+        }
+    }
 
     /// Sends one request and reads its response. A kept-alive connection that turns out
-    /// closed before any response byte is retried once on a fresh one.
+    /// closed before any response byte is retried once on a fresh one (the server closed
+    /// it; nothing was done). `connectMillis` bounds a new connection's connect (at most
+    /// the timeout).
     public func send(method: String, target: String, headers: [(String, String)], body: UnsafeRawBufferPointer?,
-                     sink: HTTPBodySink) throws(HTTPError) -> HTTPResponse {
+                     sink: HTTPBodySink, connectMillis: Int? = nil) throws(HTTPError) -> HTTPResponse {
         guard slots.wait(timeout: .now() + .milliseconds(timeoutMillis)) == .success else {
             throw .poolTimeout("\(host):\(port)")
         }
         defer { slots.signal() }
-        var reused = idle.withLock { $0.popLast() }
+        var reused = takeIdle()
         while true {
-            let socket: TCPSocket
-            if let fd = reused {
-                socket = TCPSocket(adopting: fd, peer: "\(host):\(port)")
-            } else {
-                do { socket = try TCPSocket.connect(host: host, port: port, timeoutMillis: timeoutMillis, ioTimeoutMillis: timeoutMillis) } catch {
-                    throw .transport(error, beforeResponse: true)
-                }
-            }
+            let stream: any ByteStream
+            if let p = reused { stream = p.stream } else { stream = try open(connectMillis: max(1, min(connectMillis ?? timeoutMillis, timeoutMillis))) }
             do throws(HTTPError) {
-                var connection = HTTPConnection(socket)
+                var connection = HTTPConnection(stream)
                 let (response, keepAlive) = try connection.exchange(method: method, target: target, host: hostHeader,
                                                                      headers: headers, body: body, sink: sink)
-                if keepAlive, let fd = socket.release() {
-                    idle.withLock { $0.append(fd) }
+                if keepAlive {
+                    idle.withLock { $0.append(PooledStream(stream: stream)) }
+                } else {
+                    stream.close()
                 }
                 return response
             } catch {
-                socket.close()
+                stream.close()
                 if reused != nil, case .transport(_, let beforeResponse) = error, beforeResponse {
                     reused = nil
+                    dropIdle()
                     continue
                 }
                 throw error
@@ -113,11 +150,11 @@ public final class HTTPClient: Sendable {
 
 /// One request/response exchange on a socket.
 struct HTTPConnection {
-    let socket: TCPSocket
+    let socket: any ByteStream
     private var buffer: [UInt8] = []
     private var start = 0
 
-    init(_ socket: TCPSocket) { self.socket = socket }
+    init(_ socket: any ByteStream) { self.socket = socket }
 
     mutating func exchange(method: String, target: String, host: String, headers: [(String, String)],
                            body: UnsafeRawBufferPointer?, sink: HTTPBodySink) throws(HTTPError) -> (HTTPResponse, Bool) {

@@ -8,8 +8,7 @@ public struct S3Endpoint: Sendable, Equatable {
     public var port: UInt16
     public var secure: Bool
 
-    /// Parses "http://host[:port][/]". https is recognised so the message can say it is
-    /// not supported yet.
+    /// Parses "http://host[:port][/]" or "https://host[:port][/]".
     public static func parse(_ url: String) -> Result<S3Endpoint, S3Error> {
         let rest: Substring
         let secure: Bool
@@ -54,6 +53,8 @@ public enum S3Error: Error, CustomStringConvertible, Sendable, Equatable {
     case transport(String, operation: String, key: String)
     /// The answer was not what S3 sends.
     case protocolError(String, operation: String, key: String)
+    /// The server's certificate was refused, or TLS with it failed the same way each try.
+    case tls(String, operation: String, key: String)
     case config(String)
 
     public var description: String {
@@ -63,6 +64,7 @@ public enum S3Error: Error, CustomStringConvertible, Sendable, Equatable {
             return "S3 \(op) \(key): HTTP \(s)\(detail.isEmpty ? "" : " (\(detail))")"
         case .transport(let why, let op, let key): return "S3 \(op) \(key): \(why)"
         case .protocolError(let why, let op, let key): return "S3 \(op) \(key): \(why)"
+        case .tls(let why, let op, let key): return "S3 \(op) \(key): \(why)"
         case .config(let why): return why
         }
     }
@@ -72,9 +74,9 @@ public enum S3Error: Error, CustomStringConvertible, Sendable, Equatable {
     /// Worth another attempt: the server was busy or failing, or the connection broke.
     var retryable: Bool {
         switch self {
-        case .status(let s, let code, _, _, _): return s >= 500 || s == 429 || code == "SlowDown" || code == "RequestTimeout"
+        case .status(let s, let code, _, _, _): return (s >= 500 && s != 501) || s == 429 || code == "SlowDown" || code == "RequestTimeout"
         case .transport: return true
-        case .protocolError, .config: return false
+        case .protocolError, .tls, .config: return false
         }
     }
 }
@@ -86,38 +88,35 @@ public final class S3Client: Sendable {
     public let bucket: String
     public let signer: SigV4Signer
     public let http: HTTPClient
-    /// Attempts per request (the first included).
-    public let attempts: Int
-    /// The first backoff; doubled per attempt, with jitter.
-    public let backoffMillis: Int
+    /// When a failed request goes again; its budget is the recall's recall_timeout.
+    public let retry: RetryPolicy
 
     public init(endpoint: S3Endpoint, bucket: String, region: String, credentials: S3Credentials,
-                connections: Int, timeoutMillis: Int, attempts: Int = 5, backoffMillis: Int = 200) {
+                connections: Int, timeoutMillis: Int, retry: RetryPolicy, tls: TLSContext? = nil) {
         self.endpoint = endpoint
         self.bucket = bucket
         signer = SigV4Signer(credentials: credentials, region: region)
-        http = HTTPClient(host: endpoint.host, port: endpoint.port, timeoutMillis: timeoutMillis, maxConnections: connections)
-        self.attempts = max(1, attempts)
-        self.backoffMillis = max(1, backoffMillis)
+        http = HTTPClient(host: endpoint.host, port: endpoint.port, timeoutMillis: timeoutMillis, maxConnections: connections, tls: tls)
+        self.retry = retry
     }
 
     // MARK: operations
 
     /// HEAD of the bucket: reachable, exists, and these credentials may see it.
-    public func headBucket() throws(S3Error) {
-        _ = try request("HEAD", key: nil, operation: "HEAD bucket", expect: [200])
+    public func headBucket(retry policy: RetryPolicy? = nil) throws(S3Error) {
+        _ = try request("HEAD", key: nil, operation: "HEAD bucket", expect: [200], retry: policy)
     }
 
     /// PUT of a whole object from memory. The payload's SHA-256 is signed, so the server
     /// refuses a body that arrives altered.
-    public func putObject(_ key: String, body: UnsafeRawBufferPointer) throws(S3Error) {
-        _ = try request("PUT", key: key, body: body, operation: "PUT", expect: [200])
+    public func putObject(_ key: String, body: UnsafeRawBufferPointer, retry policy: RetryPolicy? = nil) throws(S3Error) {
+        _ = try request("PUT", key: key, body: body, operation: "PUT", expect: [200], retry: policy)
     }
 
-    public func putObject(_ key: String, bytes: [UInt8]) throws(S3Error) {
+    public func putObject(_ key: String, bytes: [UInt8], retry policy: RetryPolicy? = nil) throws(S3Error) {
         var failure: S3Error?
         bytes.withUnsafeBytes { b in
-            do throws(S3Error) { try putObject(key, body: b) } catch { failure = error }
+            do throws(S3Error) { try putObject(key, body: b, retry: policy) } catch { failure = error }
         }
         if let failure { throw failure }
     }
@@ -157,8 +156,8 @@ public final class S3Client: Sendable {
     }
 
     /// DELETE; an object that is already gone is fine.
-    public func deleteObject(_ key: String) throws(S3Error) {
-        _ = try request("DELETE", key: key, operation: "DELETE", expect: [204, 200, 404])
+    public func deleteObject(_ key: String, retry policy: RetryPolicy? = nil) throws(S3Error) {
+        _ = try request("DELETE", key: key, operation: "DELETE", expect: [204, 200, 404], retry: policy)
     }
 
     /// Every key under `prefix` (ListObjectsV2, page by page).
@@ -215,14 +214,15 @@ public final class S3Client: Sendable {
     }
 
     /// The multipart uploads begun and not finished under `prefix`: (key, upload id).
-    public func listMultipartUploads(prefix: String) throws(S3Error) -> [(String, String)] {
+    public func listMultipartUploads(prefix: String, retry policy: RetryPolicy? = nil) throws(S3Error) -> [(String, String)] {
         var all: [(String, String)] = []
         var marker: (String, String)?
         var pages = 0
         repeat {
             var query = [("uploads", ""), ("prefix", prefix)]
             if let (k, id) = marker { query += [("key-marker", k), ("upload-id-marker", id)] }
-            let r = try request("GET", key: nil, query: query, operation: "ListMultipartUploads", expect: [200], sink: .collect(limit: 16 << 20))
+            let r = try request("GET", key: nil, query: query, operation: "ListMultipartUploads", expect: [200], sink: .collect(limit: 16 << 20),
+                                retry: policy)
             guard let page = S3MultipartXML.uploads(r.body) else {
                 throw .protocolError("the answer is not a ListMultipartUploadsResult", operation: "ListMultipartUploads", key: prefix)
             }
@@ -233,8 +233,9 @@ public final class S3Client: Sendable {
         return all
     }
 
-    public func abortMultipartUpload(_ key: String, uploadID: String) throws(S3Error) {
-        _ = try request("DELETE", key: key, query: [("uploadId", uploadID)], operation: "AbortMultipartUpload", expect: [204, 200, 404])
+    public func abortMultipartUpload(_ key: String, uploadID: String, retry policy: RetryPolicy? = nil) throws(S3Error) {
+        _ = try request("DELETE", key: key, query: [("uploadId", uploadID)], operation: "AbortMultipartUpload", expect: [204, 200, 404],
+                        retry: policy)
     }
 
     // MARK: the request
@@ -246,7 +247,7 @@ public final class S3Client: Sendable {
 
     func request(_ method: String, key: String?, query: [(String, String)] = [], headers extra: [(String, String)] = [],
                  body: UnsafeRawBufferPointer? = nil, operation: String, expect: Set<Int>,
-                 sink: HTTPBodySink = .collect(limit: 1 << 20)) throws(S3Error) -> HTTPResponse {
+                 sink: HTTPBodySink = .collect(limit: 1 << 20), retry policy: RetryPolicy? = nil) throws(S3Error) -> HTTPResponse {
         let path = target(key: key)
         let what = key.map { "\(bucket)/\($0)" } ?? bucket
         let queryString = query.map { q in
@@ -254,36 +255,59 @@ public final class S3Client: Sendable {
         }.joined(separator: "&")
         let requestTarget = queryString.isEmpty ? path : path + "?" + queryString
         let payloadHash = body.map { $0.count == 0 ? SigV4Signer.emptyPayloadHash : hex(SHA256.hash($0)) } ?? SigV4Signer.emptyPayloadHash
-        var lastError: S3Error = .transport("no attempt made", operation: operation, key: what)
-        for attempt in 0..<attempts {
-            if attempt > 0 { backoff(attempt) }
+        let policy = policy ?? retry
+        let began = ContinuousClock.now
+        var attempts = 0
+        while true {
+            attempts += 1
+            let elapsed = Self.millis(ContinuousClock.now - began)
             let amzDate = SigV4Signer.amzDate(secondsSince1970: Int64(Date().timeIntervalSince1970))
             var headers = extra + [("x-amz-content-sha256", payloadHash), ("x-amz-date", amzDate)]
             let signed = headers + [("host", http.hostHeader)]
             headers.append(("Authorization", signer.authorization(method: method, path: path, query: query, headers: signed,
                                                                   payloadHash: payloadHash, amzDate: amzDate)))
-            let response: HTTPResponse
+            let failure: S3Error
             do {
-                response = try http.send(method: method, target: requestTarget, headers: headers, body: body, sink: sink)
+                // A new connection's connect gets at most what is left of the budget.
+                let response = try http.send(method: method, target: requestTarget, headers: headers, body: body, sink: sink,
+                                             connectMillis: max(1, policy.budgetMillis - elapsed))
+                if expect.contains(response.status) { return response }
+                let e = S3ErrorBody.parse(response.body)
+                failure = .status(response.status, code: e?.code ?? "", message: e?.message ?? "", operation: operation, key: what)
             } catch {
                 switch error {
-                case .malformed(let why): lastError = .protocolError(why, operation: operation, key: what)
-                default: lastError = .transport(error.description, operation: operation, key: what)
+                case .malformed(let why): failure = .protocolError(why, operation: operation, key: what)
+                case .tls(let e) where e.refused: failure = .tls(e.description, operation: operation, key: what)
+                default: failure = .transport(error.description, operation: operation, key: what)
                 }
-                // A malformed answer to a GET into a buffer may be a broken connection too.
-                continue
             }
-            if expect.contains(response.status) { return response }
-            let e = S3ErrorBody.parse(response.body)
-            lastError = .status(response.status, code: e?.code ?? "", message: e?.message ?? "", operation: operation, key: what)
-            if !lastError.retryable { throw lastError }
+            let now = Self.millis(ContinuousClock.now - began)
+            switch policy.next(after: failure, attempts: attempts, elapsedMillis: now, jitter: Double.random(in: 0..<1)) {
+            case .retry(let wait):
+                usleep(UInt32(clamping: wait * 1000))
+            case .fail:
+                throw attempts > 1 ? failure.givenUp(attempts: attempts, millis: now) : failure
+            }
         }
-        throw lastError
     }
 
-    private func backoff(_ attempt: Int) {
-        let base = backoffMillis << min(attempt - 1, 6)
-        let jittered = base / 2 + Int.random(in: 0...max(1, base / 2))
-        usleep(UInt32(min(jittered, 5000)) * 1000)
+    static func millis(_ d: Duration) -> Int {
+        let (s, atto) = d.components
+        return Int(s) * 1000 + Int(atto / 1_000_000_000_000_000)
+    }
+}
+
+extension S3Error {
+    /// The last failure of a request given up after several attempts, saying so.
+    func givenUp(attempts: Int, millis: Int) -> S3Error {
+        let note = "gave up after \(attempts) attempts in \(String(format: "%.1f", Double(millis) / 1000)) s"
+        switch self {
+        case .status(let s, let code, let message, let op, let key):
+            return .status(s, code: code, message: message.isEmpty ? note : "\(message); \(note)", operation: op, key: key)
+        case .transport(let why, let op, let key): return .transport("\(why); \(note)", operation: op, key: key)
+        case .protocolError(let why, let op, let key): return .protocolError("\(why); \(note)", operation: op, key: key)
+        case .tls(let why, let op, let key): return .tls("\(why); \(note)", operation: op, key: key)
+        case .config: return self
+        }
     }
 }
