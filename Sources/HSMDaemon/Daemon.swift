@@ -143,7 +143,8 @@ public enum Daemon {
                 queueDepth: Int64(engine.queueDepth), recallsInFlight: Int64(engine.inFlight.count),
                 jobsRunning: Int64(jobs.count), journalEvents: journal?.eventsRead.load(ordering: .relaxed),
                 journalTransactions: journal?.transactions.load(ordering: .relaxed),
-                journalOverflows: journal?.overflows.load(ordering: .relaxed), startTimeSeconds: startedEpoch))
+                journalOverflows: journal?.overflows.load(ordering: .relaxed), startTimeSeconds: startedEpoch,
+                space: try? catalog?.database.report(filesystems: filesystems.all.map { ($0.path, $0.store.name) })))
         }
         let exposition = ops.metrics
         let server: ControlServer

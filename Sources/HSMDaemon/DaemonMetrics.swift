@@ -73,6 +73,8 @@ final class DaemonMetrics: Sendable {
         var journalTransactions: UInt64?
         var journalOverflows: UInt64?
         var startTimeSeconds: Double
+        /// Space per state, from the catalog's running totals (nil: no catalog).
+        var space: CatalogReport? = nil
     }
 
     func exposition(_ live: Live) -> String {
@@ -106,6 +108,29 @@ final class DaemonMetrics: Sendable {
         w.family(storeSeconds)
         w.family(storeErrors)
         w.family(reloads)
+        if let space = live.space { Self.writeSpace(space, &w) }
         return w.text
+    }
+
+    /// Files and bytes per filesystem and state, and each store's objects, as the catalog
+    /// knows them (hsmctl report: the same figures, the same lag).
+    private static func writeSpace(_ r: CatalogReport, _ w: inout PrometheusWriter) {
+        let states = HSMState.allCases.map(\.rawValue)
+        w.header("hsmd_managed_files", "gauge", "Managed files per filesystem and state (the catalog's figures).")
+        for fs in r.filesystems {
+            for s in states { w.sample("hsmd_managed_files", [("filesystem", fs.path), ("state", s)], String(fs.states[s]?.files ?? 0)) }
+        }
+        w.header("hsmd_managed_bytes", "gauge", "Size of managed files per filesystem and state, in bytes (the catalog's figures).")
+        for fs in r.filesystems {
+            for s in states { w.sample("hsmd_managed_bytes", [("filesystem", fs.path), ("state", s)], String(fs.states[s]?.bytes ?? 0)) }
+        }
+        w.header("hsmd_offline_bytes", "gauge", "Bytes of managed files held only in the store, per filesystem.")
+        for fs in r.filesystems { w.sample("hsmd_offline_bytes", [("filesystem", fs.path)], String(fs.offlineBytes)) }
+        w.header("hsmd_store_objects", "gauge", "Objects in each store, as the catalog knows them.")
+        for s in r.stores { w.sample("hsmd_store_objects", [("store", s.name)], String(s.objects)) }
+        w.header("hsmd_store_bytes", "gauge", "Bytes stored in each store, as the catalog knows them.")
+        for s in r.stores { w.sample("hsmd_store_bytes", [("store", s.name)], String(s.storedBytes)) }
+        w.header("hsmd_store_orphan_objects", "gauge", "Objects no file refers to, per store (hsmctl gc deletes them past the grace).")
+        for s in r.stores { w.sample("hsmd_store_orphan_objects", [("store", s.name)], String(s.orphans)) }
     }
 }

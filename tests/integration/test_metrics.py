@@ -163,3 +163,28 @@ def test_metrics_needs_root(hsm):
     r = hsm.ctl("metrics", check=False, user=65534)
     assert r.returncode == 2
     assert "root" in r.stderr
+
+
+def test_space_per_state_from_the_catalog(hsm_metrics):
+    h = hsm_metrics
+    a, _ = h.write("a.bin", 2 * 1024 * 1024)
+    b, _ = h.write("b.bin", 1024 * 1024)
+    h.ctl("archive", a, b)
+    h.ctl("release", a)
+    mnt = str(h.mnt)
+    import time
+    deadline = time.time() + 30
+    while True:
+        text = h.ctl("metrics").stdout
+        s = samples(text)
+        if value(s, "hsmd_managed_files", filesystem=mnt, state="released") == 1:
+            break
+        assert time.time() < deadline, f"the released file never showed in the metrics:\n{text}"
+        time.sleep(0.1)
+    check_with_promtool(text)
+    assert value(s, "hsmd_managed_files", filesystem=mnt, state="archived") == 1
+    assert value(s, "hsmd_managed_bytes", filesystem=mnt, state="released") == 2 * 1024 * 1024
+    assert value(s, "hsmd_offline_bytes", filesystem=mnt) == 2 * 1024 * 1024
+    assert value(s, "hsmd_store_objects", store="tier1") == 2
+    assert value(s, "hsmd_store_orphan_objects", store="tier1") == 0
+    check_with_promtool(scrape(h.metrics_url))
