@@ -238,7 +238,9 @@ public final class S3Store: ObjectStore {
             throw .io(SystemError(errno: EIO, operation: "archive", path: originalPath))
         }
         let record = try ObjectRecord.made(object: id, path: originalPath, stat: stat, blockShift: blockShift,
-                                           checksums: checksums, extents: extents, xattrs: xattrs, storedBytes: objectSize,
+                                           checksums: checksums, extents: extents, xattrs: xattrs,
+                                           // As posix: the file's data bytes (the object holds them in whole blocks).
+                                           storedBytes: extents.reduce(0) { $0 + ($1.upperBound - $1.lowerBound) },
                                            storedAt: recordKey(id))
         let bytes = try record.encoded(storedAt: recordKey(id))
         do { try client.putObject(recordKey(id), bytes: bytes) } catch {
