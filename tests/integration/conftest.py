@@ -210,13 +210,16 @@ class HSM:
 
     def damage_object(self, obj, how):
         """Damages object `obj` behind hsmd's back: "corrupt-data" (64 bytes at offset 1000
-        inverted), "delete-data", "delete-record", "delete" (both)."""
+        inverted), "garble-record" (not JSON), "delete-data", "delete-record", "delete"
+        (both)."""
         if self.s3 is not None:
             self.s3.damage(obj, how)
             return
         d = self.store / "objects" / obj[:2]
         data, record = d / f"{obj}.data", d / f"{obj}.json"
-        if how == "corrupt-data":
+        if how == "garble-record":
+            record.write_text('{"object": "garbage"')
+        elif how == "corrupt-data":
             with open(data, "r+b") as f:
                 f.seek(1000)
                 chunk = f.read(64)
@@ -277,7 +280,9 @@ class S3Bucket:
         return self.client.head_object(Bucket=self.name, Key=key)["ContentLength"]
 
     def damage(self, obj, how):
-        if how == "corrupt-data":
+        if how == "garble-record":
+            self.client.put_object(Bucket=self.name, Key=self.record_key(obj), Body=b'{"object": "garbage"')
+        elif how == "corrupt-data":
             key = self.data_key(obj)
             data = bytearray(self.client.get_object(Bucket=self.name, Key=key)["Body"].read())
             for i in range(1000, 1064):
