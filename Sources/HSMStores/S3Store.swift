@@ -220,13 +220,15 @@ public final class S3Store: ObjectStore {
                 try client.completeMultipartUpload(key, uploadID: upload, etags: etags)
                 dataPut = true
                 uploadID = nil
+                // RGW 16.2 answers CompleteMultipartUpload with an empty ETag: check the size.
+                guard let size = try client.headObject(key), size == objectSize else {
+                    throw S3Error.protocolError("the data object is not \(objectSize) bytes after its upload", operation: "HEAD", key: key)
+                }
             } else if let part = single {
                 dataPut = true  // a failed PUT may still have landed: delete on failure
+                // A 200 to a PUT whose signed SHA-256 covers every byte is the whole
+                // object stored: no HEAD after it (one request less per small file).
                 try client.putObject(key, body: UnsafeRawBufferPointer(rebasing: part.bytes[0..<filled]))
-            }
-            // RGW 16.2 answers CompleteMultipartUpload with an empty ETag: check the size.
-            guard let size = try client.headObject(key), size == objectSize else {
-                throw S3Error.protocolError("the data object is not \(objectSize) bytes after its upload", operation: "HEAD", key: key)
             }
         } catch let e as StoreError {
             throw e
