@@ -4,7 +4,8 @@ Ceph RADOS Gateway on 127.0.0.1 (tests/integration/rgw.py, started here and stop
 end), each case side by side with boto3 doing the same transfer in the same run.
 
   s3.1 sequential read of a released file (dd bs=1M, cold) against boto3 reading the same
-       object: one streamed GET, and its TransferManager's concurrent ranged GETs
+       object: one streamed GET, and its TransferManager's concurrent ranged GETs (to
+       nowhere, and, the floor of a recall, into a file of the managed filesystem + fsync)
   s3.2 migrate of many small files against boto3 put_object of the same files (4 threads)
   s3.3 migrate of one big file against boto3 upload_file (multipart, concurrent parts)
   s3.4 time to first byte of a released big file, cold
@@ -169,26 +170,39 @@ class S3Bench:
     def boto_get_ranged(self, key):
         self.s3.download_fileobj(self.bucket, key, self._Null(), Config=self.transfer)
 
+    def boto_get_into_file(self, key, dest):
+        """The floor of any recall that writes the data back durably: boto3's ranged GETs
+        into a new file of the managed filesystem, then fsync."""
+        with open(dest, "wb") as f:
+            self.s3.download_fileobj(self.bucket, key, f, Config=self.transfer)
+            f.flush()
+            os.fsync(f.fileno())
+
     def case1_sequential(self):
         size = 256 * MiB if self.quick else GiB
         p = self.mnt / "seq.bin"
         write_random(p, size)
         self.ctl("migrate", p)
         key = self.data_key(p)
-        stream, ranged, recall = [], [], []
+        stream, ranged, floor, recall = [], [], [], []
+        copy = self.mnt / "seq-floor.bin"
         for _ in range(self.runs):
             drop_caches()
             stream.append(timed(lambda: self.boto_get_stream(key)))
             drop_caches()
             ranged.append(timed(lambda: self.boto_get_ranged(key)))
+            drop_caches()
+            floor.append(timed(lambda: self.boto_get_into_file(key, copy)))
+            copy.unlink()
             self.ctl("release", p)
             drop_caches()
             recall.append(timed(lambda: subprocess.run(["dd", f"if={p}", "of=/dev/null", "bs=1M"], check=True,
                                                        stderr=subprocess.DEVNULL)))
-        s, g, r = stats(stream), stats(ranged), stats(recall)
+        s, g, f, r = stats(stream), stats(ranged), stats(floor), stats(recall)
         best = min(s["median"], g["median"])
         self.record("s3.1 sequential read, released", bytes=size, boto3_get_stream_s=s, boto3_ranged_get_s=g,
-                    released_file_s=r, ratio_to_ranged=round(r["median"] / g["median"], 3),
+                    boto3_ranged_get_into_file_fsync_s=f, released_file_s=r,
+                    ratio_to_ranged=round(r["median"] / g["median"], 3), ratio_to_floor=round(r["median"] / f["median"], 3),
                     ratio_to_best=round(r["median"] / best, 3), released_MBps=round(size / r["median"] / 1e6),
                     boto3_ranged_MBps=round(size / g["median"] / 1e6), boto3_stream_MBps=round(size / s["median"] / 1e6),
                     cache="cold page cache (gateway caches not dropped)")
