@@ -457,8 +457,10 @@ struct Archiver: Sendable {
             throw fail("store \(fs.store.name): \(error); nothing released", .damaged)
         }
         defer { reader.close() }
-        for (i, b) in candidates.enumerated() {
-            if i % 64 == 0, (try? fd.lease()) != .write { throw fail("busy: opened by another process during release; nothing changed") }
+        var checked = 0
+        func checkLocal(_ b: Int) throws(Refusal) {
+            if checked % 64 == 0, (try? fd.lease()) != .write { throw fail("busy: opened by another process during release; nothing changed") }
+            checked += 1
             let r = layout.range(ofBlock: b)
             let len = Int(r.upperBound - r.lowerBound)
             let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<len])
@@ -467,8 +469,23 @@ struct Archiver: Sendable {
             guard n == len, CRC32C.checksum(UnsafeRawBufferPointer(view)) == record.checksums[b] else {
                 throw fail("dirty: block \(b) differs from the stored copy; archive it again", .dirty)
             }
-            do { _ = try reader.read(block: b, into: buffer) } catch {
+        }
+        if reader.parallelReads > 1 && candidates.count > 1 {
+            // A store read is a round trip (S3): the recall pipeline keeps several in
+            // flight, each block checked against its checksum as it arrives.
+            do {
+                try BlockPipeline(blocks: candidates, reader: reader, blockSize: Int(layout.blockSize)).run { b, _ in try checkLocal(b) }
+            } catch let r as Refusal {
+                throw r
+            } catch {
                 throw fail("store \(fs.store.name): \(error); nothing released", .damaged)
+            }
+        } else {
+            for b in candidates {
+                try checkLocal(b)
+                do { _ = try reader.read(block: b, into: buffer) } catch {
+                    throw fail("store \(fs.store.name): \(error); nothing released", .damaged)
+                }
             }
         }
         let note = try noteInProgress(.release, fd, st, object: marker.object, store: fs.store, privileges: privileges)

@@ -73,7 +73,33 @@ public protocol ObjectReader {
     func read(block index: Int, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> Int
     /// A hint that these blocks will be read soon (the store may start fetching them).
     func prefetch(blocks: Range<Int>)
+    /// How many `read`s a recall should keep in flight at once: 1 for a local store, more
+    /// for one where each read waits on a round trip. Above 1, `read` must be safe to call
+    /// from several threads at once (on different buffers).
+    var parallelReads: Int { get }
+    /// How many consecutive blocks one `read(blocks:into:)` should be given: more than 1
+    /// where one large request costs much less than several small ones (S3).
+    var blocksPerRead: Int { get }
+    /// Reads and verifies consecutive blocks `blocks` into `buffer`, block i of the range
+    /// at offset i × block size (each slice as `read(block:into:)` gets it); returns each
+    /// block's byte count.
+    func read(blocks: Range<Int>, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> [Int]
     func close()
+}
+
+extension ObjectReader {
+    public var parallelReads: Int { 1 }
+    public var blocksPerRead: Int { 1 }
+
+    /// One `read(block:into:)` per block.
+    public func read(blocks: Range<Int>, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> [Int] {
+        let size = buffer.count / max(1, blocks.count)
+        var lengths: [Int] = []
+        for (i, b) in blocks.enumerated() {
+            lengths.append(try read(block: b, into: UnsafeMutableRawBufferPointer(rebasing: buffer[(i * size)..<((i + 1) * size)])))
+        }
+        return lengths
+    }
 }
 
 /// One tier. Objects are immutable once put; a new archive of a file makes a new object.

@@ -277,13 +277,15 @@ public final class S3Store: ObjectStore {
                 dataPut = true  // a completion whose answer was lost may still have landed
                 try client.completeMultipartUpload(key, uploadID: upload, etags: etags)
                 uploadID = nil
+                // RGW 16.2 answers CompleteMultipartUpload with an empty ETag: check the size.
+                guard let size = try client.headObject(key), size == objectSize else {
+                    throw S3Error.protocolError("the data object is not \(objectSize) bytes after its upload", operation: "HEAD", key: key)
+                }
             } else if let part = single {
                 dataPut = true  // a failed PUT may still have landed: delete on failure
+                // A 200 to a PUT whose signed SHA-256 covers every byte is the whole
+                // object stored: no HEAD after it (one request less per small file).
                 try client.putObject(key, body: UnsafeRawBufferPointer(rebasing: part.bytes[0..<filled]))
-            }
-            // RGW 16.2 answers CompleteMultipartUpload with an empty ETag: check the size.
-            guard let size = try client.headObject(key), size == objectSize else {
-                throw S3Error.protocolError("the data object is not \(objectSize) bytes after its upload", operation: "HEAD", key: key)
             }
         } catch let e as StoreError {
             throw e
@@ -295,7 +297,9 @@ public final class S3Store: ObjectStore {
             throw .io(SystemError(errno: EIO, operation: "archive", path: originalPath))
         }
         let record = try ObjectRecord.made(object: id, path: originalPath, stat: stat, blockShift: blockShift,
-                                           checksums: checksums, extents: extents, xattrs: xattrs, storedBytes: objectSize,
+                                           checksums: checksums, extents: extents, xattrs: xattrs,
+                                           // As posix: the file's data bytes (the object holds them in whole blocks).
+                                           storedBytes: extents.reduce(0) { $0 + ($1.upperBound - $1.lowerBound) },
                                            storedAt: recordKey(id))
         let bytes = try record.encoded(storedAt: recordKey(id))
         do { try client.putObject(recordKey(id), bytes: bytes) } catch {
@@ -398,30 +402,69 @@ struct S3ObjectReader: ObjectReader {
     }
 
     func read(block index: Int, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> Int {
-        let where_ = "s3://\(store.settings.bucket)/\(key)"
-        let (view, expected) = try record.blockToRead(index, into: buffer, storedAt: where_)
-        guard let expected else { return view.count }
-        // One offset per block: the record's checksums and the offsets were made together.
-        guard offsets.indices.contains(index) else {
-            throw .badRecord(record.object, path: where_, reason: "block \(index) asked for, the record has \(record.checksums.count): it does not match the file's marker")
-        }
-        let len = view.count
-        let start = offsets[index]
-        do {
-            _ = try store.client.getObject(key, range: start..<(start + Int64(len)), into: view)
-        } catch {
-            if case .status(416, _, _, _, _) = error { throw .corrupt(record.object, block: index, path: where_) }
-            if case .protocolError = error { throw .corrupt(record.object, block: index, path: where_) }
-            throw store.storeError(error, record.object, key)
-        }
-        guard CRC32C.checksum(UnsafeRawBufferPointer(view)) == expected else {
-            throw .corrupt(record.object, block: index, path: where_)
-        }
-        return len
+        try read(blocks: index..<(index + 1), into: buffer)[0]
     }
 
-    /// Blocks are fetched when asked for; the recall engine's pipeline keeps several in flight.
+    /// One ranged GET for each run of consecutive blocks that have data (they lie side by
+    /// side in the data object), then each block checked against its own checksum.
+    func read(blocks: Range<Int>, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> [Int] {
+        let where_ = "s3://\(store.settings.bucket)/\(key)"
+        let size = Int(record.layout.blockSize)
+        guard buffer.count == size * blocks.count else {
+            throw .badRecord(record.object, path: where_, reason: "its blocks are \(record.layout.blockSize) bytes, the file's marker says \(buffer.count / max(1, blocks.count))")
+        }
+        var views: [(index: Int, view: UnsafeMutableRawBufferPointer, expected: UInt32?)] = []
+        for (i, b) in blocks.enumerated() {
+            let (view, expected) = try record.blockToRead(b, into: UnsafeMutableRawBufferPointer(rebasing: buffer[(i * size)..<((i + 1) * size)]),
+                                                          storedAt: where_)
+            // One offset per block: the record's checksums and the offsets were made together.
+            guard offsets.indices.contains(b) else {
+                throw .badRecord(record.object, path: where_, reason: "block \(b) asked for, the record has \(record.checksums.count): it does not match the file's marker")
+            }
+            views.append((b, view, expected))
+        }
+        // Runs of data blocks: only the last block of a file is short, so a run's bytes
+        // are contiguous in the buffer as in the object.
+        var i = 0
+        while i < views.count {
+            guard views[i].expected != nil else { i += 1; continue }
+            var j = i + 1
+            while j < views.count && views[j].expected != nil { j += 1 }
+            let first = views[i], last = views[j - 1]
+            let start = offsets[first.index]
+            let end = offsets[last.index] + Int64(last.view.count)
+            let span = UnsafeMutableRawBufferPointer(rebasing: buffer[((i) * size)..<((i) * size + Int(end - start))])
+            do {
+                _ = try store.client.getObject(key, range: start..<end, into: span)
+            } catch {
+                if case .status(416, _, _, _, _) = error { throw .corrupt(record.object, block: first.index, path: where_) }
+                if case .protocolError = error { throw .corrupt(record.object, block: first.index, path: where_) }
+                throw store.storeError(error, record.object, key)
+            }
+            for v in views[i..<j] {
+                guard let expected = v.expected, CRC32C.checksum(UnsafeRawBufferPointer(v.view)) == expected else {
+                    throw .corrupt(record.object, block: v.index, path: where_)
+                }
+            }
+            i = j
+        }
+        return views.map { $0.view.count }
+    }
+
+    /// Blocks are fetched when asked for; the recall engine's pipeline keeps
+    /// `parallelReads` of them in flight.
     func prefetch(blocks: Range<Int>) {}
+
+    /// One ranged GET per connection, at most `maxParallelReads` (each holds a block
+    /// buffer in the recall). `read` shares nothing mutable between calls: the client
+    /// and its connection pool are thread-safe.
+    var parallelReads: Int { max(1, min(store.settings.connections, Self.maxParallelReads)) }
+    static let maxParallelReads = 4
+
+    /// Blocks per ranged GET: on Ceph RGW here a 1 MiB GET costs nearly what a 4 MiB one
+    /// does (8 boto3 threads: 145 MB/s with 1 MiB ranges, 270 MB/s with 4 MiB ones).
+    var blocksPerRead: Int { max(1, Self.bytesPerGet / Int(record.layout.blockSize)) }
+    static let bytesPerGet = 4 << 20
 
     func close() {}
 }

@@ -58,6 +58,7 @@ class HSM:
         self.proc = None
         self.mounted = False
         self.fstype = fstype
+        self.s3 = None  # an S3Bucket when the store is s3 (use_s3)
         self.mnt.mkdir()
         self.store.mkdir()
         subprocess.run(["truncate", "-s", image_size, str(self.image)], check=True)
@@ -66,7 +67,24 @@ class HSM:
         self.mounted = True
         self.write_config()
 
+    @property
+    def store_kind(self):
+        return "s3" if self.s3 is not None else "posix"
+
+    def use_s3(self, bucket, endpoint=None, store_extra=""):
+        """From now on the store is `bucket` (an S3Bucket), reached at `endpoint` (default
+        the gateway's own); rewrites the config."""
+        self.s3 = bucket
+        self.s3_endpoint = endpoint or bucket.rgw.endpoint
+        self.s3_extra = store_extra
+        self.write_config()
+
     def write_config(self, extra="", store_path=None):
+        if self.s3 is not None:
+            assert store_path is None, "store_path is for a posix store"
+            store = self.s3.store_toml(self.s3_endpoint, self.s3_extra)
+        else:
+            store = f'type = "posix"\npath = "{store_path or self.store}"\n'
         self.config.write_text(
             f'socket = "{self.socket}"\n'
             f'state_dir = "{self.state_dir}"\n'
@@ -74,8 +92,7 @@ class HSM:
             f"{extra}\n"
             "[[store]]\n"
             'name = "tier1"\n'
-            'type = "posix"\n'
-            f'path = "{store_path or self.store}"\n'
+            f"{store}"
             "[[filesystem]]\n"
             f'path = "{self.mnt}"\n'
             'store = "tier1"\n'
@@ -171,7 +188,47 @@ class HSM:
         return p, hashlib.sha256(data).hexdigest()
 
     def object_files(self):
+        """The posix store's data files (see object_count, stored_bytes, damage_object for
+        tests that run against either store)."""
+        assert self.s3 is None, "object_files is for a posix store"
         return sorted((self.store / "objects").glob("*/*.data"))
+
+    # --- the store, whichever it is ------------------------------------------------
+
+    def object_count(self):
+        """How many data objects the store holds."""
+        if self.s3 is not None:
+            return sum(1 for k in self.s3.keys() if k.endswith(".data"))
+        return len(self.object_files())
+
+    def stored_bytes(self, obj):
+        """Bytes object `obj`'s data takes in the store: the posix file's allocation, the
+        s3 object's length (it holds only the data blocks)."""
+        if self.s3 is not None:
+            return self.s3.size(self.s3.data_key(obj))
+        return allocated_bytes(self.store / "objects" / obj[:2] / f"{obj}.data")
+
+    def damage_object(self, obj, how):
+        """Damages object `obj` behind hsmd's back: "corrupt-data" (64 bytes at offset 1000
+        inverted), "garble-record" (not JSON), "delete-data", "delete-record", "delete"
+        (both)."""
+        if self.s3 is not None:
+            self.s3.damage(obj, how)
+            return
+        d = self.store / "objects" / obj[:2]
+        data, record = d / f"{obj}.data", d / f"{obj}.json"
+        if how == "garble-record":
+            record.write_text('{"object": "garbage"')
+        elif how == "corrupt-data":
+            with open(data, "r+b") as f:
+                f.seek(1000)
+                chunk = f.read(64)
+                f.seek(1000)
+                f.write(bytes(x ^ 0xFF for x in chunk))
+        else:
+            for q, what in ((data, "delete-data"), (record, "delete-record")):
+                if how in (what, "delete"):
+                    q.unlink()
 
     # --- teardown -----------------------------------------------------------------
 
@@ -188,6 +245,69 @@ class HSM:
                     subprocess.run(["umount", "-l", str(self.mnt)])
                 self.mounted = False
             shutil.rmtree(self.base, ignore_errors=True)
+
+
+class S3Bucket:
+    """A fresh bucket on the session's gateway (boto3 for what the tests do behind hsmd's
+    back); `remove` empties and deletes it."""
+
+    PREFIX = "hsm/"
+
+    def __init__(self, rgw):
+        import uuid
+        self.rgw = rgw
+        self.name = "hsmd-" + uuid.uuid4().hex[:16]
+        self.client = s3_client(rgw)
+        self.client.create_bucket(Bucket=self.name)
+
+    def store_toml(self, endpoint, extra=""):
+        return (f'type = "s3"\nendpoint = "{endpoint}"\nbucket = "{self.name}"\nprefix = "{self.PREFIX}"\n'
+                f'access_key_id = "{self.rgw.access_key}"\nsecret_access_key = "{self.rgw.secret_key}"\n{extra}')
+
+    def data_key(self, obj):
+        return f"{self.PREFIX}objects/{obj[:2]}/{obj}.data"
+
+    def record_key(self, obj):
+        return f"{self.PREFIX}objects/{obj[:2]}/{obj}.json"
+
+    def keys(self):
+        out = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.name, Prefix=self.PREFIX + "objects/"):
+            out += [o["Key"] for o in page.get("Contents", [])]
+        return out
+
+    def size(self, key):
+        return self.client.head_object(Bucket=self.name, Key=key)["ContentLength"]
+
+    def damage(self, obj, how):
+        if how == "garble-record":
+            self.client.put_object(Bucket=self.name, Key=self.record_key(obj), Body=b'{"object": "garbage"')
+        elif how == "corrupt-data":
+            key = self.data_key(obj)
+            data = bytearray(self.client.get_object(Bucket=self.name, Key=key)["Body"].read())
+            for i in range(1000, 1064):
+                data[i] ^= 0xFF
+            self.client.put_object(Bucket=self.name, Key=key, Body=bytes(data))
+        else:
+            for key, what in ((self.data_key(obj), "delete-data"), (self.record_key(obj), "delete-record")):
+                if how in (what, "delete"):
+                    self.client.delete_object(Bucket=self.name, Key=key)
+
+    def remove(self):
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.name):
+            for o in page.get("Contents", []):
+                self.client.delete_object(Bucket=self.name, Key=o["Key"])
+        for u in self.client.list_multipart_uploads(Bucket=self.name).get("Uploads", []):
+            self.client.abort_multipart_upload(Bucket=self.name, Key=u["Key"], UploadId=u["UploadId"])
+        self.client.delete_bucket(Bucket=self.name)
+
+
+def s3_client(rgw):
+    import boto3
+    from botocore.config import Config as BotoConfig
+    return boto3.client("s3", endpoint_url=rgw.endpoint, aws_access_key_id=rgw.access_key,
+                        aws_secret_access_key=rgw.secret_key, region_name="us-east-1",
+                        config=BotoConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 2}))
 
 
 @contextlib.contextmanager
@@ -211,6 +331,47 @@ def managed_filesystem(start, fstype="ext4"):
 def hsm():
     """A running hsmd managing a fresh 1 GiB ext4 filesystem."""
     with managed_filesystem(start=True) as h:
+        yield h
+
+
+@pytest.fixture(params=["posix", "s3"])
+def store_kind(request):
+    """Which store a test of `hsm_store` runs against: each such test runs twice."""
+    return request.param
+
+
+@contextlib.contextmanager
+def filesystem_on_store(request, kind, start):
+    """A managed filesystem whose store is of `kind`: posix (its own directory) or s3 (a
+    fresh bucket on the session's Ceph RADOS Gateway, which starts at the first s3 test)."""
+    with managed_filesystem(start=False) as h:
+        bucket = None
+        try:
+            if kind == "s3":
+                bucket = S3Bucket(request.getfixturevalue("rgw"))
+                h.use_s3(bucket)
+            if start:
+                h.start()
+            yield h
+        finally:
+            h.stop()
+            if bucket is not None:
+                bucket.remove()
+
+
+@pytest.fixture
+def hsm_store(request, store_kind):
+    """Like `hsm`, once with a posix store and once with an s3 store (`h.store_kind`);
+    for tests of what every store must do. Reach the store through `object_count`,
+    `stored_bytes` and `damage_object`."""
+    with filesystem_on_store(request, store_kind, start=True) as h:
+        yield h
+
+
+@pytest.fixture
+def hsm_store_stopped(request, store_kind):
+    """Like `hsm_store`, but hsmd is not started."""
+    with filesystem_on_store(request, store_kind, start=False) as h:
         yield h
 
 

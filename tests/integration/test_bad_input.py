@@ -40,12 +40,6 @@ def store_listing(hsm):
     return sorted(str(p.relative_to(hsm.store)) for p in hsm.store.rglob("*") if p.is_file() and p.name != "hsmd-store.json")
 
 
-def object_paths(hsm, obj):
-    """The .data and .json files of one object id."""
-    d = hsm.store / "objects" / obj[:2]
-    return d / f"{obj}.data", d / f"{obj}.json"
-
-
 def wait_for_log(hsm, predicate, timeout=5):
     """Waits until some line of hsmd's log satisfies `predicate`; returns that line or None."""
     deadline = time.time() + timeout
@@ -328,14 +322,13 @@ def test_archive_to_a_full_store(hsm):
         subprocess.run(["umount", str(small)], check=False)
 
 
-def test_object_deleted_from_the_store_after_release(hsm):
+def test_object_deleted_from_the_store_after_release(hsm_store):
+    hsm = hsm_store
     a, _ = hsm.write("a.bin", size=3_000_000)
     b, b_digest = hsm.write("b.bin", size=3_000_000)
     hsm.migrate(a)
     hsm.migrate(b)
-    obj = hsm.status(a)["object"]
-    for q in object_paths(hsm, obj):
-        q.unlink()
+    hsm.damage_object(hsm.status(a)["object"], "delete")
     assert_eio_on_read(a)
     assert hsm.state(a) == "damaged"
     line = wait_for_log(hsm, lambda l: str(a) in l and ("missing" in l or "No such file" in l))
@@ -349,17 +342,13 @@ def test_object_deleted_from_the_store_after_release(hsm):
     assert hsm.ctl("doctor", check=False).returncode == 0
 
 
-def test_object_corrupted_in_the_store(hsm):
+def test_object_corrupted_in_the_store(hsm_store):
+    hsm = hsm_store
     a, _ = hsm.write("a.bin", size=3_000_000)
     b, b_digest = hsm.write("b.bin", size=3_000_000)
     hsm.migrate(a)
     hsm.migrate(b)
-    data, _ = object_paths(hsm, hsm.status(a)["object"])
-    with open(data, "r+b") as f:
-        f.seek(1000)
-        chunk = f.read(64)
-        f.seek(1000)
-        f.write(bytes(x ^ 0xFF for x in chunk))
+    hsm.damage_object(hsm.status(a)["object"], "corrupt-data")
     assert_eio_on_read(a)
     assert hsm.state(a) == "damaged"
     line = wait_for_log(hsm, lambda l: str(a) in l and ("checksum" in l or "corrupt" in l))

@@ -242,7 +242,8 @@ def test_migrate_dry_run_changes_nothing(hsm):
     assert not (hsm.store / "objects").exists() or list((hsm.store / "objects").rglob("*.*")) == []
 
 
-def test_migrate_jobs_4_over_a_tree(hsm):
+def test_migrate_jobs_4_over_a_tree(hsm_store):
+    hsm = hsm_store
     rng = random.Random(4)
     files = []
     for i in range(50):
@@ -255,7 +256,7 @@ def test_migrate_jobs_4_over_a_tree(hsm):
     assert out["summary"]["bytes_archived"] == sum(os.path.getsize(p) for p, _ in files)
     st = states(hsm, hsm.mnt / "tree")
     assert st == {str(p): "released" for p, _ in files}
-    assert len(hsm.object_files()) == 50
+    assert hsm.object_count() == 50
     drop_caches()
     for p, digest in files:
         assert sha256(p) == digest, p

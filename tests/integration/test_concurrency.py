@@ -65,7 +65,8 @@ def test_readers_opening_during_release_always_see_the_original_bytes(hsm):
         assert hsm.state(p) == "archived"
 
 
-def test_many_readers_of_many_released_files(hsm):
+def test_many_readers_of_many_released_files(hsm_store):
+    hsm = hsm_store
     files = []
     for i in range(6):
         p, d = hsm.write(f"f{i}.bin", size=9 * MiB + i * 4097)

@@ -160,20 +160,12 @@ def test_a_non_empty_directory_without_identity_is_not_taken_for_a_store(hsm_sto
 # --- release verifies the store, not a cache ----------------------------------------
 
 
-def _record_path(hsm, p):
-    obj = hsm.status(p)["object"]
-    return hsm.store / "objects" / obj[:2] / f"{obj}.json"
-
-
-@pytest.mark.parametrize("damage", ["deleted", "garbled"])
-def test_release_refuses_when_the_record_is_gone_after_archive(hsm, damage):
+@pytest.mark.parametrize("damage", ["delete-record", "garble-record"])
+def test_release_refuses_when_the_record_is_gone_after_archive(hsm_store, damage):
+    hsm = hsm_store
     p, digest = hsm.write("r.bin", size=3 * MiB)
     hsm.ctl("archive", p)
-    record = _record_path(hsm, p)
-    if damage == "deleted":
-        record.unlink()
-    else:
-        record.write_text('{"object": "garbage"')
+    hsm.damage_object(hsm.status(p)["object"], damage)
     r = hsm.ctl("release", p, check=False)
     assert r.returncode == 1, r
     assert allocated_bytes(p) >= 3 * MiB
@@ -181,15 +173,11 @@ def test_release_refuses_when_the_record_is_gone_after_archive(hsm, damage):
     assert sha256(p) == digest
 
 
-def test_release_refuses_when_the_stored_data_is_corrupt(hsm):
+def test_release_refuses_when_the_stored_data_is_corrupt(hsm_store):
+    hsm = hsm_store
     p, digest = hsm.write("d.bin", size=3 * MiB)
     hsm.ctl("archive", p)
-    data = Path(str(_record_path(hsm, p))[:-5] + ".data")
-    with open(data, "r+b") as f:
-        f.seek(2 * MiB + 17)
-        b = f.read(1)
-        f.seek(2 * MiB + 17)
-        f.write(bytes([b[0] ^ 0xFF]))
+    hsm.damage_object(hsm.status(p)["object"], "corrupt-data")
     r = hsm.ctl("release", p, check=False)
     assert r.returncode == 1, r
     assert "store" in r.stderr, r.stderr
