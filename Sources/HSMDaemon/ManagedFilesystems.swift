@@ -192,5 +192,10 @@ final class ManagedFilesystems: Sendable {
         return all.compactMap { seen.insert($0.store.name).inserted ? $0.store : nil }
     }
 
+    /// The stores themselves, without the metering wrapper every filesystem's store wears:
+    /// for what only one kind of store does (a posix store's volatile-filesystem warning,
+    /// an s3 store's clean-up of unfinished uploads).
+    var unwrappedStores: [any ObjectStore] { stores.map { ($0 as? MeteredStore)?.inner ?? $0 } }
+
     var pathsDescription: String { all.map(\.path).joined(separator: ", ") }
 }

@@ -19,7 +19,7 @@ extension Archiver {
             case .refused(let why): log.critical("\(why). Recalls still run; a released file whose object is not found reads EIO")
             }
         }
-        for case let store as PosixStore in filesystems.stores {
+        for case let store as PosixStore in filesystems.unwrappedStores {
             if let kind = store.identity.volatileFilesystem {
                 log.warning("store \(store.name): \(store.root) is on \(kind): its objects vanish at unmount or reboot, and released files with them")
             }
@@ -44,7 +44,7 @@ extension Archiver {
         }
         // After the notes: parts of an upload whose note was lost, or whose object was
         // deleted while the listing lagged, go too.
-        for case let store as S3Store in filesystems.stores {
+        for case let store as S3Store in filesystems.unwrappedStores {
             // A store that did not answer at start was logged above; its uploads wait for
             // the next start.
             let unanswered = filesystems.storeIdentities.contains { entry in

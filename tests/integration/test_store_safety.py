@@ -157,6 +157,15 @@ def test_a_non_empty_directory_without_identity_is_not_taken_for_a_store(hsm_sto
     assert not (hsm.store / IDENTITY).exists()
 
 
+def test_a_store_on_tmpfs_is_warned_about_at_start(hsm_stopped):
+    """The store's filesystem is looked at through the metering wrapper every store wears."""
+    hsm = hsm_stopped
+    with mounted_over(hsm.store, "tmpfs"):
+        hsm.start()
+        assert hsm.wait_for_log("is on tmpfs: its objects vanish at unmount or reboot"), hsm.log_text()[-3000:]
+        hsm.stop()
+
+
 # --- release verifies the store, not a cache ----------------------------------------
 
 
