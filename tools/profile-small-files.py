@@ -58,6 +58,13 @@ def main():
         tool.wait()
     finally:
         b.cleanup()
+        # Seen with perf attached: the first umount finds the filesystem still busy.
+        for _ in range(10):
+            if str(b.mnt) not in Path("/proc/mounts").read_text():
+                break
+            time.sleep(1)
+            subprocess.run(["umount", str(b.mnt)])
+        subprocess.run(["rm", "-rf", str(b.base)])
 
 
 if __name__ == "__main__":
