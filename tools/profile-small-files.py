@@ -58,8 +58,8 @@ def main():
         tool.wait()
     finally:
         b.cleanup()
-        # Seen with perf attached: the first umount finds the filesystem still busy.
-        for _ in range(10):
+        # Seen with perf attached: umount finds the filesystem busy for 10-20 s after.
+        for _ in range(60):
             if str(b.mnt) not in Path("/proc/mounts").read_text():
                 break
             time.sleep(1)
