@@ -227,6 +227,47 @@ class Bench:
         big.unlink()
         small.unlink()
 
+    @staticmethod
+    def first_pread_ms(path):
+        """open + the first 4 KiB pread, in this process, cold: milliseconds."""
+        drop_caches()
+        t = time.perf_counter()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            data = os.pread(fd, 4096, 0)
+        finally:
+            ms = (time.perf_counter() - t) * 1000
+            os.close(fd)
+        assert len(data) > 0, f"first pread of {path} returned nothing"
+        return ms
+
+    def case11_first_byte(self):
+        """Issue 11 target 2: open + first pread of a released file against the same of its
+        stored object (the floor), for a small and a large file, alternating in one run."""
+        sizes = {"small": 16 * 1024, "large": 512 * MiB if self.quick else 4 * GiB}
+        runs = max(self.runs, 7)
+        out = {}
+        for name, size in sizes.items():
+            p = self.mnt / f"first-byte-{name}.bin"
+            write_random(p, size)
+            self.release(p)
+            obj = self.object_path(p)
+            floor, hsmd = [], []
+            for _ in range(runs):
+                floor.append(self.first_pread_ms(obj))
+                self.ctl("release", p)
+                hsmd.append(self.first_pread_ms(p))
+            f, h = stats(floor), stats(hsmd)
+            out[name] = {"bytes": size, "floor_ms": f, "hsmd_ms": h, "ratio": round(h["median"] / f["median"], 2)}
+            p.unlink()
+        self.record("11 first byte in one process", small=out["small"], large=out["large"],
+                    small_ratio=out["small"]["ratio"], large_ratio=out["large"]["ratio"],
+                    small_ms=round(out["small"]["hsmd_ms"]["median"], 3),
+                    small_floor_ms=round(out["small"]["floor_ms"]["median"], 3),
+                    large_ms=round(out["large"]["hsmd_ms"]["median"], 3),
+                    large_floor_ms=round(out["large"]["floor_ms"]["median"], 3),
+                    large_bytes=sizes["large"], cache="cold (drop_caches before each open)")
+
     def case4_random_reads(self):
         size = 256 * MiB if self.quick else GiB
         p = self.mnt / "random.bin"
@@ -417,7 +458,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--runs", type=int, default=None)
     ap.add_argument("--json", default="bench-results.json")
-    ap.add_argument("--cases", default="1,2,3,4,5,6,7,8,10,s3",
+    ap.add_argument("--cases", default="1,2,3,4,5,6,7,8,10,11,s3",
                     help="s3: the S3 section against a real Ceph RGW (scripts/bench_s3.py)")
     ap.add_argument("--jobs", type=int, default=4, help="hsmctl migrate --jobs in case 6")
     a = ap.parse_args()
@@ -437,7 +478,8 @@ def main():
         for c in cases:
             fn = {"1": b.case1_resident_tree, "2": b.case2_sequential_released, "3": b.case3_ttfb,
                   "4": b.case4_random_reads, "5": b.case5_tar, "6": b.case6_migrate, "7": b.case7_concurrent,
-                  "8": b.case8_reads_during_migrate, "10": b.case10_small_files}[c]
+                  "8": b.case8_reads_during_migrate, "10": b.case10_small_files,
+                  "11": b.case11_first_byte}[c]
             if b.proc is None:
                 b.start()
             fn()

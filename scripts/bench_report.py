@@ -47,6 +47,18 @@ def main(path):
     rows.append(("8", f"8 KiB reads of other resident files (cold) while a {c['migrate_bytes'] / 2**30:.0f} GiB file migrates ({c['migrate_s']} s)",
                  f"quiet: p99 {c['quiet_p99_ms']} ms, max {c['quiet_max_ms']} ms; during migrate: p99 {c['busy_p99_ms']} ms, max {c['busy_max_ms']} ms ({c['busy_samples']} reads)",
                  "—", "report"))
+    if "10 small released files" in r:
+        c = r["10 small released files"]
+        rows.append(("10", f"{c['files']} released {c['file_KiB']} KiB files, one `cat` each, cold",
+                     f"floor (`cat` of the objects) {fmt_s(c['floor_s'])}; hsmd {fmt_s(c['hsmd_s'])} ({c['files_per_s']} files/s); "
+                     f"{c['events_per_file']} events and {c['hsmd_cpu_ms_per_file']} ms of hsmd CPU per file",
+                     f"{c['ratio']}", "≤ 1.5; ≤ 1.1 events, ≤ 0.08 ms per file"))
+    if "11 first byte in one process" in r:
+        c = r["11 first byte in one process"]
+        rows.append(("11", f"open + first 4 KiB pread in one process, cold: released 16 KiB file and {c['large_bytes'] >> 20} MiB file",
+                     f"small {fmt_ms(c['small']['hsmd_ms'])} (floor {fmt_ms(c['small']['floor_ms'])}); "
+                     f"large {fmt_ms(c['large']['hsmd_ms'])} (floor {fmt_ms(c['large']['floor_ms'])})",
+                     f"small {c['small_ratio']}, large {c['large_ratio']}", "≤ 2, independent of size"))
     rows.append(("9", "hsmd peak RSS over the whole run", f"{r['9 hsmd peak RSS']['peak_rss_MiB']} MiB", "—", "≤ 64 MiB"))
     print(f"Machine: {m['nproc']} vCPUs, {m['mem_GiB']} GiB, Linux {m['kernel']}; {m['runs']} runs per case; whole run {m['seconds']} s.\n")
     print("| # | case | measured (median, min, max) | ratio | target |")

@@ -78,7 +78,7 @@ static int is_permission_event(uint64_t mask) {
     return (mask & (FAN_PRE_ACCESS | FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM | FAN_ACCESS_PERM)) != 0;
 }
 
-static int32_t record(header *h, const chsm_event *e) {
+static int32_t record(header *h, chsm_event *e) {
     chsm_evlog_slot *slots = slot_area(h);
     for (uint32_t i = 0; i < h->slots; i++) {
         uint32_t k = (h->hint + i) % h->slots;
@@ -92,10 +92,12 @@ static int32_t record(header *h, const chsm_event *e) {
         s->count = e->count;
         s->batch = h->batch;
         s->has_handle = chsm_name_to_handle(e->fd, "", CHSM_EMPTY_PATH, &s->handle) == 0;
-        chsm_stat st;   // the same encoding of the device as everywhere in hsmd
-        if (chsm_fstat(e->fd, &st) == 0) {
-            s->dev = st.dev;
-            s->ino = st.ino;
+        // The same encoding of the device as everywhere in hsmd. The whole statx goes to
+        // the caller too (e->st), which would otherwise take the same one right after.
+        if (chsm_fstat(e->fd, &e->st) == 0) {
+            e->has_stat = 1;
+            s->dev = e->st.dev;
+            s->ino = e->st.ino;
         } else {
             s->dev = 0;
             s->ino = 0;
@@ -125,6 +127,15 @@ int chsm_evlog_read(void *log, int group, chsm_event *out, int maxout) {
         if (out[i].fd >= 0 && is_permission_event(out[i].mask)) out[i].slot = record(h, &out[i]);
     }
     return n;
+}
+
+int chsm_evlog_handle(const void *log, int32_t slot, chsm_handle *out) {
+    const header *h = log;
+    if (slot < 0 || (uint32_t)slot >= h->slots) return -EINVAL;
+    const chsm_evlog_slot *s = &slot_area(log)[slot];
+    if (__atomic_load_n(&s->state, __ATOMIC_ACQUIRE) != 1 || !s->has_handle) return -ENOENT;
+    *out = s->handle;
+    return 0;
 }
 
 void chsm_evlog_done(void *log, int32_t slot) {

@@ -90,3 +90,15 @@ ssize_t chsm_thread_syscalls(int pid, char *buf, size_t len, int max_threads) {
     closedir(dir);
     return result < 0 ? result : (ssize_t)used;
 }
+
+ssize_t chsm_process_comm(int pid, char *buf, size_t len) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/comm", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    ssize_t n;
+    do { n = read(fd, buf, len); } while (n < 0 && errno == EINTR);
+    int e = errno;
+    close(fd);
+    return n < 0 ? -e : n;
+}

@@ -589,7 +589,7 @@ struct Archiver: Sendable {
             defer { fd.close() }
             return try locks.withLock(st.inodeKey) { () throws(Refusal) -> FileResult in
                 let bytes: Int64
-                let ticket = engine.inFlight.begin(path: fd.path, pid: 0, kind: "hsmctl")
+                let ticket = engine.inFlight.begin(path: { [path = fd.path] in path }, pid: 0, kind: "hsmctl")
                 defer { engine.inFlight.end(ticket) }
                 do { bytes = try engine.recall(fd, range: range.map { AccessRange(offset: $0.lowerBound, count: max($0.upperBound - $0.lowerBound, 1)) } ?? .wholeFile,
                                              key: st.inodeKey, store: fs.store, readahead: false, ticket: ticket)

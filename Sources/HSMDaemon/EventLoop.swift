@@ -144,11 +144,16 @@ final class EventLoop: Sendable {
             answer(&event, .allow)
             return
         }
+        // The event log took this statx when it recorded the event.
         let st: FileStat
-        do { st = try FileDescriptor(rawValue: e.fd, path: "").stat() } catch {
-            m.eventDenied.add()
-            answer(&event, .deny(errno: EIO))
-            return
+        if let recorded = e.stat {
+            st = recorded
+        } else {
+            do { st = try FileDescriptor(rawValue: e.fd, path: "").stat() } catch {
+                m.eventDenied.add()
+                answer(&event, .deny(errno: EIO))
+                return
+            }
         }
         guard let fs = filesystems.filesystem(ofOpenFile: e.fd, device: st.device) else {
             // Offline data on a filesystem hsmd cannot place: never allow over it.
@@ -163,7 +168,8 @@ final class EventLoop: Sendable {
             // returns.
             let oneBlock = marker.size <= marker.layout.blockSize && st.size <= marker.layout.blockSize
             m.eventOpen.add()
-            engine.submit(PendingEvent(event, range: nil, atOpen: true, fitsOneBlock: oneBlock, filesystem: fs), key: st.inodeKey)
+            engine.submit(PendingEvent(event, range: nil, atOpen: true, fitsOneBlock: oneBlock, filesystem: fs,
+                                       handle: eventLog.handle(ofSlot: e.slot)), key: st.inodeKey)
             return
         }
         // A file cut below its archived size has offline bits past its end: the engine
@@ -196,7 +202,8 @@ final class EventLoop: Sendable {
             }
         }
         m.eventAccess.add()
-        engine.submit(PendingEvent(event, range: e.range, atOpen: false, filesystem: fs, nature: nature), key: st.inodeKey)
+        engine.submit(PendingEvent(event, range: e.range, atOpen: false, filesystem: fs, handle: eventLog.handle(ofSlot: e.slot),
+                                   nature: nature), key: st.inodeKey)
     }
 
     /// Resident inodes get an evictable ignore mark: their later accesses cost no trip

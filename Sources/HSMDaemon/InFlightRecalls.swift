@@ -6,7 +6,10 @@ import Synchronization
 /// written (one relaxed atomic add).
 final class RecallTicket: Sendable {
     let id: UInt64
-    let path: String
+    /// The file's path, looked up only when `hsmctl queue` lists it (a readlink of the
+    /// recall's fd: recall itself names files by inode). Called under the table's lock,
+    /// which the recall's `end` also takes before its fd is closed.
+    let path: @Sendable () -> String
     /// The accessing process (0: hsmctl recall, or a pid outside hsmd's namespace).
     let pid: Int32
     /// "access", "open" (whole file at open) or "hsmctl".
@@ -14,7 +17,7 @@ final class RecallTicket: Sendable {
     let startedNanos: UInt64
     let bytes = Atomic<Int64>(0)
 
-    init(id: UInt64, path: String, pid: Int32, kind: String, startedNanos: UInt64) {
+    init(id: UInt64, path: @escaping @Sendable () -> String, pid: Int32, kind: String, startedNanos: UInt64) {
         self.id = id; self.path = path; self.pid = pid; self.kind = kind; self.startedNanos = startedNanos
     }
 }
@@ -24,7 +27,7 @@ final class InFlightRecalls: Sendable {
     private let table = Mutex<[UInt64: RecallTicket]>([:])
     private let nextID = Atomic<UInt64>(1)
 
-    func begin(path: String, pid: Int32, kind: String, startedNanos: UInt64 = monotonicNanos()) -> RecallTicket {
+    func begin(path: @escaping @Sendable () -> String, pid: Int32, kind: String, startedNanos: UInt64 = monotonicNanos()) -> RecallTicket {
         let t = RecallTicket(id: nextID.add(1, ordering: .relaxed).oldValue, path: path, pid: pid, kind: kind, startedNanos: startedNanos)
         table.withLock { $0[t.id] = t }
         return t
@@ -37,8 +40,8 @@ final class InFlightRecalls: Sendable {
     /// The table as `hsmctl queue` shows it; program names are read now, from /proc (the
     /// process is blocked in its access, so still there).
     func rows(now: UInt64 = monotonicNanos()) -> [QueueRecall] {
-        table.withLock { Array($0.values) }.sorted { $0.id < $1.id }.map { t in
-            QueueRecall(path: t.path, pid: t.pid, program: t.pid > 0 ? RecallEngine.programName(pid: t.pid) : "",
+        table.withLock { $0.values.map { ($0, $0.path()) } }.sorted { $0.0.id < $1.0.id }.map { t, path in
+            QueueRecall(path: path, pid: t.pid, program: t.pid > 0 ? RecallEngine.programName(pid: t.pid) : "",
                         kind: t.kind, bytes: t.bytes.load(ordering: .relaxed),
                         ageSeconds: Double(now &- t.startedNanos) / 1e9)
         }

@@ -27,26 +27,29 @@ final class PendingEvent: Sendable {
     /// reads raise no second event (the block would come back whole at the first read).
     let fitsOneBlock: Bool
     let filesystem: ManagedFilesystem
+    /// The file's handle as the event log recorded it when the event was read (nil: not
+    /// recorded): recall opens the inode for writing by it without asking again.
+    let handle: InodeHandle?
     let received: UInt64
     private let event: Mutex<PermissionEvent?>
 
     /// An event read by this process, with its (read-only) event fd.
     convenience init(_ event: consuming PermissionEvent, range: AccessRange?, atOpen: Bool, fitsOneBlock: Bool = false,
-                     filesystem: ManagedFilesystem, nature: EventNature? = nil) {
+                     filesystem: ManagedFilesystem, handle: InodeHandle? = nil, nature: EventNature? = nil) {
         let fd = event.number
         self.init(event, file: fd, ownsFile: false, range: range, atOpen: atOpen, fitsOneBlock: fitsOneBlock,
-                  filesystem: filesystem, nature: nature)
+                  filesystem: filesystem, handle: handle, nature: nature)
     }
 
     /// An event a dead predecessor read: answered by its old number, recalled through
     /// `file` (opened by handle; closed with the event).
     convenience init(inherited event: consuming PermissionEvent, file: FileDescriptor, range: AccessRange?, atOpen: Bool, filesystem: ManagedFilesystem, nature: EventNature? = nil) {
         self.init(event, file: file.rawValue, ownsFile: true, range: range, atOpen: atOpen, fitsOneBlock: false,
-                  filesystem: filesystem, nature: nature)
+                  filesystem: filesystem, handle: nil, nature: nature)
     }
 
     private init(_ event: consuming PermissionEvent, file: Int32, ownsFile: Bool, range: AccessRange?, atOpen: Bool,
-                 fitsOneBlock: Bool, filesystem: ManagedFilesystem, nature: EventNature?) {
+                 fitsOneBlock: Bool, filesystem: ManagedFilesystem, handle: InodeHandle?, nature: EventNature?) {
         self.file = file
         self.ownsFile = ownsFile
         pid = event.pid
@@ -55,6 +58,7 @@ final class PendingEvent: Sendable {
         self.atOpen = atOpen
         self.fitsOneBlock = fitsOneBlock
         self.filesystem = filesystem
+        self.handle = handle
         received = monotonicNanos()
         self.event = Mutex(event)
     }

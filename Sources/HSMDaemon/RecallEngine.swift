@@ -137,17 +137,18 @@ final class RecallEngine: Sendable {
     }
 
     private func workerLoop() {
+        let buffer = WorkerBuffer()
         while true {
             work.wait()
             let next = state.withLock { s -> (InodeKey?, Bool) in
                 (s.ready.isEmpty ? nil : s.ready.removeFirst(), s.stopping)
             }
-            if let key = next.0 { drain(key) } else if next.1 { return }
+            if let key = next.0 { drain(key, buffer) } else if next.1 { return }
         }
     }
 
     /// Answers every queued event of one inode, then gives the inode up.
-    private func drain(_ key: InodeKey) {
+    private func drain(_ key: InodeKey, _ buffer: WorkerBuffer) {
         while true {
             let batch = state.withLock { s -> [PendingEvent] in
                 let b = s.queues.removeValue(forKey: key) ?? []
@@ -157,7 +158,7 @@ final class RecallEngine: Sendable {
             if batch.isEmpty { return }
             locks.withLock(key) {
                 for event in batch {
-                    handle(event, key: key)
+                    handle(event, key: key, buffer: buffer)
                     // Close at once: a lingering event fd counts as an open file and
                     // would make a release that follows the access report "busy".
                     state.withLock { _ = $0.outstanding.removeValue(forKey: ObjectIdentifier(event)) }
@@ -169,7 +170,7 @@ final class RecallEngine: Sendable {
         }
     }
 
-    private func handle(_ event: PendingEvent, key: InodeKey) {
+    private func handle(_ event: PendingEvent, key: InodeKey, buffer: WorkerBuffer) {
         if event.isAnswered { return }
         let fs = event.filesystem
         var range = event.range
@@ -189,30 +190,34 @@ final class RecallEngine: Sendable {
             }
             range = nil
         }
-        // The path (a readlink) only for events that recall: it names the file in errors.
+        // The fd names its inode, not its path, in errors: the path (a readlink) is looked
+        // up only for a message that is written (`name`).
         let fd: FileDescriptor
+        var opened: FileStat?
         if event.fileIsWritable {
-            fd = FileDescriptor(rawValue: event.file, path: fs.displayPath(ofPrivateFile: event.file))
+            fd = FileDescriptor(rawValue: event.file, path: Self.inodeLabel(key, fs))
         } else {
-            do { fd = try writableFile(event, key: key) } catch {
+            do { (fd, opened) = try writableFile(event, key: key) } catch {
                 if event.answer(.deny(errno: EIO)) {
-                    log.error("recall for pid \(event.pid) cannot open the file for writing: \(error); the access fails with EIO")
+                    log.error("recall for pid \(event.pid) cannot open \(FileDescriptor.currentPath(of: event.file)) for writing: \(error); the access fails with EIO")
                 }
                 return
             }
         }
         defer { if !event.fileIsWritable { fd.close() } }
+        let name = { fs.displayPath(ofPrivateFile: fd.rawValue) }
         if let opener, !event.fitsOneBlock {
-            log.info("\(opener) (pid \(event.pid)) opens released file \(fd.path): recalling all of it first")
+            log.info("\(opener) (pid \(event.pid)) opens released file \(name()): recalling all of it first")
         }
         let started = monotonicNanos()
         var allowed = false
-        let ticket = inFlight.begin(path: fd.path, pid: event.pid, kind: event.atOpen ? "open" : "access", startedNanos: started)
+        let ticket = inFlight.begin(path: { [fdNumber = fd.rawValue] in fs.displayPath(ofPrivateFile: fdNumber) }, pid: event.pid, kind: event.atOpen ? "open" : "access", startedNanos: started)
         defer { inFlight.end(ticket) }
         let metrics = DaemonMetrics.shared
         do {
             let bytes = try recall(fd, range: range, key: key, store: fs.store, readahead: !event.atOpen,
-                                   markerBeforeAnswer: opener != nil, event: event, canShift: fs.canShiftData, ticket: ticket) {
+                                   markerBeforeAnswer: opener != nil, event: event, canShift: fs.canShiftData, ticket: ticket,
+                                   knownStat: opened, name: name, buffer: buffer) {
                 // From the event's arrival to the data it needs being in: what the program
                 // waited. Counted before the answer, so a reader that has its data sees it counted.
                 if !event.isAnswered { metrics.recallSeconds.observe(monotonicNanos() &- event.received) }
@@ -220,16 +225,21 @@ final class RecallEngine: Sendable {
             }
             if allowed && bytes > 0 {
                 let ms = Double(monotonicNanos() - started) / 1e6
-                log.debug("recalled \(Units.formatBytes(bytes)) of \(fd.path) for pid \(event.pid) in \(String(format: "%.1f", ms)) ms")
+                log.debug("recalled \(Units.formatBytes(bytes)) of \(name()) for pid \(event.pid) in \(String(format: "%.1f", ms)) ms")
             }
         } catch {
             if event.answer(.deny(errno: error.errno)) {
                 metrics.recordRecallFailure(errno: error.errno)
-                log.error("recall failed for \(fd.path) (pid \(event.pid), bytes \(event.range?.description ?? "all")): \(error); the access fails with \(String(cString: strerror(error.errno)))")
+                log.error("recall failed for \(name()) (pid \(event.pid), bytes \(event.range?.description ?? "all")): \(error); the access fails with \(String(cString: strerror(error.errno)))")
             } else if allowed {
-                log.warning("read-ahead of \(fd.path) failed after the access itself was served: \(error)")
+                log.warning("read-ahead of \(name()) failed after the access itself was served: \(error)")
             }
         }
+    }
+
+    /// What errors of a recall fd say instead of its path: no syscall to make it.
+    static func inodeLabel(_ key: InodeKey, _ fs: ManagedFilesystem) -> String {
+        "inode \(key.inode) on \(fs.path)"
     }
 
     /// What an event is: looks at the blocked process (/proc/PID/task/*/syscall) only when
@@ -275,11 +285,15 @@ final class RecallEngine: Sendable {
     /// the same inode opened by handle on hsmd's private mount of the filesystem
     /// (docs/ARCHITECTURE.md, "An event's life"). Once per recall, on the worker: its
     /// open is not seen by hsmd's group (mount ignore mark), so it waits for no answer.
-    private func writableFile(_ event: PendingEvent, key: InodeKey) throws(SystemError) -> FileDescriptor {
+    /// The handle is the one the event log took when the event was read (the same
+    /// name_to_handle_at of the same fd), asked again only when it has none. Returns the
+    /// statx taken for the inode check, which the recall then starts from.
+    private func writableFile(_ event: PendingEvent, key: InodeKey) throws(SystemError) -> (FileDescriptor, FileStat) {
         let fs = event.filesystem
-        let seen = FileDescriptor.currentPath(of: event.file)
-        let handle = try InodeHandle.of(fd: event.file, path: seen)
-        let file = try handle.openFile(mountFD: fs.privateRootFD, flags: .readWrite, what: "\(seen) (handle \(handle)) on \(fs.path)")
+        let label = Self.inodeLabel(key, fs)
+        let handle: InodeHandle
+        if let recorded = event.handle { handle = recorded } else { handle = try InodeHandle.of(fd: event.file, path: label) }
+        let file = try handle.openFile(mountFD: fs.privateRootFD, flags: .readWrite, what: label)
         let st: FileStat
         do { st = try file.stat() } catch {
             file.close()
@@ -288,17 +302,15 @@ final class RecallEngine: Sendable {
         // The handle must name the event's very inode there (never write into another).
         guard st.inodeKey == key else {
             file.close()
-            throw SystemError(errno: ESTALE, operation: "open_by_handle_at (another inode)", path: file.path)
+            throw SystemError(errno: ESTALE, operation: "open_by_handle_at (another inode, handle \(handle))", path: label)
         }
-        return FileDescriptor(rawValue: file.rawValue, path: fs.displayPath(ofPrivateFile: file.rawValue))
+        return (file, st)
     }
 
     /// The kernel's name for a process (/proc/PID/comm, at most 15 characters).
+    /// One read: comm is at most 16 bytes with its newline.
     static func programName(pid: Int32) -> String {
-        guard let fd = try? FileDescriptor.open("/proc/\(pid)/comm", [.readOnly]) else { return "" }
-        defer { fd.close() }
-        let bytes = (try? fd.readAll(limit: 64)) ?? []
-        return String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        ProcessThreads.programName(pid: pid)
     }
 
     /// Answers events that waited longer than recall_timeout with EIO, so no
@@ -328,13 +340,17 @@ final class RecallEngine: Sendable {
     /// it needs: AccessPlan); nil for hsmctl recall and archive, which want exactly `range`.
     func recall(_ fd: FileDescriptor, range: AccessRange?, key: InodeKey, store: any ObjectStore,
                 readahead: Bool, markerBeforeAnswer: Bool = false, event: PendingEvent? = nil, canShift: Bool = true,
-                ticket: RecallTicket? = nil, neededIsIn: (() -> Void)? = nil) throws(RecallError) -> Int64 {
+                ticket: RecallTicket? = nil, knownStat: FileStat? = nil, name: (() -> String)? = nil, buffer: WorkerBuffer? = nil,
+                neededIsIn: (() -> Void)? = nil) throws(RecallError) -> Int64 {
         let st: FileStat
         let raw: [UInt8]?
         do {
-            st = try fd.stat()
+            // `knownStat`: the caller's statx of this fd, taken under the same inode lock.
+            if let knownStat { st = knownStat } else { st = try fd.stat() }
             raw = try fd.xattr(Marker.xattrName)
         } catch { throw .system(error) }
+        /// The file's name for messages (a readlink when the fd's own label names an inode).
+        let fileName = name ?? { fd.path }
         guard let raw else {
             // No marker (removed since the event was read): nothing is offline as far as
             // anyone can know, and the access must not wait for an answer that never comes.
@@ -390,7 +406,7 @@ final class RecallEngine: Sendable {
         do throws(StoreError) {
             record = try store.record(marker.object)
             if let why = record.mismatch(with: marker) {
-                throw StoreError.badRecord(marker.object, path: "record of \(fd.path)", reason: why)
+                throw StoreError.badRecord(marker.object, path: "record of \(fileName())", reason: why)
             }
             reader = try store.reader(for: record)
         } catch {
@@ -431,7 +447,7 @@ final class RecallEngine: Sendable {
             guard let privileges else { return }
             do { try privileges.restore(fd) } catch {
                 if !privilegesLost {
-                    log.critical("\(fd.path): recall's writes removed its \(privileges.description) and putting them back failed: \(error); set them again by hand")
+                    log.critical("\(fileName()): recall's writes removed its \(privileges.description) and putting them back failed: \(error); set them again by hand")
                 }
                 privilegesLost = true
             }
@@ -459,7 +475,7 @@ final class RecallEngine: Sendable {
                     }
                 }
             } catch {
-                reopenHoles(filled, fd, fileSize: st.size, object: marker.object)
+                reopenHoles(filled, fd, fileSize: st.size, object: marker.object, name: fileName)
                 if !filled.isEmpty { keepPrivileges() }
                 throw RecallError.system(error)
             }
@@ -490,12 +506,13 @@ final class RecallEngine: Sendable {
                         }
                     }
                 } else if let b = blocks.first {
-                    // Allocated here, not for every recall: the pipeline brings its own
-                    // buffers, and a block-sized one per recall thread adds up.
-                    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(layout.blockSize), alignment: 4096)
-                    defer { buffer.deallocate() }
-                    _ = try reader.read(block: b, into: buffer)
-                    try place(b, buffer)
+                    // The worker's own buffer (the pipeline brings its own); hsmctl recall
+                    // and archive, which have none, allocate one here.
+                    let scratch = buffer ?? WorkerBuffer()
+                    let block = scratch.acquire(Int(layout.blockSize))
+                    defer { scratch.release(block) }
+                    _ = try reader.read(block: b, into: block)
+                    try place(b, block)
                 }
                 marker.flags.remove(.objectDamaged)
             } catch {
@@ -555,11 +572,11 @@ final class RecallEngine: Sendable {
     /// holes only, so those zeros would later pass for data. Punch back what this attempt
     /// was filling. At EOF the punch runs past the end: one ending mid-page zeroes
     /// instead of freeing.
-    private func reopenHoles(_ ranges: [Range<Int64>], _ fd: FileDescriptor, fileSize: Int64, object: ObjectID) {
+    private func reopenHoles(_ ranges: [Range<Int64>], _ fd: FileDescriptor, fileSize: Int64, object: ObjectID, name: () -> String) {
         for r in ranges {
             let end = r.upperBound >= fileSize ? (r.upperBound + 4095) / 4096 * 4096 : r.upperBound
             do { try fd.punchHole(offset: r.lowerBound, length: end - r.lowerBound) } catch {
-                log.critical("\(fd.path): after a failed recall write, bytes \(r.lowerBound)..<\(end) could not be punched back to a hole (\(error)); they may read as zeros; restore them by hand from object \(object)")
+                log.critical("\(name()): after a failed recall write, bytes \(r.lowerBound)..<\(end) could not be punched back to a hole (\(error)); they may read as zeros; restore them by hand from object \(object)")
             }
         }
     }

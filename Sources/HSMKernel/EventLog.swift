@@ -64,6 +64,14 @@ public final class EventLog: @unchecked Sendable {
         chsm_evlog_read(base, group, parsed, capacity)
     }
 
+    /// The file handle recorded with the pending event in `slot`; nil when there is none.
+    /// Only while that event is unanswered and only on the thread that owns it: the slot
+    /// is reused once it is answered.
+    public func handle(ofSlot slot: Int32) -> InodeHandle? {
+        var h = chsm_handle()
+        return chsm_evlog_handle(base, slot, &h) == 0 ? InodeHandle(h) : nil
+    }
+
     /// The event in `slot` is answered.
     public func done(_ slot: Int32) {
         chsm_evlog_done(base, slot)

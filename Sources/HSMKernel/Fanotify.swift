@@ -43,6 +43,9 @@ public struct FanotifyEvent: Sendable {
     public let range: AccessRange?
     /// Its slot in the event log, or -1 (not a permission event, or the log was full).
     public let slot: Int32
+    /// statx of the event fd, taken when the event log recorded the event (nil when it did
+    /// not): the same call the event loop would make right after.
+    public let stat: FileStat?
 
     public var isOverflow: Bool { mask & UInt64(FAN_Q_OVERFLOW) != 0 }
     public var isPreAccess: Bool { mask & UInt64(FAN_PRE_ACCESS) != 0 }
@@ -55,6 +58,7 @@ public struct FanotifyEvent: Sendable {
         pid = e.pid
         range = e.has_range != 0 ? AccessRange(kernelOffset: e.offset, count: e.count) : nil
         slot = e.slot
+        stat = e.has_stat != 0 ? FileStat(e.st) : nil
     }
 
 }

@@ -30,6 +30,22 @@ public struct SyscallNumbers: Sendable, Equatable {
 /// Reading it needs ptrace access to the process (CAP_SYS_PTRACE for other users' and for
 /// more privileged processes; docs/KERNEL-FACTS.md). It touches no managed filesystem.
 public enum ProcessThreads {
+    /// The kernel's name for a process (/proc/PID/comm, at most 15 bytes); "" when it
+    /// cannot be read (the process is gone).
+    public static func programName(pid: Int32) -> String {
+        guard pid > 0 else { return "" }
+        return withUnsafeTemporaryAllocation(of: CChar.self, capacity: 64) { buffer -> String in
+            let n = chsm_process_comm(pid, buffer.baseAddress, buffer.count)
+            guard n > 0 else { return "" }
+            var bytes = UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(buffer)[0..<Int(n)])[...]
+            // Trimmed like the names in full_recall_programs are compared: ASCII blanks.
+            let blank: (UInt8) -> Bool = { $0 == 0x20 || $0 == 0x09 || $0 == 0x0A || $0 == 0x0D }
+            while let last = bytes.last, blank(last) { bytes = bytes.dropLast() }
+            while let first = bytes.first, blank(first) { bytes = bytes.dropFirst() }
+            return String(decoding: bytes, as: UTF8.self)
+        }
+    }
+
     /// One line per thread, nil for a thread whose line could not be read; nil for all
     /// when the thread list cannot be read or has more than `limit` threads.
     public static func syscallLines(pid: Int32, limit: Int) -> [String?]? {

@@ -54,7 +54,7 @@ final class JobsTests: XCTestCase {
 
     func testInFlightRecallsCountBytes() {
         let table = InFlightRecalls()
-        let t = table.begin(path: "/f", pid: getpid(), kind: "access")
+        let t = table.begin(path: { "/f" }, pid: getpid(), kind: "access")
         t.bytes.add(4096, ordering: .relaxed)
         let rows = table.rows()
         XCTAssertEqual(rows.count, 1)

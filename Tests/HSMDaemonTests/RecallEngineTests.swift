@@ -47,10 +47,10 @@ final class RecallEngineTests: XCTestCase {
 
     // MARK: Helpers
 
-    func makeEngine(timeoutSeconds: Int64 = 30) -> RecallEngine {
+    func makeEngine(timeoutSeconds: Int64 = 30, threads: Int = 2) -> RecallEngine {
         var config = Config()
         config.recallTimeoutSeconds = timeoutSeconds
-        config.recallThreads = 2
+        config.recallThreads = threads
         let e = RecallEngine(group: FanotifyGroup(fd: -1), filesystems: ManagedFilesystems([fs]), locks: InodeLocks(),
                              config: config, log: Logger(label: "test"))
         e.start()
@@ -120,6 +120,25 @@ final class RecallEngineTests: XCTestCase {
         // The partial last block comes back with any access (AccessPlan: an O_APPEND write
         // reports the fd's position, not the end of file it rewrites).
         XCTAssertFalse(m.offline[3], "the block holding the end of the file is local")
+    }
+
+    /// A worker keeps its block buffer from one recall to the next (WorkerBuffer): what a
+    /// recall of one file left in it must never reach the next file.
+    func testAWorkersReusedBufferGivesEachFileOnlyItsOwnBytes() throws {
+        let (big, bigData) = try releasedFile("big.bin", size: Self.block + 10)
+        let (small, smallData) = try releasedFile("small.bin", size: 5000)
+        let (empty, _) = try releasedFile("tiny.bin", size: 1)
+        let engine = makeEngine(threads: 1)
+        try submit(big, 0..<4096, to: engine)
+        XCTAssertEqual(recorder.wait(count: 1).map(\.response), [.allow])
+        try submit(small, 0..<4096, to: engine)
+        try submit(empty, 0..<4096, to: engine)
+        XCTAssertEqual(recorder.wait(count: 3).map(\.response), [.allow, .allow, .allow])
+        _ = engine.stop(drainSeconds: 5)
+        XCTAssertEqual(try read(big, 0..<Self.block), Array(bigData[0..<Self.block]))
+        XCTAssertEqual(try read(small, 0..<Self.block), smallData, "the small file has its own bytes and size")
+        XCTAssertEqual(try FileStat.of(path: empty).size, 1)
+        XCTAssertEqual(try XCTUnwrap(try marker(small)).offline.isEmpty, true)
     }
 
     func testAMissingObjectIsDeniedWithEIOAndMarkedDamaged() throws {

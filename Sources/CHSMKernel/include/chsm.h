@@ -34,6 +34,13 @@
 #endif
 #define CHSM_DENY_ERRNO(e) (FAN_DENY | ((((uint32_t)(e)) & 0xff) << FAN_ERRNO_SHIFT))
 
+/// statx of an open fd (AT_EMPTY_PATH). Times in ns since the epoch.
+typedef struct {
+    uint64_t dev, ino, size, blocks;
+    uint32_t mode, uid, gid, nlink;
+    int64_t atime_ns, mtime_ns, ctime_ns;
+} chsm_stat;
+
 /// One event from a fanotify group, with the info records hsmd uses already parsed.
 typedef struct {
     uint64_t mask;
@@ -43,6 +50,9 @@ typedef struct {
     int32_t slot;          // its slot in the event log (chsm_eventlog.h), or -1
     uint64_t offset;
     uint64_t count;
+    int32_t has_stat;      // 1 when the event log took `st` (statx of the event fd) while
+    int32_t pad;           // recording the event: the event loop needs no statx of its own
+    chsm_stat st;
 } chsm_event;
 
 /// fanotify_init. Returns the group fd or -errno.
@@ -72,12 +82,6 @@ int64_t chsm_seek_data(int fd, int64_t offset);                    // offset, or
 int64_t chsm_seek_hole(int fd, int64_t offset);
 int64_t chsm_copy_file_range(int fd_in, int64_t off_in, int fd_out, int64_t off_out, size_t len);
 
-/// statx of an open fd (AT_EMPTY_PATH). Times in ns since the epoch.
-typedef struct {
-    uint64_t dev, ino, size, blocks;
-    uint32_t mode, uid, gid, nlink;
-    int64_t atime_ns, mtime_ns, ctime_ns;
-} chsm_stat;
 int chsm_fstat(int fd, chsm_stat *out);
 int chsm_stat_path(const char *path, int nofollow, chsm_stat *out);
 /// Restores the mtime (atime untouched). 0 or -errno.

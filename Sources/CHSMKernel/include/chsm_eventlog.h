@@ -49,6 +49,10 @@ uint32_t chsm_evlog_raw_bytes(const void *log);
 /// fd. `out[i].slot` is its slot, -1 when the log is full or the event needs none.
 /// Returns the number of events, 0 at EOF, or -errno (EINTR included: not retried).
 int chsm_evlog_read(void *log, int group, chsm_event *out, int maxout);
+/// The handle recorded in a pending slot (taken when its event was read). 0, or -ENOENT
+/// when the slot is free or holds no handle, -EINVAL for a slot out of range. Only for the
+/// thread that owns the slot's event until it is answered (the slot is reused after).
+int chsm_evlog_handle(const void *log, int32_t slot, chsm_handle *out);
 /// Frees a slot: its event has been answered.
 void chsm_evlog_done(void *log, int32_t slot);
 

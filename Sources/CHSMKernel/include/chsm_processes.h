@@ -21,4 +21,8 @@ void chsm_syscall_numbers(struct chsm_syscall_numbers *out);
 /// -errno (-E2BIG: more than `max_threads` threads or more than `len` bytes).
 ssize_t chsm_thread_syscalls(int pid, char *buf, size_t len, int max_threads);
 
+/// /proc/PID/comm (the kernel's name for the process, at most 15 bytes and a newline)
+/// into buf, in one open, one read and one close. Bytes read, or -errno.
+ssize_t chsm_process_comm(int pid, char *buf, size_t len);
+
 #endif
