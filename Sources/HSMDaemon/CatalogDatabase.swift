@@ -3,9 +3,9 @@ import HSMCore
 
 /// The catalog's database (state_dir/catalog.sqlite): one row per object and per managed
 /// file, an index of what the markers and the stores say (never the truth). The system's
-/// SQLite through CSQLite, like the journal (no GRDB: its clean build would add minutes on
-/// a small build machine for a dozen statements). One connection, serialized by a lock:
-/// the catalog's writer thread commits batches, control threads read.
+/// SQLite through SQLiteConnection, like the journal (no GRDB: its clean build would add
+/// minutes on a small build machine for a dozen statements). One connection, serialized by
+/// its lock: the catalog's writer thread commits batches, control threads read.
 final class CatalogDatabase: @unchecked Sendable {
     // @unchecked: `ids` is mutable, and only touched under `db.locked` (the connection's
     // lock), so no two threads ever use it at once.
