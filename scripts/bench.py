@@ -93,6 +93,18 @@ class Hsmd:
             subprocess.run(["umount", str(self.mnt)])
             shutil.rmtree(self.base, ignore_errors=True)
 
+    def ttfb(self, p, runs):
+        """Milliseconds to the first byte of `p`, released and cold, `runs` times."""
+        times = []
+        for _ in range(runs):
+            self.ctl("release", p)
+            drop_caches()
+            t = time.perf_counter()
+            with open(p, "rb", buffering=0) as f:
+                f.read(1)
+            times.append((time.perf_counter() - t) * 1000)
+        return times
+
 
 class Bench(Hsmd):
     def __init__(self, bindir, quick, runs, image_size, jobs=4):
@@ -210,17 +222,6 @@ class Bench(Hsmd):
                     released_MBps=round(size / r["median"] / 1e6), direct_MBps=round(size / d["median"] / 1e6),
                     cache="cold (drop_caches before each read)")
         p.unlink()
-
-    def ttfb(self, p, runs):
-        times = []
-        for _ in range(runs):
-            self.ctl("release", p)
-            drop_caches()
-            t = time.perf_counter()
-            with open(p, "rb", buffering=0) as f:
-                f.read(1)
-            times.append((time.perf_counter() - t) * 1000)
-        return times
 
     def case3_ttfb(self):
         big_size = 512 * MiB if self.quick else 4 * GiB

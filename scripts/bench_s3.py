@@ -166,14 +166,7 @@ class S3Bench(Hsmd):
 
     def case4_ttfb(self):
         p = self.ttfb_file
-        times = []
-        for _ in range(max(self.runs, 7)):
-            self.ctl("release", p)
-            drop_caches()
-            t = time.perf_counter()
-            with open(p, "rb", buffering=0) as f:
-                f.read(1)
-            times.append((time.perf_counter() - t) * 1000)
+        times = self.ttfb(p, max(self.runs, 7))
         self.record("s3.4 time to first byte, released", bytes=os.path.getsize(p), ms=stats(times),
                     median_ms=round(statistics.median(times), 2), cache="cold")
         p.unlink()
