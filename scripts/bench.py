@@ -60,7 +60,53 @@ def write_random(path, size, chunk=8 * MiB):
             block = block[1:] + block[:1]
 
 
-class Bench:
+class Hsmd:
+    """One hsmd of a benchmark: `bindir`'s hsmd and hsmctl, with `base`/hsmd.toml, its log
+    in `base`, its socket `sock`, its filesystem mounted at `mnt` (set by the subclass)."""
+
+    start_tries = 200  # of 50 ms
+
+    def start(self):
+        self.proc = subprocess.Popen([self.bindir / "hsmd", "--config", self.base / "hsmd.toml"],
+                                     stderr=open(self.base / "hsmd.log", "ab"))
+        for _ in range(self.start_tries):
+            if self.ctl("doctor", check=False).returncode == 0:
+                return
+            time.sleep(0.05)
+        raise RuntimeError("hsmd did not start:\n" + (self.base / "hsmd.log").read_text())
+
+    def stop(self):
+        if self.proc:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(60)
+            self.proc = None
+
+    def ctl(self, *args, check=True):
+        env = dict(os.environ, HSMD_SOCKET=str(self.sock))
+        return subprocess.run([self.bindir / "hsmctl", *map(str, args)], env=env, check=check,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def cleanup(self):
+        try:
+            self.stop()
+        finally:
+            subprocess.run(["umount", str(self.mnt)])
+            shutil.rmtree(self.base, ignore_errors=True)
+
+    def ttfb(self, p, runs):
+        """Milliseconds to the first byte of `p`, released and cold, `runs` times."""
+        times = []
+        for _ in range(runs):
+            self.ctl("release", p)
+            drop_caches()
+            t = time.perf_counter()
+            with open(p, "rb", buffering=0) as f:
+                f.read(1)
+            times.append((time.perf_counter() - t) * 1000)
+        return times
+
+
+class Bench(Hsmd):
     def __init__(self, bindir, quick, runs, image_size, jobs=4):
         self.jobs = jobs
         self.bindir = Path(bindir)
@@ -85,15 +131,6 @@ class Bench:
 
     # --- hsmd --------------------------------------------------------------------------
 
-    def start(self):
-        self.proc = subprocess.Popen([self.bindir / "hsmd", "--config", self.base / "hsmd.toml"],
-                                     stderr=open(self.base / "hsmd.log", "ab"))
-        for _ in range(200):
-            if self.ctl("doctor", check=False).returncode == 0:
-                return
-            time.sleep(0.05)
-        raise RuntimeError("hsmd did not start:\n" + (self.base / "hsmd.log").read_text())
-
     def sample_rss(self):
         if self.proc and self.proc.poll() is None:
             for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -101,16 +138,8 @@ class Bench:
                     self.peak_rss_kib = max(self.peak_rss_kib, int(line.split()[1]))
 
     def stop(self):
-        if self.proc:
-            self.sample_rss()
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(60)
-            self.proc = None
-
-    def ctl(self, *args, check=True):
-        env = dict(os.environ, HSMD_SOCKET=str(self.sock))
-        return subprocess.run([self.bindir / "hsmctl", *map(str, args)], env=env, check=check,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.sample_rss()
+        super().stop()
 
     def release(self, path):
         """Leave `path` released: archive if needed, then punch."""
@@ -121,13 +150,6 @@ class Bench:
         rows = json.loads(self.ctl("status", "--json", path).stdout)
         oid = rows[0]["object"]
         return self.store / "objects" / oid[:2] / f"{oid}.data"
-
-    def cleanup(self):
-        try:
-            self.stop()
-        finally:
-            subprocess.run(["umount", str(self.mnt)])
-            shutil.rmtree(self.base, ignore_errors=True)
 
     # --- cases -------------------------------------------------------------------------
 
@@ -200,17 +222,6 @@ class Bench:
                     released_MBps=round(size / r["median"] / 1e6), direct_MBps=round(size / d["median"] / 1e6),
                     cache="cold (drop_caches before each read)")
         p.unlink()
-
-    def ttfb(self, p, runs):
-        times = []
-        for _ in range(runs):
-            self.ctl("release", p)
-            drop_caches()
-            t = time.perf_counter()
-            with open(p, "rb", buffering=0) as f:
-                f.read(1)
-            times.append((time.perf_counter() - t) * 1000)
-        return times
 
     def case3_ttfb(self):
         big_size = 512 * MiB if self.quick else 4 * GiB

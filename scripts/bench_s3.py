@@ -19,7 +19,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -31,41 +30,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
+sys.path.insert(0, str(ROOT / "scripts"))
 
-MiB = 1 << 20
-GiB = 1 << 30
-
-
-def drop_caches():
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
-
-
-def timed(fn):
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
+from bench import GiB, Hsmd, MiB, drop_caches, timed, write_random  # noqa: E402
+from bench import stats as raw_stats  # noqa: E402
 
 
 def stats(xs):
-    xs = sorted(xs)
-    return {"median": round(statistics.median(xs), 4), "min": round(xs[0], 4), "max": round(xs[-1], 4), "n": len(xs)}
+    """bench.stats, rounded to 0.1 ms for the JSON."""
+    return {k: round(v, 4) for k, v in raw_stats(xs).items()}
 
 
-def write_random(path, size, chunk=8 * MiB):
-    with open(path, "wb") as f:
-        block = bytearray(os.urandom(min(chunk, max(size, 1))))
-        left = size
-        i = 0
-        while left > 0:
-            n = min(left, len(block))
-            block[0:8] = i.to_bytes(8, "little")  # every chunk differs
-            f.write(block[:n])
-            left -= n
-            i += 1
+class S3Bench(Hsmd):
+    start_tries = 400  # of 50 ms: the s3 store checks its bucket at start
 
-
-class S3Bench:
     def __init__(self, bindir, quick, runs, rgw):
         import boto3
         from boto3.s3.transfer import TransferConfig
@@ -99,26 +77,6 @@ class S3Bench:
 
     # --- hsmd ----------------------------------------------------------------------------
 
-    def start(self):
-        self.proc = subprocess.Popen([self.bindir / "hsmd", "--config", self.base / "hsmd.toml"],
-                                     stderr=open(self.base / "hsmd.log", "ab"))
-        for _ in range(400):
-            if self.ctl("doctor", check=False).returncode == 0:
-                return
-            time.sleep(0.05)
-        raise RuntimeError("hsmd did not start:\n" + (self.base / "hsmd.log").read_text())
-
-    def stop(self):
-        if self.proc:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(60)
-            self.proc = None
-
-    def ctl(self, *args, check=True):
-        env = dict(os.environ, HSMD_SOCKET=str(self.sock))
-        return subprocess.run([self.bindir / "hsmctl", *map(str, args)], env=env, check=check,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
     def status_value(self, field):
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith(field + ":"):
@@ -136,10 +94,8 @@ class S3Bench:
 
     def cleanup(self):
         try:
-            self.stop()
+            super().cleanup()
         finally:
-            subprocess.run(["umount", str(self.mnt)])
-            shutil.rmtree(self.base, ignore_errors=True)
             try:
                 self.empty_bucket()
                 self.s3.delete_bucket(Bucket=self.bucket)
@@ -210,14 +166,7 @@ class S3Bench:
 
     def case4_ttfb(self):
         p = self.ttfb_file
-        times = []
-        for _ in range(max(self.runs, 7)):
-            self.ctl("release", p)
-            drop_caches()
-            t = time.perf_counter()
-            with open(p, "rb", buffering=0) as f:
-                f.read(1)
-            times.append((time.perf_counter() - t) * 1000)
+        times = self.ttfb(p, max(self.runs, 7))
         self.record("s3.4 time to first byte, released", bytes=os.path.getsize(p), ms=stats(times),
                     median_ms=round(statistics.median(times), 2), cache="cold")
         p.unlink()

@@ -1,20 +1,17 @@
-import CSQLite
 import Foundation
 import HSMCore
-import Synchronization
 
 /// The catalog's database (state_dir/catalog.sqlite): one row per object and per managed
 /// file, an index of what the markers and the stores say (never the truth). The system's
-/// SQLite through CSQLite, like the journal (no GRDB: its clean build would add minutes on
-/// a small build machine for a dozen statements). One connection, serialized by a lock:
-/// the catalog's writer thread commits batches, control threads read.
+/// SQLite through SQLiteConnection, like the journal (no GRDB: its clean build would add
+/// minutes on a small build machine for a dozen statements). One connection, serialized by
+/// its lock: the catalog's writer thread commits batches, control threads read.
 final class CatalogDatabase: @unchecked Sendable {
-    // @unchecked: `db` is an SQLite connection opened FULLMUTEX and every use of it goes
-    // through `lock`, so no two threads ever use it at once.
-    private let db: OpaquePointer
-    private let lock = Mutex<Void>(())
-    let path: String
-    /// Filesystem paths and store names → their row ids; only touched under `lock`.
+    // @unchecked: `ids` is mutable, and only touched under `db.locked` (the connection's
+    // lock), so no two threads ever use it at once.
+    private let db: SQLiteConnection
+    var path: String { db.path }
+    /// Filesystem paths and store names → their row ids; only touched under `db.locked`.
     private var ids: [String: Int64] = [:]
 
     /// The schema version this hsmd writes.
@@ -116,181 +113,67 @@ final class CatalogDatabase: @unchecked Sendable {
 
     /// Opens (creating, or migrating to `migrations.count`) the database at `path`.
     init(path: String, migrations: [String] = CatalogDatabase.migrations) throws(OpenProblem) {
-        self.path = path
-        do { try Self.makePrivate(path) } catch { throw .io(error) }
-        var handle: OpaquePointer?
-        let rc = sqlite3_open_v2(path, &handle, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, nil)
-        guard rc == SQLITE_OK, let handle else {
-            let msg = handle.map { String(cString: sqlite3_errmsg($0)) } ?? "cannot allocate"
-            if let handle { sqlite3_close(handle) }
-            throw .damaged("open: \(msg)")
-        }
-        db = handle
-        sqlite3_busy_timeout(db, 5000)
+        // Created 0600 before SQLite opens it: it names every managed file.
+        do { try SQLiteConnection.makePrivate(path, tightenExisting: false) } catch { throw .io(error) }
+        let db: SQLiteConnection
+        do { db = try SQLiteConnection(path: path, namesPathInErrors: true) } catch { throw .damaged("open: \(error.message)") }
+        // On a throw below, `db` is released, which closes it.
         do {
             // A file that is not a database fails here, at its first read. Damage inside
             // it shows at quickCheck (which the writer runs after start, off the start
             // path: it reads every page) or at the first statement that meets it.
-            try run("PRAGMA journal_mode=WAL")
-            try run("PRAGMA synchronous=NORMAL")
-            try run("PRAGMA journal_size_limit=67108864")
-            try run("CREATE TABLE IF NOT EXISTS schema_version(version INTEGER NOT NULL)")
+            try db.run("PRAGMA journal_mode=WAL")
+            try db.run("PRAGMA synchronous=NORMAL")
+            try db.run("PRAGMA journal_size_limit=67108864")
+            try db.run("CREATE TABLE IF NOT EXISTS schema_version(version INTEGER NOT NULL)")
             var versions: [Int64] = []
-            try run("SELECT version FROM schema_version") { versions.append(sqlite3_column_int64($0, 0)) }
+            try db.run("SELECT version FROM schema_version") { versions.append($0.int64(0)) }
             guard versions.count <= 1 else { throw OpenProblem.badVersion("\(versions.count) rows in schema_version") }
             let version = Int(versions.first ?? 0)
             guard version >= 0 else { throw OpenProblem.badVersion("version \(version)") }
             guard version <= migrations.count else { throw OpenProblem.newerVersion(version) }
             if version < migrations.count {
-                try run("BEGIN IMMEDIATE")
-                do {
-                    for step in migrations[version...] { try exec(step) }
-                    try run("DELETE FROM schema_version")
-                    try run("INSERT INTO schema_version(version) VALUES(?)", [.int(Int64(migrations.count))])
-                    try run("COMMIT")
-                } catch {
-                    try? run("ROLLBACK")
-                    throw error
+                try db.inTransaction { () throws(DatabaseError) in
+                    for step in migrations[version...] { try db.exec(step) }
+                    try db.run("DELETE FROM schema_version")
+                    try db.run("INSERT INTO schema_version(version) VALUES(?)", [.int(Int64(migrations.count))])
                 }
             }
         } catch let e as OpenProblem {
-            sqlite3_close(db)
             throw e
         } catch let e as DatabaseError {
-            sqlite3_close(db)
             // SQLITE_NOTADB / SQLITE_CORRUPT: not a database, or a broken one.
-            if [SQLITE_NOTADB, SQLITE_CORRUPT].contains(e.code & 0xff) { throw .damaged(e.description) }
+            if e.meansDamaged { throw .damaged(e.description) }
             throw .io(e)
         } catch {
-            sqlite3_close(db)
             throw .damaged("\(error)")
         }
+        self.db = db
     }
-
-    deinit { sqlite3_close(db) }
 
     /// nil when SQLite's quick_check finds the file sound, else what it found. Reads every
     /// page (measured: 14 s for a catalog of a million files, 409 MiB, on a busy machine),
     /// through a read-only connection of its own, so writes and reports go on meanwhile (WAL).
     static func quickCheck(path: String) -> String? {
-        var handle: OpaquePointer?
-        let rc = sqlite3_open_v2(path, &handle, SQLITE_OPEN_READONLY, nil)
-        defer { if let handle { sqlite3_close(handle) } }
-        guard rc == SQLITE_OK, let handle else { return "open for quick_check: sqlite \(rc)" }
-        sqlite3_busy_timeout(handle, 5000)
-        var stmt: OpaquePointer?
-        guard sqlite3_prepare_v2(handle, "PRAGMA quick_check", -1, &stmt, nil) == SQLITE_OK, let stmt else {
-            return "quick_check: \(String(cString: sqlite3_errmsg(handle)))"
-        }
-        defer { sqlite3_finalize(stmt) }
+        let db: SQLiteConnection
+        do { db = try SQLiteConnection(path: path, readOnly: true) } catch { return "open for quick_check: sqlite \(error.code)" }
+        let check: SQLiteConnection.Statement
+        do { check = try db.prepare("PRAGMA quick_check") } catch { return "quick_check: \(error.message)" }
         var verdict = ""
-        while true {
-            let step = sqlite3_step(stmt)
-            if step == SQLITE_ROW { verdict += text(stmt, 0) ?? ""; continue }
-            if step == SQLITE_DONE { break }
-            return "quick_check: \(String(cString: sqlite3_errmsg(handle))) (sqlite \(step))"
-        }
+        do { try db.rows(check) { verdict += $0.text(0) ?? "" } } catch { return "quick_check: \(error.message) (sqlite \(error.code))" }
         return verdict == "ok" ? nil : "quick_check: \(verdict.prefix(200))"
     }
 
     /// True for the result codes of a file that is not, or no longer, a sound database.
-    static func meansDamaged(_ e: DatabaseError) -> Bool { [SQLITE_NOTADB, SQLITE_CORRUPT].contains(e.code & 0xff) }
+    static func meansDamaged(_ e: DatabaseError) -> Bool { e.meansDamaged }
 
     /// The version recorded in the file (for tests and messages).
     func schemaVersion() throws(DatabaseError) -> Int {
-        try locked { () throws(DatabaseError) -> Int in
+        try db.locked { () throws(DatabaseError) -> Int in
             var v: Int64 = 0
-            try run("SELECT version FROM schema_version") { v = sqlite3_column_int64($0, 0) }
+            try db.run("SELECT version FROM schema_version") { v = $0.int64(0) }
             return Int(v)
         }
-    }
-
-    /// Created 0600 before SQLite opens it: it names every managed file.
-    private static func makePrivate(_ path: String) throws(DatabaseError) {
-        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
-        guard fd >= 0 else {
-            throw DatabaseError(code: SQLITE_CANTOPEN, operation: "open \(path)", message: String(cString: strerror(errno)))
-        }
-        close(fd)
-    }
-
-    // MARK: Primitives
-
-    enum Value { case int(Int64), text(String?), blob([UInt8]?) }
-
-    private func error(_ rc: Int32, _ op: String) -> DatabaseError {
-        DatabaseError(code: rc, operation: "\(op) (\(path))", message: String(cString: sqlite3_errmsg(db)))
-    }
-
-    private func exec(_ sql: String) throws(DatabaseError) {
-        let rc = sqlite3_exec(db, sql, nil, nil, nil)
-        if rc != SQLITE_OK { throw error(rc, "execute") }
-    }
-
-    /// Runs one statement with `args`, calling `row` for every result row. Caller holds the lock.
-    private func run(_ sql: String, _ args: [Value] = [], row: (OpaquePointer) -> Void = { _ in }) throws(DatabaseError) {
-        var stmt: OpaquePointer?
-        var rc = sqlite3_prepare_v2(db, sql, -1, &stmt, nil)
-        guard rc == SQLITE_OK, let stmt else { throw error(rc, "prepare \(sql.prefix(40))") }
-        defer { sqlite3_finalize(stmt) }
-        try bind(stmt, args)
-        while true {
-            rc = sqlite3_step(stmt)
-            if rc == SQLITE_ROW { row(stmt); continue }
-            if rc == SQLITE_DONE { return }
-            throw error(rc, "step \(sql.prefix(40))")
-        }
-    }
-
-    private func bind(_ stmt: OpaquePointer, _ args: [Value]) throws(DatabaseError) {
-        let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
-        for (i, a) in args.enumerated() {
-            let k = Int32(i + 1)
-            switch a {
-            case .int(let v): sqlite3_bind_int64(stmt, k, v)
-            case .text(let v?): sqlite3_bind_text(stmt, k, v, -1, transient)
-            case .text(nil), .blob(nil): sqlite3_bind_null(stmt, k)
-            case .blob(let v?): _ = v.withUnsafeBytes { sqlite3_bind_blob(stmt, k, $0.baseAddress, Int32($0.count), transient) }
-            }
-        }
-    }
-
-    /// One prepared statement run many times in a batch.
-    fileprivate final class Prepared {
-        let stmt: OpaquePointer
-        init(_ stmt: OpaquePointer) { self.stmt = stmt }
-        deinit { sqlite3_finalize(stmt) }
-    }
-
-    private func prepare(_ sql: String) throws(DatabaseError) -> Prepared {
-        var stmt: OpaquePointer?
-        let rc = sqlite3_prepare_v2(db, sql, -1, &stmt, nil)
-        guard rc == SQLITE_OK, let stmt else { throw error(rc, "prepare \(sql.prefix(40))") }
-        return Prepared(stmt)
-    }
-
-    fileprivate func step(_ p: Prepared, _ args: [Value]) throws(DatabaseError) {
-        sqlite3_reset(p.stmt)
-        sqlite3_clear_bindings(p.stmt)
-        try bind(p.stmt, args)
-        let rc = sqlite3_step(p.stmt)
-        if rc != SQLITE_DONE && rc != SQLITE_ROW { throw error(rc, "step") }
-    }
-
-    static func text(_ s: OpaquePointer, _ i: Int32) -> String? {
-        guard let p = sqlite3_column_text(s, i) else { return nil }
-        return String(cString: p)
-    }
-
-    static func blob(_ s: OpaquePointer, _ i: Int32) -> [UInt8]? {
-        if sqlite3_column_type(s, i) == SQLITE_NULL { return nil }
-        let n = Int(sqlite3_column_bytes(s, i))
-        guard n > 0, let p = sqlite3_column_blob(s, i) else { return [] }
-        return Array(UnsafeRawBufferPointer(start: p, count: n))
-    }
-
-    private func locked<T>(_ body: () throws(DatabaseError) -> T) throws(DatabaseError) -> T {
-        try lock.withLock { _ throws(DatabaseError) -> T in try body() }
     }
 
     // MARK: Writing
@@ -298,41 +181,36 @@ final class CatalogDatabase: @unchecked Sendable {
     /// Runs `body` in one transaction (rolled back if it throws). `replaceAll` empties
     /// both tables first (a rebuild).
     func transaction(replaceAll: Bool = false, _ body: (Writer) throws(DatabaseError) -> Void) throws(DatabaseError) {
-        try locked { () throws(DatabaseError) in
-            try run("BEGIN IMMEDIATE")
-            do throws(DatabaseError) {
+        try db.locked { () throws(DatabaseError) in
+            try db.inTransaction { () throws(DatabaseError) in
                 if replaceAll {
                     // Triggers are per row: emptying the tables is quicker without them,
                     // and the totals start again from nothing.
-                    try run("DROP TRIGGER IF EXISTS file_removed")
-                    try run("DROP TRIGGER IF EXISTS object_removed")
-                    try run("DELETE FROM file")
-                    try run("DELETE FROM object")
-                    try run("DELETE FROM file_totals")
-                    try run("DELETE FROM object_totals")
-                    try exec(Self.removalTriggers)
+                    try db.run("DROP TRIGGER IF EXISTS file_removed")
+                    try db.run("DROP TRIGGER IF EXISTS object_removed")
+                    try db.run("DELETE FROM file")
+                    try db.run("DELETE FROM object")
+                    try db.run("DELETE FROM file_totals")
+                    try db.run("DELETE FROM object_totals")
+                    try db.exec(Self.removalTriggers)
                 }
-                let w = Writer(db: self,
-                               upsertFile: try prepare("""
+                let w = Writer(catalog: self,
+                               upsertFile: try db.prepare("""
                                    INSERT INTO file(fs, handle, path, state, size, offline_bytes, object, updated_at) VALUES(?, ?, ?, ?, ?, ?, ?, ?)
                                    ON CONFLICT(fs, handle) DO UPDATE SET path = COALESCE(excluded.path, path), state = excluded.state,
                                      size = excluded.size, offline_bytes = excluded.offline_bytes, object = excluded.object,
                                      updated_at = excluded.updated_at
                                    """),
-                               upsertObject: try prepare("""
+                               upsertObject: try db.prepare("""
                                    INSERT INTO object(id, store, handle, fs, path, size, stored_bytes, archived_at) VALUES(?, ?, ?, ?, ?, ?, ?, ?)
                                    ON CONFLICT(id) DO UPDATE SET store = excluded.store, handle = COALESCE(excluded.handle, handle),
                                      fs = COALESCE(excluded.fs, fs), path = excluded.path, size = excluded.size,
                                      stored_bytes = excluded.stored_bytes, archived_at = excluded.archived_at
                                    """),
-                               deleteObject: try prepare("DELETE FROM object WHERE id = ?"),
-                               deleteFile: try prepare("DELETE FROM file WHERE fs = ? AND handle = ?"))
+                               deleteObject: try db.prepare("DELETE FROM object WHERE id = ?"),
+                               deleteFile: try db.prepare("DELETE FROM file WHERE fs = ? AND handle = ?"))
                 try body(w)
-            } catch {
-                try? run("ROLLBACK")
-                throw error
             }
-            try run("COMMIT")
         }
     }
 
@@ -340,50 +218,50 @@ final class CatalogDatabase: @unchecked Sendable {
     /// index on that column: two lookups). Caller holds the lock.
     private func archiveRange(_ column: String, _ id: Int64) throws(DatabaseError) -> (Int64?, Int64?) {
         var oldest: Int64?, newest: Int64?
-        try run("SELECT MIN(archived_at) FROM object WHERE \(column) = ?", [.int(id)]) { s in
-            if sqlite3_column_type(s, 0) != SQLITE_NULL { oldest = sqlite3_column_int64(s, 0) }
+        try db.run("SELECT MIN(archived_at) FROM object WHERE \(column) = ?", [.int(id)]) { s in
+            if !s.isNull(0) { oldest = s.int64(0) }
         }
-        try run("SELECT MAX(archived_at) FROM object WHERE \(column) = ?", [.int(id)]) { s in
-            if sqlite3_column_type(s, 0) != SQLITE_NULL { newest = sqlite3_column_int64(s, 0) }
+        try db.run("SELECT MAX(archived_at) FROM object WHERE \(column) = ?", [.int(id)]) { s in
+            if !s.isNull(0) { newest = s.int64(0) }
         }
         return (oldest, newest)
     }
 
     struct Writer {
-        fileprivate let db: CatalogDatabase
-        fileprivate let upsertFile: Prepared
-        fileprivate let upsertObject: Prepared
-        fileprivate let deleteObject: Prepared
-        fileprivate let deleteFile: Prepared
+        fileprivate let catalog: CatalogDatabase
+        fileprivate let upsertFile: SQLiteConnection.Statement
+        fileprivate let upsertObject: SQLiteConnection.Statement
+        fileprivate let deleteObject: SQLiteConnection.Statement
+        fileprivate let deleteFile: SQLiteConnection.Statement
 
         func file(_ f: CatalogFile) throws(DatabaseError) {
-            try db.step(upsertFile, [.int(try db.nameID("filesystem", "path", f.fs)), .blob(f.handle), .text(f.path),
-                                     .text(f.state.rawValue), .int(f.size), .int(f.offlineBytes),
-                                     .blob(f.object.flatMap(CatalogDatabase.idBytes)), .int(f.updatedAt)])
+            try catalog.db.step(upsertFile, [.int(try catalog.nameID("filesystem", "path", f.fs)), .blob(f.handle), .text(f.path),
+                                             .text(f.state.rawValue), .int(f.size), .int(f.offlineBytes),
+                                             .blob(f.object.flatMap(CatalogDatabase.idBytes)), .int(f.updatedAt)])
         }
 
         func object(_ o: CatalogObject) throws(DatabaseError) {
             guard let id = CatalogDatabase.idBytes(o.id) else { return }
-            var fs = Value.blob(nil)
-            if let path = o.fs { fs = .int(try db.nameID("filesystem", "path", path)) }
-            try db.step(upsertObject, [.blob(id), .int(try db.nameID("store", "name", o.store)), .blob(o.handle), fs,
-                                       .text(o.path), .int(o.size), .int(o.storedBytes), .int(o.archivedAt)])
+            var fs = SQLiteConnection.Value.blob(nil)
+            if let path = o.fs { fs = .int(try catalog.nameID("filesystem", "path", path)) }
+            try catalog.db.step(upsertObject, [.blob(id), .int(try catalog.nameID("store", "name", o.store)), .blob(o.handle), fs,
+                                               .text(o.path), .int(o.size), .int(o.storedBytes), .int(o.archivedAt)])
         }
 
         func deleteObject(_ id: String) throws(DatabaseError) {
             guard let id = CatalogDatabase.idBytes(id) else { return }
-            try db.step(deleteObject, [.blob(id)])
+            try catalog.db.step(deleteObject, [.blob(id)])
         }
 
         func deleteFile(fs: String, handle: [UInt8]) throws(DatabaseError) {
-            try db.step(deleteFile, [.int(try db.nameID("filesystem", "path", fs)), .blob(handle)])
+            try catalog.db.step(deleteFile, [.int(try catalog.nameID("filesystem", "path", fs)), .blob(handle)])
         }
 
-        func deleteMeta(_ key: String) throws(DatabaseError) { try db.run("DELETE FROM meta WHERE key = ?", [.text(key)]) }
+        func deleteMeta(_ key: String) throws(DatabaseError) { try catalog.db.run("DELETE FROM meta WHERE key = ?", [.text(key)]) }
 
         func setMeta(_ key: String, _ value: String) throws(DatabaseError) {
-            try db.run("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                       [.text(key), .text(value)])
+            try catalog.db.run("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                               [.text(key), .text(value)])
         }
     }
 
@@ -394,10 +272,10 @@ final class CatalogDatabase: @unchecked Sendable {
     fileprivate func nameID(_ table: String, _ column: String, _ name: String) throws(DatabaseError) -> Int64 {
         let key = table + "\u{0}" + name
         if let id = ids[key] { return id }
-        try run("INSERT OR IGNORE INTO \(table)(\(column)) VALUES(?)", [.text(name)])
+        try db.run("INSERT OR IGNORE INTO \(table)(\(column)) VALUES(?)", [.text(name)])
         var id: Int64?
-        try run("SELECT id FROM \(table) WHERE \(column) = ?", [.text(name)]) { id = sqlite3_column_int64($0, 0) }
-        guard let id else { throw DatabaseError(code: SQLITE_CORRUPT, operation: "add \(table) \(name)", message: "the new row cannot be read back") }
+        try db.run("SELECT id FROM \(table) WHERE \(column) = ?", [.text(name)]) { id = $0.int64(0) }
+        guard let id else { throw .notReadBack("add \(table) \(name)") }
         ids[key] = id
         return id
     }
@@ -405,46 +283,46 @@ final class CatalogDatabase: @unchecked Sendable {
     /// The row id of a name, or nil when the catalog has none. Caller holds the lock.
     private func existingID(_ table: String, _ column: String, _ name: String) throws(DatabaseError) -> Int64? {
         var id: Int64?
-        try run("SELECT id FROM \(table) WHERE \(column) = ?", [.text(name)]) { id = sqlite3_column_int64($0, 0) }
+        try db.run("SELECT id FROM \(table) WHERE \(column) = ?", [.text(name)]) { id = $0.int64(0) }
         return id
     }
 
     // MARK: Reading
 
     func meta(_ key: String) throws(DatabaseError) -> String? {
-        try locked { () throws(DatabaseError) -> String? in
+        try db.locked { () throws(DatabaseError) -> String? in
             var v: String?
-            try run("SELECT value FROM meta WHERE key = ?", [.text(key)]) { v = Self.text($0, 0) }
+            try db.run("SELECT value FROM meta WHERE key = ?", [.text(key)]) { v = $0.text(0) }
             return v
         }
     }
 
     func files(fs: String) throws(DatabaseError) -> [CatalogFile] {
-        try locked { () throws(DatabaseError) -> [CatalogFile] in
+        try db.locked { () throws(DatabaseError) -> [CatalogFile] in
             var out: [CatalogFile] = []
             guard let fsID = try existingID("filesystem", "path", fs) else { return [] }
-            try run("SELECT handle, path, state, size, offline_bytes, object, updated_at FROM file WHERE fs = ?", [.int(fsID)]) { s in
-                guard let state = Self.text(s, 2).flatMap(HSMState.init(rawValue:)) else { return }
-                out.append(CatalogFile(fs: fs, handle: Self.blob(s, 0) ?? [], path: Self.text(s, 1), state: state,
-                                       size: sqlite3_column_int64(s, 3), offlineBytes: sqlite3_column_int64(s, 4),
-                                       object: Self.idHex(Self.blob(s, 5)), updatedAt: sqlite3_column_int64(s, 6)))
+            try db.run("SELECT handle, path, state, size, offline_bytes, object, updated_at FROM file WHERE fs = ?", [.int(fsID)]) { s in
+                guard let state = s.text(2).flatMap(HSMState.init(rawValue:)) else { return }
+                out.append(CatalogFile(fs: fs, handle: s.blob(0) ?? [], path: s.text(1), state: state,
+                                       size: s.int64(3), offlineBytes: s.int64(4),
+                                       object: Self.idHex(s.blob(5)), updatedAt: s.int64(6)))
             }
             return out
         }
     }
 
     func objects(store: String) throws(DatabaseError) -> [CatalogObject] {
-        try locked { () throws(DatabaseError) -> [CatalogObject] in
+        try db.locked { () throws(DatabaseError) -> [CatalogObject] in
             var out: [CatalogObject] = []
             guard let storeID = try existingID("store", "name", store) else { return [] }
-            try run("""
+            try db.run("""
                 SELECT o.id, o.handle, f.path, o.path, o.size, o.stored_bytes, o.archived_at
                 FROM object o LEFT JOIN filesystem f ON f.id = o.fs WHERE o.store = ?
                 """, [.int(storeID)]) { s in
-                guard let id = Self.idHex(Self.blob(s, 0)) else { return }
-                out.append(CatalogObject(id: id, store: store, handle: Self.blob(s, 1), fs: Self.text(s, 2),
-                                         path: Self.text(s, 3) ?? "", size: sqlite3_column_int64(s, 4),
-                                         storedBytes: sqlite3_column_int64(s, 5), archivedAt: sqlite3_column_int64(s, 6)))
+                guard let id = Self.idHex(s.blob(0)) else { return }
+                out.append(CatalogObject(id: id, store: store, handle: s.blob(1), fs: s.text(2),
+                                         path: s.text(3) ?? "", size: s.int64(4),
+                                         storedBytes: s.int64(5), archivedAt: s.int64(6)))
             }
             return out
         }
@@ -453,24 +331,24 @@ final class CatalogDatabase: @unchecked Sendable {
     /// Figures for `hsmctl report`, from the indexes (no walk): files and bytes by state
     /// per filesystem, objects and orphans per store.
     func report(filesystems: [(path: String, store: String)]) throws(DatabaseError) -> CatalogReport {
-        try locked { () throws(DatabaseError) -> CatalogReport in
+        try db.locked { () throws(DatabaseError) -> CatalogReport in
             var report = CatalogReport()
             for fs in filesystems {
                 var r = CatalogReport.Filesystem(path: fs.path, store: fs.store)
                 defer { report.filesystems.append(r) }
                 guard let fsID = try existingID("filesystem", "path", fs.path) else { continue }
-                try run("SELECT state, files, bytes, offline_bytes FROM file_totals WHERE fs = ? AND files > 0", [.int(fsID)]) { s in
-                    guard let state = Self.text(s, 0).flatMap(HSMState.init(rawValue:)) else { return }
-                    let files = sqlite3_column_int64(s, 1), size = sqlite3_column_int64(s, 2)
+                try db.run("SELECT state, files, bytes, offline_bytes FROM file_totals WHERE fs = ? AND files > 0", [.int(fsID)]) { s in
+                    guard let state = s.text(0).flatMap(HSMState.init(rawValue:)) else { return }
+                    let files = s.int64(1), size = s.int64(2)
                     r.states[state.rawValue] = .init(files: files, bytes: size)
                     r.files += files
                     r.bytes += size
-                    r.offlineBytes += sqlite3_column_int64(s, 3)
+                    r.offlineBytes += s.int64(3)
                 }
                 r.localBytes = r.bytes - r.offlineBytes
-                try run("SELECT objects, stored_bytes FROM object_totals WHERE kind = 'fs' AND id = ?", [.int(fsID)]) { s in
-                    r.objects = sqlite3_column_int64(s, 0)
-                    r.storedBytes = sqlite3_column_int64(s, 1)
+                try db.run("SELECT objects, stored_bytes FROM object_totals WHERE kind = 'fs' AND id = ?", [.int(fsID)]) { s in
+                    r.objects = s.int64(0)
+                    r.storedBytes = s.int64(1)
                 }
                 (r.oldestArchive, r.newestArchive) = try archiveRange("fs", fsID)
             }
@@ -479,18 +357,18 @@ final class CatalogDatabase: @unchecked Sendable {
                 var r = CatalogReport.Store(name: name)
                 defer { report.stores.append(r) }
                 guard let storeID = try existingID("store", "name", name) else { continue }
-                try run("SELECT objects, stored_bytes FROM object_totals WHERE kind = 'store' AND id = ?", [.int(storeID)]) { s in
-                    r.objects = sqlite3_column_int64(s, 0)
-                    r.storedBytes = sqlite3_column_int64(s, 1)
+                try db.run("SELECT objects, stored_bytes FROM object_totals WHERE kind = 'store' AND id = ?", [.int(storeID)]) { s in
+                    r.objects = s.int64(0)
+                    r.storedBytes = s.int64(1)
                 }
                 (r.oldestArchive, r.newestArchive) = try archiveRange("store", storeID)
-                try run("SELECT COUNT(*), TOTAL(stored_bytes) FROM object WHERE store = ? AND refs = 0", [.int(storeID)]) { s in
-                    r.orphans = sqlite3_column_int64(s, 0)
-                    r.orphanBytes = Int64(sqlite3_column_double(s, 1))
+                try db.run("SELECT COUNT(*), TOTAL(stored_bytes) FROM object WHERE store = ? AND refs = 0", [.int(storeID)]) { s in
+                    r.orphans = s.int64(0)
+                    r.orphanBytes = Int64(s.double(1))
                 }
             }
             var v: String?
-            try run("SELECT value FROM meta WHERE key = 'rebuilt_at'") { v = Self.text($0, 0) }
+            try db.run("SELECT value FROM meta WHERE key = 'rebuilt_at'") { v = $0.text(0) }
             report.rebuiltAt = v.flatMap { Int64($0) }
             return report
         }

@@ -52,15 +52,7 @@ final class Job: Sendable {
     var cancelReason: String? { stopReason.withLock { $0 } }
 
     func record(_ r: FileResult) {
-        progressBox.withLock { p in
-            switch r.outcome {
-            case .done: p.done += 1
-            case .skipped: p.skipped += 1
-            case .failed: p.failed += 1
-            }
-            p.bytesArchived += r.bytesArchived
-            p.bytesFreed += r.bytesFreed
-        }
+        progressBox.withLock { p in p.count(r) }
     }
 
     func recorded(_ r: FileResult) -> FileResult {

@@ -1,25 +1,13 @@
-import CSQLite
 import Foundation
 import HSMCore
-import HSMKernel
-import Synchronization
-
-/// An SQLite failure: the result code, what was attempted, and the database file.
-struct DatabaseError: Error, CustomStringConvertible {
-    let code: Int32
-    let operation: String
-    let message: String
-    var description: String { "\(operation): \(message) (sqlite \(code))" }
-}
 
 /// The change journal's database (state_dir/journal.sqlite). One connection, serialized
 /// by a lock: the journal's writer thread uses it for group commits, control threads
 /// for short reads. WAL mode, synchronous=FULL: a commit is on disk when it returns
 /// (except the writer's directory records, see `transaction(durable:)`).
-final class JournalDatabase: @unchecked Sendable {
-    private let db: OpaquePointer
-    private let lock = Mutex<Void>(())
-    let path: String
+final class JournalDatabase: Sendable {
+    private let db: SQLiteConnection
+    var path: String { db.path }
 
     static let schema = """
         CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -41,91 +29,10 @@ final class JournalDatabase: @unchecked Sendable {
         """
 
     init(path: String) throws(DatabaseError) {
-        self.path = path
-        try Self.makePrivate(path)
-        var handle: OpaquePointer?
-        let rc = sqlite3_open_v2(path, &handle, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, nil)
-        guard rc == SQLITE_OK, let handle else {
-            let msg = handle.map { String(cString: sqlite3_errmsg($0)) } ?? "cannot allocate"
-            if let handle { sqlite3_close(handle) }
-            throw DatabaseError(code: rc, operation: "open \(path)", message: msg)
-        }
-        db = handle
-        sqlite3_busy_timeout(db, 5000)
-        try execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;" + Self.schema)
-    }
-
-    deinit { sqlite3_close(db) }
-
-    /// The database names every changed directory: root only. SQLite gives its -wal and
-    /// -shm files the database file's mode, so the file is created 0600 before SQLite
-    /// opens it, and one an older hsmd left readable is made 0600 (with its companions).
-    private static func makePrivate(_ path: String) throws(DatabaseError) {
-        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
-        guard fd >= 0 else {
-            throw DatabaseError(code: SQLITE_CANTOPEN, operation: "open \(path)", message: String(cString: strerror(errno)))
-        }
-        close(fd)
-        for p in [path, path + "-wal", path + "-shm"] {
-            var st = stat()
-            guard lstat(p, &st) == 0, st.st_mode & 0o077 != 0 else { continue }
-            if chmod(p, 0o600) != 0 {
-                throw DatabaseError(code: SQLITE_PERM, operation: "chmod 0600 \(p)", message: String(cString: strerror(errno)))
-            }
-        }
-    }
-
-    // MARK: Primitives
-
-    enum Value { case int(Int64), real(Double), text(String?), blob([UInt8]) }
-
-    private func error(_ rc: Int32, _ op: String) -> DatabaseError {
-        DatabaseError(code: rc, operation: op, message: String(cString: sqlite3_errmsg(db)))
-    }
-
-    private func execute(_ sql: String) throws(DatabaseError) {
-        let rc = lock.withLock { _ in sqlite3_exec(db, sql, nil, nil, nil) }
-        if rc != SQLITE_OK { throw error(rc, "execute") }
-    }
-
-    /// Runs one statement with `args`, calling `row` for every result row. Caller holds the lock.
-    private func run(_ sql: String, _ args: [Value] = [], row: (OpaquePointer) -> Void = { _ in }) throws(DatabaseError) {
-        var stmt: OpaquePointer?
-        var rc = sqlite3_prepare_v2(db, sql, -1, &stmt, nil)
-        guard rc == SQLITE_OK, let stmt else { throw error(rc, "prepare \(sql.prefix(40))") }
-        defer { sqlite3_finalize(stmt) }
-        let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
-        for (i, a) in args.enumerated() {
-            let k = Int32(i + 1)
-            switch a {
-            case .int(let v): sqlite3_bind_int64(stmt, k, v)
-            case .real(let v): sqlite3_bind_double(stmt, k, v)
-            case .text(let v?): sqlite3_bind_text(stmt, k, v, -1, transient)
-            case .text(nil): sqlite3_bind_null(stmt, k)
-            case .blob(let v): _ = v.withUnsafeBytes { sqlite3_bind_blob(stmt, k, $0.baseAddress, Int32($0.count), transient) }
-            }
-        }
-        while true {
-            rc = sqlite3_step(stmt)
-            if rc == SQLITE_ROW { row(stmt); continue }
-            if rc == SQLITE_DONE { return }
-            throw error(rc, "step \(sql.prefix(40))")
-        }
-    }
-
-    private static func text(_ s: OpaquePointer, _ i: Int32) -> String? {
-        guard let p = sqlite3_column_text(s, i) else { return nil }
-        return String(cString: p)
-    }
-
-    private static func blob(_ s: OpaquePointer, _ i: Int32) -> [UInt8] {
-        let n = Int(sqlite3_column_bytes(s, i))
-        guard n > 0, let p = sqlite3_column_blob(s, i) else { return [] }
-        return Array(UnsafeRawBufferPointer(start: p, count: n))
-    }
-
-    private func locked<T>(_ body: () throws(DatabaseError) -> T) throws(DatabaseError) -> T {
-        try lock.withLock { _ throws(DatabaseError) -> T in try body() }
+        // The database names every changed directory: root only.
+        try SQLiteConnection.makePrivate(path, tightenExisting: true)
+        db = try SQLiteConnection(path: path)
+        try db.locked { () throws(DatabaseError) in try db.exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;" + Self.schema) }
     }
 
     /// Runs `body` in one transaction (rolled back if it throws).
@@ -134,21 +41,16 @@ final class JournalDatabase: @unchecked Sendable {
     /// directory records only: losing those can only happen with an unclean stop, which
     /// marks the epoch incomplete anyway (the running flag was committed durably at start).
     func transaction(durable: Bool = true, _ body: (Transaction) throws(DatabaseError) -> Void) throws(DatabaseError) {
-        try locked { () throws(DatabaseError) in
-            if !durable { try run("PRAGMA synchronous=NORMAL") }
-            defer { if !durable { try? run("PRAGMA synchronous=FULL") } }
-            try run("BEGIN IMMEDIATE")
-            do throws(DatabaseError) { try body(Transaction(db: self)) } catch {
-                try? run("ROLLBACK")
-                throw error
-            }
-            try run("COMMIT")
+        try db.locked { () throws(DatabaseError) in
+            if !durable { try db.run("PRAGMA synchronous=NORMAL") }
+            defer { if !durable { try? db.run("PRAGMA synchronous=FULL") } }
+            try db.inTransaction { () throws(DatabaseError) in try body(Transaction(db: db)) }
         }
     }
 
     /// Statements usable inside `transaction`.
     struct Transaction {
-        fileprivate let db: JournalDatabase
+        fileprivate let db: SQLiteConnection
 
         /// Inserts directories not yet recorded in the epoch; returns how many were new.
         func record(fs: Int64, epoch: Int64, _ rows: [(handle: [UInt8], path: String?)]) throws(DatabaseError) -> Int {
@@ -156,7 +58,7 @@ final class JournalDatabase: @unchecked Sendable {
             for r in rows {
                 try db.run("INSERT OR IGNORE INTO dir(fs, epoch, handle, path) VALUES(?, ?, ?, ?)",
                            [.int(fs), .int(epoch), .blob(r.handle), .text(r.path)])
-                added += Int(sqlite3_changes(db.db))
+                added += db.changes
             }
             if added > 0 {
                 try db.run("UPDATE epoch SET transactions = transactions + 1 WHERE fs = ? AND epoch = ?", [.int(fs), .int(epoch)])
@@ -202,19 +104,19 @@ final class JournalDatabase: @unchecked Sendable {
     struct KnownFilesystem { let id: Int64; let path: String; let fsid: UInt64; let current: Int64 }
 
     func meta(_ key: String) throws(DatabaseError) -> String? {
-        try locked { () throws(DatabaseError) -> String? in
+        try db.locked { () throws(DatabaseError) -> String? in
             var v: String?
-            try run("SELECT value FROM meta WHERE key = ?", [.text(key)]) { v = Self.text($0, 0) }
+            try db.run("SELECT value FROM meta WHERE key = ?", [.text(key)]) { v = $0.text(0) }
             return v
         }
     }
 
     func filesystems() throws(DatabaseError) -> [KnownFilesystem] {
-        try locked { () throws(DatabaseError) -> [KnownFilesystem] in
+        try db.locked { () throws(DatabaseError) -> [KnownFilesystem] in
             var out: [KnownFilesystem] = []
-            try run("SELECT id, path, fsid, current FROM filesystem ORDER BY path") { s in
-                out.append(KnownFilesystem(id: sqlite3_column_int64(s, 0), path: Self.text(s, 1) ?? "",
-                                           fsid: UInt64(bitPattern: sqlite3_column_int64(s, 2)), current: sqlite3_column_int64(s, 3)))
+            try db.run("SELECT id, path, fsid, current FROM filesystem ORDER BY path") { s in
+                out.append(KnownFilesystem(id: s.int64(0), path: s.text(1) ?? "",
+                                           fsid: UInt64(bitPattern: s.int64(2)), current: s.int64(3)))
             }
             return out
         }
@@ -224,28 +126,27 @@ final class JournalDatabase: @unchecked Sendable {
     func ensureFilesystem(path: String, fsid: UInt64, now: Double) throws(DatabaseError) -> KnownFilesystem {
         if let known = try filesystems().first(where: { $0.path == path }) { return known }
         try transaction { (_: Transaction) throws(DatabaseError) in
-            try run("INSERT INTO filesystem(path, fsid, current) VALUES(?, ?, 1)", [.text(path), .int(Int64(bitPattern: fsid))])
-            let id = sqlite3_last_insert_rowid(db)
-            try run("INSERT INTO epoch(fs, epoch, started, complete) VALUES(?, 1, ?, 1)", [.int(id), .real(now)])
+            try db.run("INSERT INTO filesystem(path, fsid, current) VALUES(?, ?, 1)", [.text(path), .int(Int64(bitPattern: fsid))])
+            let id = db.lastInsertRowID
+            try db.run("INSERT INTO epoch(fs, epoch, started, complete) VALUES(?, 1, ?, 1)", [.int(id), .real(now)])
         }
         guard let row = try filesystems().first(where: { $0.path == path }) else {
-            // The row just inserted did not read back (another process edited the file?).
-            throw DatabaseError(code: SQLITE_CORRUPT, operation: "add filesystem \(path)", message: "the new row cannot be read back")
+            throw .notReadBack("add filesystem \(path)")
         }
         return row
     }
 
     func epochs(fs: Int64) throws(DatabaseError) -> [JournalEpoch] {
-        try locked { () throws(DatabaseError) -> [JournalEpoch] in
+        try db.locked { () throws(DatabaseError) -> [JournalEpoch] in
             var out: [JournalEpoch] = []
-            try run("""
+            try db.run("""
                 SELECT e.epoch, e.started, e.complete, e.reason, e.transactions,
                        (SELECT COUNT(*) FROM dir d WHERE d.fs = e.fs AND d.epoch = e.epoch)
                 FROM epoch e WHERE e.fs = ? ORDER BY e.epoch
                 """, [.int(fs)]) { s in
-                out.append(JournalEpoch(epoch: sqlite3_column_int64(s, 0), started: sqlite3_column_double(s, 1),
-                                        complete: sqlite3_column_int64(s, 2) != 0, reason: Self.text(s, 3),
-                                        directories: Int(sqlite3_column_int64(s, 5)), transactions: Int(sqlite3_column_int64(s, 4))))
+                out.append(JournalEpoch(epoch: s.int64(0), started: s.double(1),
+                                        complete: s.int64(2) != 0, reason: s.text(3),
+                                        directories: Int(s.int64(5)), transactions: Int(s.int64(4))))
             }
             return out
         }
@@ -256,51 +157,51 @@ final class JournalDatabase: @unchecked Sendable {
     /// Every directory recorded in epochs ≥ `since`, once, with the latest epoch and the
     /// path it had when last recorded.
     func directories(fs: Int64, since: Int64) throws(DatabaseError) -> [RecordedDirectory] {
-        try locked { () throws(DatabaseError) -> [RecordedDirectory] in
+        try db.locked { () throws(DatabaseError) -> [RecordedDirectory] in
             var out: [RecordedDirectory] = []
-            try run("""
+            try db.run("""
                 SELECT handle, path, MAX(epoch) FROM dir WHERE fs = ? AND epoch >= ? GROUP BY handle
                 """, [.int(fs), .int(since)]) { s in
-                out.append(RecordedDirectory(handle: Self.blob(s, 0), path: Self.text(s, 1), epoch: sqlite3_column_int64(s, 2)))
+                out.append(RecordedDirectory(handle: s.blob(0) ?? [], path: s.text(1), epoch: s.int64(2)))
             }
             return out
         }
     }
 
     func movedDirectories(fs: Int64, since: Int64) throws(DatabaseError) -> [RecordedDirectory] {
-        try locked { () throws(DatabaseError) -> [RecordedDirectory] in
+        try db.locked { () throws(DatabaseError) -> [RecordedDirectory] in
             var out: [RecordedDirectory] = []
-            try run("SELECT handle, path, MAX(epoch) FROM moved WHERE fs = ? AND epoch >= ? GROUP BY handle", [.int(fs), .int(since)]) { s in
-                out.append(RecordedDirectory(handle: Self.blob(s, 0), path: Self.text(s, 1), epoch: sqlite3_column_int64(s, 2)))
+            try db.run("SELECT handle, path, MAX(epoch) FROM moved WHERE fs = ? AND epoch >= ? GROUP BY handle", [.int(fs), .int(since)]) { s in
+                out.append(RecordedDirectory(handle: s.blob(0) ?? [], path: s.text(1), epoch: s.int64(2)))
             }
             return out
         }
     }
 
     func epochsMoved(fs: Int64, handle: [UInt8], since: Int64) throws(DatabaseError) -> [Int64] {
-        try locked { () throws(DatabaseError) -> [Int64] in
+        try db.locked { () throws(DatabaseError) -> [Int64] in
             var out: [Int64] = []
-            try run("SELECT epoch FROM moved WHERE fs = ? AND handle = ? AND epoch >= ?", [.int(fs), .blob(handle), .int(since)]) {
-                out.append(sqlite3_column_int64($0, 0))
+            try db.run("SELECT epoch FROM moved WHERE fs = ? AND handle = ? AND epoch >= ?", [.int(fs), .blob(handle), .int(since)]) {
+                out.append($0.int64(0))
             }
             return out
         }
     }
 
     func epochsRecording(fs: Int64, handle: [UInt8], since: Int64) throws(DatabaseError) -> [Int64] {
-        try locked { () throws(DatabaseError) -> [Int64] in
+        try db.locked { () throws(DatabaseError) -> [Int64] in
             var out: [Int64] = []
-            try run("SELECT epoch FROM dir WHERE fs = ? AND handle = ? AND epoch >= ?", [.int(fs), .blob(handle), .int(since)]) {
-                out.append(sqlite3_column_int64($0, 0))
+            try db.run("SELECT epoch FROM dir WHERE fs = ? AND handle = ? AND epoch >= ?", [.int(fs), .blob(handle), .int(since)]) {
+                out.append($0.int64(0))
             }
             return out
         }
     }
 
     func migrateEpoch(fs: Int64, path: String) throws(DatabaseError) -> Int64? {
-        try locked { () throws(DatabaseError) -> Int64? in
+        try db.locked { () throws(DatabaseError) -> Int64? in
             var v: Int64?
-            try run("SELECT epoch FROM migrate_run WHERE fs = ? AND path = ?", [.int(fs), .text(path)]) { v = sqlite3_column_int64($0, 0) }
+            try db.run("SELECT epoch FROM migrate_run WHERE fs = ? AND path = ?", [.int(fs), .text(path)]) { v = $0.int64(0) }
             return v
         }
     }

@@ -90,13 +90,7 @@ struct Migrator: Sendable {
 
         let record: @Sendable (FileResult) -> Void = { r in
             let snapshot = report.withLock { p -> ProgressReport in
-                switch r.outcome {
-                case .done: p.done += 1
-                case .skipped: p.skipped += 1
-                case .failed: p.failed += 1
-                }
-                p.bytesArchived += r.bytesArchived
-                p.bytesFreed += r.bytesFreed
+                p.count(r)
                 return p
             }
             job?.setProgress(snapshot)

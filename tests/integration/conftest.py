@@ -310,13 +310,31 @@ def s3_client(rgw):
                         config=BotoConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 2}))
 
 
+@pytest.fixture
+def bucket(rgw):
+    """The name of a fresh bucket on the session's gateway, emptied and deleted afterwards."""
+    b = S3Bucket(rgw)
+    try:
+        yield b.name
+    finally:
+        b.remove()
+
+
+def start_fails(h):
+    """hsmd refuses to start with this config; its output."""
+    p = subprocess.run([str(HSMD), "--config", str(h.config)], capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0, f"hsmd started:\n{p.stdout}{p.stderr}"
+    return p.stdout + p.stderr
+
+
 @contextlib.contextmanager
-def managed_filesystem(start, fstype="ext4"):
-    """A fresh 1 GiB ext4 (or `fstype`) with its store (and hsmd if `start`), always torn down."""
+def managed_filesystem(start, fstype="ext4", image_size="1G"):
+    """A fresh 1 GiB (or `image_size`) ext4 (or `fstype`) with its store (and hsmd if
+    `start`), always torn down."""
     base = Path(tempfile.mkdtemp(prefix="hsmd-test-"))
     h = None
     try:
-        h = HSM(base, fstype=fstype)
+        h = HSM(base, image_size=image_size, fstype=fstype)
         if start:
             h.start()
         yield h

@@ -12,33 +12,9 @@ import uuid
 
 import pytest
 
-from conftest import HSMD, drop_caches, managed_filesystem, sha256
+from conftest import HSMD, drop_caches, managed_filesystem, s3_client, sha256, start_fails
 
-boto3 = pytest.importorskip("boto3")
-from botocore.config import Config as BotoConfig  # noqa: E402
-
-
-def s3_client(rgw, secret=None):
-    return boto3.client("s3", endpoint_url=rgw.endpoint, aws_access_key_id=rgw.access_key,
-                        aws_secret_access_key=secret or rgw.secret_key, region_name="us-east-1",
-                        config=BotoConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 2}))
-
-
-@pytest.fixture
-def bucket(rgw):
-    """A fresh bucket, emptied and deleted afterwards."""
-    s3 = s3_client(rgw)
-    name = "hsmd-" + uuid.uuid4().hex[:16]
-    s3.create_bucket(Bucket=name)
-    try:
-        yield name
-    finally:
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name):
-            for o in page.get("Contents", []):
-                s3.delete_object(Bucket=name, Key=o["Key"])
-        for u in s3.list_multipart_uploads(Bucket=name).get("Uploads", []):
-            s3.abort_multipart_upload(Bucket=name, Key=u["Key"], UploadId=u["UploadId"])
-        s3.delete_bucket(Bucket=name)
+pytest.importorskip("boto3")
 
 
 def s3_store_toml(rgw, bucket, keys=True, extra=""):
@@ -156,13 +132,6 @@ def test_damaged_object_fails_with_eio(hsm_s3, rgw, damage):
     assert hsm_s3.proc.poll() is None, hsm_s3.log_text()[-3000:]
     drop_caches()
     assert sha256(other) == other_digest
-
-
-def start_fails(h):
-    """hsmd refuses to start with this config; its output."""
-    p = subprocess.run([str(HSMD), "--config", str(h.config)], capture_output=True, text=True, timeout=120)
-    assert p.returncode != 0, f"hsmd started:\n{p.stdout}{p.stderr}"
-    return p.stdout + p.stderr
 
 
 def test_wrong_secret_refuses_start_without_printing_it(rgw, bucket):

@@ -17,8 +17,7 @@ import uuid
 
 import pytest
 
-from conftest import HSMD, drop_caches, managed_filesystem, sha256
-from test_s3 import bucket, s3_client, start_fails  # noqa: F401  (bucket is a fixture)
+from conftest import HSMD, drop_caches, managed_filesystem, s3_client, sha256, start_fails
 
 pytest.importorskip("boto3")
 from botocore.exceptions import ClientError  # noqa: E402

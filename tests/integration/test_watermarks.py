@@ -7,36 +7,22 @@ excluded. `hsmctl migrate --policy NAME` uses the same [[policy]] tables.
 
 No timing is asserted: the tests poll for the outcome with generous deadlines.
 """
-import contextlib
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import HSM, HSMD, sha256
+from conftest import HSMD, managed_filesystem, sha256
 
 DAY = 86400
 MIB = 1 << 20
 
 
-@contextlib.contextmanager
 def small_managed_filesystem(image_size="256M", fstype="ext4"):
     """A fresh ext4 (or `fstype`) of `image_size` with its store; hsmd not started; always torn down."""
-    base = Path(tempfile.mkdtemp(prefix="hsmd-test-wm-"))
-    h = None
-    try:
-        h = HSM(base, image_size=image_size, fstype=fstype)
-        yield h
-    finally:
-        if h is not None:
-            h.cleanup()
-        else:
-            shutil.rmtree(base, ignore_errors=True)
+    return managed_filesystem(start=False, fstype=fstype, image_size=image_size)
 
 
 def write_config(h, policies="", fs_keys="", top=""):
