@@ -7,10 +7,12 @@ it with `--volatile=overlay`, so nothing a test does ever changes the cached tre
 
 `SystemdHSM` is one managed filesystem (a loop-mounted ext4 made on the host), one store
 (posix by default, or the `store_toml` given) and one container whose systemd runs the
-repository's own systemd/hsmd.service, unchanged, plus a drop-in that only points it at the build under test and the test's
-config. The test's directory is bound into the container at the same path, so a path means
-the same file on the host and in the container: programs on the host read the managed
-files, and hsmctl on the host reaches hsmd's control socket there.
+repository's own systemd/hsmd.service, unchanged, plus a drop-in that only points it at the
+build under test and the test's config. The test's directory is bound into the container
+at the same path, so a path means the same file on the host and in the container: programs
+on the host read the managed files, and hsmctl on the host reaches hsmd's control socket
+there. The container has no network of its own (no --private-network): it shares the
+host's, loopback included.
 
 Nothing here imports pytest; the fixtures live in the test modules.
 """
