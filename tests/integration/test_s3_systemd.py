@@ -8,7 +8,7 @@ gateway's 127.0.0.1 is reachable from hsmd if, and only if, the unit's sandbox l
 open inet sockets. The test checks that it does, that files go up (one in several parts)
 and come back with their bytes through recalls, across `systemctl restart`, with the
 credentials given each way the README shows (a 0600 credentials_file, LoadCredential=,
-EnvironmentFile=), and that a drop-in restricting the address families to AF_UNIX does
+EnvironmentFile=) and over https, and that a drop-in restricting the address families to AF_UNIX does
 take the store away (so the first checks prove something).
 
 Needs root, systemd-nspawn and debootstrap, and Ceph's daemons (scripts/setup.sh).
@@ -132,6 +132,18 @@ def test_s3_store_under_the_shipped_unit(rgw):
         sd.ctl("release", d / "medium.bin")
         assert recalled_sha256(sd, d / "medium.bin") == digests["medium.bin"]
         assert rgw.secret_key not in sd.journal(lines=400)
+
+        # https (OpenSSL under the unit's MemoryDenyWriteExecute= and ProtectSystem=), the
+        # gateway's certificate checked against the CA given.
+        ca = sd.base / "ca.pem"
+        ca.write_bytes(Path(rgw.ca_file).read_bytes())
+        sd.config.write_text(sd.config.read_text().replace(f'endpoint = "{rgw.endpoint}"',
+                                                           f'endpoint = "{rgw.https_endpoint}"\ntls_ca_file = "{ca}"'))
+        assert rgw.https_endpoint in sd.config.read_text()
+        pid = restart(sd, pid)
+        assert "store tier1: ok" in sd.ctl("doctor").stdout
+        sd.ctl("release", d / "large.bin")
+        assert recalled_sha256(sd, d / "large.bin") == digests["large.bin"]
 
         # The unit's comment: a drop-in's RestrictAddressFamilies= list is added to the
         # unit's (systemd merges them) unless an empty assignment resets it first. Reset,
