@@ -5,12 +5,14 @@ time it is needed and cached under /var/tmp; it is built in a temporary director
 renamed into place, so a killed build never leaves a half tree behind. Each container boots
 it with `--volatile=overlay`, so nothing a test does ever changes the cached tree.
 
-`SystemdHSM` is one managed filesystem (a loop-mounted ext4 made on the host), one posix
-store and one container whose systemd runs the repository's own systemd/hsmd.service,
-unchanged, plus a drop-in that only points it at the build under test and the test's
-config. The test's directory is bound into the container at the same path, so a path means
-the same file on the host and in the container: programs on the host read the managed
-files, and hsmctl on the host reaches hsmd's control socket there.
+`SystemdHSM` is one managed filesystem (a loop-mounted ext4 made on the host), one store
+(posix by default, or the `store_toml` given) and one container whose systemd runs the
+repository's own systemd/hsmd.service, unchanged, plus a drop-in that only points it at the
+build under test and the test's config. The test's directory is bound into the container
+at the same path, so a path means the same file on the host and in the container: programs
+on the host read the managed files, and hsmctl on the host reaches hsmd's control socket
+there. The container has no network of its own (no --private-network): it shares the
+host's, loopback included.
 
 Nothing here imports pytest; the fixtures live in the test modules.
 """
@@ -257,9 +259,9 @@ def swift_runtime_dir(binary):
 
 
 class SystemdHSM:
-    """One loop-mounted ext4, one posix store and hsmd.service in a booted container."""
+    """One loop-mounted ext4, one store (posix unless store_toml) and hsmd.service in a booted container."""
 
-    def __init__(self, image_size="4G", config_extra="", test_env=None, log=print):
+    def __init__(self, image_size="4G", config_extra="", test_env=None, store_toml=None, log=print):
         self.log = log
         self.mounted = False
         self.container = None
@@ -272,12 +274,12 @@ class SystemdHSM:
         WORK.mkdir(parents=True, exist_ok=True)
         self.base = Path(tempfile.mkdtemp(prefix="run-", dir=WORK))
         try:
-            self._prepare(image_size, config_extra, test_env or {})
+            self._prepare(image_size, config_extra, test_env or {}, store_toml)
         except BaseException:
             self.cleanup()
             raise
 
-    def _prepare(self, image_size, config_extra, test_env):
+    def _prepare(self, image_size, config_extra, test_env, store_toml):
         self.image = self.base / "fs.img"
         self.mnt = self.base / "mnt"
         self.store = self.base / "store"
@@ -298,6 +300,10 @@ class SystemdHSM:
         subprocess.run(["mkfs.ext4", "-q", "-F", str(self.image)], check=True)
         subprocess.run(["mount", "-o", "loop", str(self.image), str(self.mnt)], check=True)
         self.mounted = True
+        # store_toml: the [[store]] keys after name (type and its own keys), in place of
+        # the posix store under the test's directory.
+        if store_toml is None:
+            store_toml = f'type = "posix"\npath = "{self.store}"\n'
         self.config.write_text(
             f'socket = "{self.socket}"\n'
             # The unit's StateDirectory, as in the shipped config.
@@ -306,8 +312,7 @@ class SystemdHSM:
             f"{config_extra}\n"
             "[[store]]\n"
             'name = "tier1"\n'
-            'type = "posix"\n'
-            f'path = "{self.store}"\n'
+            f"{store_toml}"
             "[[filesystem]]\n"
             f'path = "{self.mnt}"\n'
             'store = "tier1"\n')
