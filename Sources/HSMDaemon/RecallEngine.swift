@@ -375,12 +375,13 @@ final class RecallEngine: Sendable {
         // nothing of it is missing. Whole blocks still for the block holding the end of
         // the file (an extension or O_APPEND rewrites its last page), a file cut below its
         // archived size, and anything but a plain access (a request, a truncation, an
-        // access that may shift data).
+        // access that may shift data, one that may make holes: BlockedThreads).
         var partial: [Int] = []
         let accessBytes = (range ?? .wholeFile).bytes(fileSize: st.size)
-        if readahead, event != nil, record.chunkShift != nil, intent == .event, window == 0, ahead.isEmpty,
+        if readahead, let event, record.chunkShift != nil, intent == .event, window == 0, ahead.isEmpty,
            st.size >= marker.size, range != nil,
-           state.withLock({ $0.readahead[key]?.nextByte }) != accessBytes.lowerBound {
+           state.withLock({ $0.readahead[key]?.nextByte }) != accessBytes.lowerBound,
+           !nature(of: event, fileSize: st.size, marker: marker, canShift: canShift, mustKnowCut: true).mayMakeHoles {
             partial = core.filter { $0 < liveBlocks - 1 }
         }
         let whole = needed.filter { !partial.contains($0) }
