@@ -14,6 +14,8 @@ import subprocess
 import pytest
 
 from conftest import drop_caches, sha256
+import fileops
+from fileops import KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -136,6 +138,29 @@ def test_writes_inside_a_partly_recalled_block_win(hsm_fs):
     assert_whole(path, bytes(expected))
     # Still right after archiving again (a dirty file recalls its offline part first).
     hsm.migrate(path)
+    assert_whole(path, bytes(expected))
+
+
+@pytest.mark.parametrize("hsm_fs", FILESYSTEMS, indirect=True)
+def test_holes_a_program_makes_in_a_partly_recalled_block_stay_holes(hsm_fs):
+    """A punched or zeroed range inside a partly recalled block reads as zeros ever after:
+    the punch's event brings the whole block back first (recall fills holes only, and a
+    hole the program made must not be taken for data still to come)."""
+    hsm = hsm_fs
+    path, data = released(hsm, "f")
+    block = 5 * MiB
+    at = block + 3 * CHUNK
+    assert pread(path, at, 4 * KiB) == data[at:at + 4 * KiB]
+    expected = bytearray(data)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        for mode, off, n in [(PUNCH_HOLE | KEEP_SIZE, block + 10 * CHUNK, 3 * 4096), (PUNCH_HOLE | KEEP_SIZE, at + 4096, 4096),
+                             (ZERO_RANGE, block + 12 * CHUNK + 100, 20000)]:
+            fileops.fallocate(fd, mode, off, n)
+            expected[off:off + n] = bytes(n)
+    finally:
+        os.close(fd)
+    assert_whole(path, bytes(expected))
     assert_whole(path, bytes(expected))
 
 
