@@ -473,9 +473,14 @@ final class RecallEngine: Sendable {
                     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(layout.blockSize), alignment: 4096)
                     defer { buffer.deallocate() }
                     for b in blocks {
+                        // The store gives whole verified chunks; only the pages the access
+                        // touches are written, so a random read writes about what it reads.
                         let span = try reader.read(block: b, bytes: exact, into: buffer)
                         let start = layout.range(ofBlock: b).lowerBound
-                        try place(b, UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(span.upperBound - start)]), only: span)
+                        let pages = (exact.lowerBound & ~4095)..<((exact.upperBound + 4095) & ~4095)
+                        let part = span.clamped(to: pages)
+                        if part.isEmpty { continue }
+                        try place(b, UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(span.upperBound - start)]), only: part)
                     }
                 } else if blocks.count > 1 {
                     var placed = 0

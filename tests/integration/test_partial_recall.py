@@ -96,14 +96,16 @@ def test_random_reads_bring_back_only_their_chunks(hsm_fs):
     block = 3 * MiB
     at = block + 5 * CHUNK + 100
     assert pread(path, at, 4 * KiB) == data[at:at + 4 * KiB]
-    # Only the chunk that read touched came back, and the block is still offline.
-    assert data_ranges(path, 0, SIZE) == [(block + 5 * CHUNK, block + 6 * CHUNK), TAIL]
+    # Only the pages that read touched came back (verified by their chunk's checksum),
+    # and the block is still offline.
+    page = at & ~4095
+    assert data_ranges(path, 0, SIZE) == [(page, page + 8 * KiB), TAIL]
     assert hsm.status(path)["offline_bytes"] == 8 * MiB
     # A read across a chunk boundary inside the same block, and one in the recalled chunk.
     at2 = block + 9 * CHUNK - 10
     assert pread(path, at2, 100) == data[at2:at2 + 100]
     assert pread(path, block + 5 * CHUNK, CHUNK) == data[block + 5 * CHUNK:block + 6 * CHUNK]
-    assert local_bytes(path, block, block + MiB) == 3 * CHUNK
+    assert local_bytes(path, block, block + MiB) == CHUNK + 8 * KiB
     # Reads inside a partly recalled block, cold cache: the rest comes back, holes only.
     drop_caches()
     for off in (block, block + 17, block + MiB - 4 * KiB, block + 5 * CHUNK + 7):
@@ -227,7 +229,7 @@ def test_old_format_records_recall_whole_blocks(hsm_fs):
     assert pread(old, at, 4 * KiB) == old_data[at:at + 4 * KiB]
     assert data_ranges(old, 0, SIZE) == [(3 * MiB, 4 * MiB), TAIL]
     assert pread(new, at, 4 * KiB) == new_data[at:at + 4 * KiB]
-    assert data_ranges(new, 0, SIZE) == [(3 * MiB + 5 * CHUNK, 3 * MiB + 6 * CHUNK), TAIL]
+    assert data_ranges(new, 0, SIZE) == [(at & ~4095, (at & ~4095) + 8 * KiB), TAIL]
     assert_whole(old, old_data)
     assert_whole(new, new_data)
     # Archived again, the old file gets a format 2 record.
