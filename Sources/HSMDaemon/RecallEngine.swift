@@ -335,7 +335,7 @@ final class RecallEngine: Sendable {
         let own = layout.blocks(covering: (range ?? .wholeFile).bytes(fileSize: st.size))
         let core = needed.filter { own.contains($0) }
         if readahead, let first = core.first, let last = core.last {
-            window = nextWindow(key: key, first: first, blockSize: layout.blockSize)
+            window = nextWindow(key: key, first: first, offset: (range ?? .wholeFile).offset, blockSize: layout.blockSize)
             if window > 0 {
                 ahead = marker.offline.setIndices(in: (last + 1)..<min(last + 1 + window, liveBlocks))
                 // Read-ahead goes on after the access is let go: not for one that may cut
@@ -544,9 +544,9 @@ final class RecallEngine: Sendable {
         // take for a change under its feet.
         try fill(whole, more: !ahead.isEmpty || !partial.isEmpty)
         try fill(partial, more: !ahead.isEmpty, exact: accessBytes)
-        if !partial.isEmpty {
+        if readahead {
             state.withLock { s in
-                s.readahead[key, default: Readahead(nextBlock: 0, window: 0)].nextByte = accessBytes.upperBound
+                s.readahead[key, default: Readahead(nextBlock: 0, window: 0)].nextByte = partial.isEmpty ? -1 : accessBytes.upperBound
             }
         }
         // Nothing left offline: later accesses need no event, from the first one on. The
@@ -600,12 +600,15 @@ final class RecallEngine: Sendable {
     }
 
     /// Sequential readers get a window that doubles up to readahead_max; a jump resets it.
-    private func nextWindow(key: InodeKey, first: Int, blockSize: Int64) -> Int {
+    /// After a recall of part of a block, only an access starting where that one ended
+    /// reads on (a random read that happens to land in the next block does not).
+    private func nextWindow(key: InodeKey, first: Int, offset: Int64, blockSize: Int64) -> Int {
         let maxBlocks = max(Int(readaheadMaxBytes / blockSize), 0)
         return state.withLock { s in
             if s.readahead.count > 65536 { s.readahead.removeAll() }
             var r = s.readahead[key] ?? Readahead(nextBlock: -1, window: 0)
-            r.window = first == r.nextBlock ? min(max(r.window * 2, 1), maxBlocks) : 0
+            let onward = first == r.nextBlock && (r.nextByte < 0 || offset == r.nextByte)
+            r.window = onward ? min(max(r.window * 2, 1), maxBlocks) : 0
             s.readahead[key] = r
             return r.window
         }
