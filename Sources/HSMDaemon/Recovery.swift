@@ -252,11 +252,6 @@ extension Archiver {
                 if marker.offline[b] { continue }
                 return .changed("block \(b) became a hole")
             }
-            // Partly recalled (format 2 records recall chunks): still offline, and its holes
-            // come back at the next access; its bytes cannot be checked as a whole block.
-            if marker.offline[b] && subtract(data, from: r).contains(where: { !intersect($0, record.dataExtents).isEmpty }) {
-                continue
-            }
             let len = Int(r.upperBound - r.lowerBound)
             let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<len])
             let n: Int
