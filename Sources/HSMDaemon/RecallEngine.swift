@@ -372,8 +372,8 @@ final class RecallEngine: Sendable {
         // A random access (no read-ahead window, not reading on from where the last one
         // ended) into an object with chunk checksums brings back only the chunks it
         // touches of the blocks it reads; the block stays offline ("may have holes") until
-        // nothing of it is missing. Whole blocks still for the block holding the end of
-        // the file (an extension or O_APPEND rewrites its last page), a file cut below its
+        // nothing of it is missing. Whole blocks still for a block holding the end of
+        // the file inside it (an extension or O_APPEND rewrites its last page), a file cut below its
         // archived size, and anything but a plain access (a request, a truncation, an
         // access that may shift data, one that may make holes: BlockedThreads).
         var partial: [Int] = []
@@ -382,7 +382,9 @@ final class RecallEngine: Sendable {
            st.size >= marker.size, range != nil,
            state.withLock({ $0.readahead[key]?.nextByte }) != accessBytes.lowerBound,
            !nature(of: event, fileSize: st.size, marker: marker, canShift: canShift, mustKnowCut: true).mayMakeHoles {
-            partial = core.filter { $0 < liveBlocks - 1 }
+            // The last block too when the file ends at a block boundary: no page of it is
+            // rewritten when the file grows.
+            partial = core.filter { $0 < liveBlocks - 1 || st.size % layout.blockSize == 0 }
         }
         let whole = needed.filter { !partial.contains($0) }
         let wasClean = st.size == marker.size && st.mtimeNs == marker.mtimeNs

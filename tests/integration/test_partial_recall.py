@@ -275,3 +275,24 @@ def test_a_corrupt_chunk_fails_with_eio_and_its_neighbours_read_right(hsm_fs):
 def sha256_bytes(b):
     import hashlib
     return hashlib.sha256(b).hexdigest()
+
+
+@pytest.mark.parametrize("hsm_fs", FILESYSTEMS, indirect=True)
+def test_last_block_of_a_file_ending_on_a_block_boundary_recalls_partly(hsm_fs):
+    """No page of such a block is rewritten when the file grows, so it recalls partly like
+    any other; growing the file afterwards keeps every byte."""
+    hsm = hsm_fs
+    size = 4 * MiB
+    path, data = released(hsm, "f", size=size)
+    at = 3 * MiB + 7 * CHUNK
+    assert pread(path, at, 4 * KiB) == data[at:at + 4 * KiB]
+    assert data_ranges(path, 0, size) == [(at, at + 4 * KiB)]
+    with open(path, "ab") as f:
+        f.write(b"tail")
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"past", size + 10000)
+    finally:
+        os.close(fd)
+    expected = data + b"tail" + bytes(10000 - 4) + b"past"
+    assert_whole(path, expected)
