@@ -19,6 +19,8 @@ void chsm_syscall_numbers(struct chsm_syscall_numbers *out) {
     out->truncate = -1;
 #endif
     out->ioctl = SYS_ioctl;
+    out->copy_file_range = SYS_copy_file_range;
+    out->madvise = SYS_madvise;
 #ifdef SYS_io_uring_enter
     out->io_uring_enter = SYS_io_uring_enter;
 #else

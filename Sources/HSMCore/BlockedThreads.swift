@@ -68,10 +68,16 @@ public struct EventNature: Sendable, Equatable {
     /// cannot be seen): once it is let go, no recall write may follow past its offset, or
     /// the write would extend the file again with old data.
     public var mayCut: Bool
+    /// It may make holes in the file (truncate, fallocate, a clone, copy_file_range,
+    /// madvise MADV_REMOVE, or an operation that cannot be seen). Only an event that cannot
+    /// may leave a block partly recalled: a partly recalled block's holes are all data
+    /// still to come back, and a hole the program made would be filled with old data.
+    public var mayMakeHoles: Bool
 
-    public init(intent: AccessIntent, mayCut: Bool) {
+    public init(intent: AccessIntent, mayCut: Bool, mayMakeHoles: Bool = true) {
         self.intent = intent
         self.mayCut = mayCut
+        self.mayMakeHoles = mayMakeHoles
     }
 }
 
@@ -97,7 +103,7 @@ public enum BlockedThreads {
                                 numbers: SyscallNumbers = .native) -> EventNature {
         let conservative = AccessPlan.conservativeIntent(range, canShift: canShift)
         guard let states, !states.isEmpty else { return EventNature(intent: conservative, mayCut: true) }
-        var unseen = false, truncating = false, cloning = false, shifting = false, collapsing = false
+        var unseen = false, truncating = false, cloning = false, shifting = false, collapsing = false, holing = false
         for state in states {
             switch state {
             case .running, .noSyscall: continue
@@ -107,7 +113,9 @@ public enum BlockedThreads {
                 switch number {
                 case numbers.ftruncate, numbers.truncate: truncating = true
                 case numbers.ioctl: cloning = true  // FICLONE, FICLONERANGE, FIDEDUPERANGE
+                case numbers.copyFileRange, numbers.madvise: holing = true
                 case numbers.fallocate:
+                    holing = true
                     let mode = args[1]
                     if mode & ~nonShiftingFallocateModes != 0 {
                         shifting = true
@@ -118,11 +126,12 @@ public enum BlockedThreads {
             }
         }
         let mayCut = truncating || collapsing || unseen
+        let mayMakeHoles = holing || truncating || cloning || unseen
         if (range ?? .wholeFile).toEndOfFile {
             // Count 0: a clone to the end of the file (recall it all) or a truncation.
-            return EventNature(intent: truncating && !cloning && !unseen ? .truncation : .event, mayCut: mayCut)
+            return EventNature(intent: truncating && !cloning && !unseen ? .truncation : .event, mayCut: mayCut, mayMakeHoles: mayMakeHoles)
         }
-        if !canShift { return EventNature(intent: .event, mayCut: mayCut) }
-        return EventNature(intent: shifting || unseen ? .shiftingEvent : .event, mayCut: mayCut)
+        if !canShift { return EventNature(intent: .event, mayCut: mayCut, mayMakeHoles: mayMakeHoles) }
+        return EventNature(intent: shifting || unseen ? .shiftingEvent : .event, mayCut: mayCut, mayMakeHoles: mayMakeHoles)
     }
 }

@@ -81,14 +81,31 @@ final class MeteredReader: ObjectReader {
     }
 
     func read(block index: Int, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> Int {
-        let t0 = monotonicNanos()
-        defer { timer?.observe(monotonicNanos() - t0) }
-        do { return try inner.read(block: index, into: buffer) } catch {
-            errors?.add(1)
-            throw error
-        }
+        try timed { () throws(StoreError) in try inner.read(block: index, into: buffer) }
+    }
+
+    func read(block index: Int, bytes: Range<Int64>, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> Range<Int64> {
+        try timed { () throws(StoreError) in try inner.read(block: index, bytes: bytes, into: buffer) }
+    }
+
+    // Everything the reader says about how it likes to be read passes through: a wrapper
+    // that fell back to the protocol's defaults would read an s3 object one GET at a time.
+    var parallelReads: Int { inner.parallelReads }
+    var blocksPerRead: Int { inner.blocksPerRead }
+
+    func read(blocks: Range<Int>, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> [Int] {
+        try timed { () throws(StoreError) in try inner.read(blocks: blocks, into: buffer) }
     }
 
     func prefetch(blocks: Range<Int>) { inner.prefetch(blocks: blocks) }
     func close() { inner.close() }
+
+    private func timed<T>(_ body: () throws(StoreError) -> T) throws(StoreError) -> T {
+        let t0 = monotonicNanos()
+        defer { timer?.observe(monotonicNanos() - t0) }
+        do { return try body() } catch {
+            errors?.add(1)
+            throw error
+        }
+    }
 }

@@ -43,6 +43,9 @@ final class RecallEngine: Sendable {
     private struct Readahead {
         var nextBlock: Int
         var window: Int
+        /// Where the last recall of part of a block ended: an access starting there reads
+        /// on sequentially, and gets whole blocks.
+        var nextByte: Int64 = -1
     }
 
     private struct State {
@@ -361,6 +364,7 @@ final class RecallEngine: Sendable {
         do { marker = try MarkerCodec.decode(raw) } catch { throw .damagedMarker("\(error)") }
         let layout = marker.layout
         var markerChanged = false
+        let markerAsRead = marker
 
         // Blocks wholly past the current end of file were truncated away: never recall
         // into them, or a later extension would resurrect old data. The block holding
@@ -374,11 +378,12 @@ final class RecallEngine: Sendable {
         let intent = event.map { nature(of: $0, fileSize: st.size, marker: marker, canShift: canShift, mustKnowCut: false).intent } ?? .request
         let needed = AccessPlan.neededBlocks(range, intent, fileSize: st.size, marker: marker)
         var ahead: [Int] = []
+        var window = 0
         // Read-ahead follows the access's own blocks, not the end-of-file block it may add.
         let own = layout.blocks(covering: (range ?? .wholeFile).bytes(fileSize: st.size))
         let core = needed.filter { own.contains($0) }
         if readahead, let first = core.first, let last = core.last {
-            let window = nextWindow(key: key, first: first, blockSize: layout.blockSize)
+            window = nextWindow(key: key, first: first, offset: (range ?? .wholeFile).offset, blockSize: layout.blockSize)
             if window > 0 {
                 ahead = marker.offline.setIndices(in: (last + 1)..<min(last + 1 + window, liveBlocks))
                 // Read-ahead goes on after the access is let go: not for one that may cut
@@ -414,6 +419,24 @@ final class RecallEngine: Sendable {
             throw .store(error)
         }
         defer { reader.close() }
+        // A random access (no read-ahead window, not reading on from where the last one
+        // ended) into an object with chunk checksums brings back only the chunks it
+        // touches of the blocks it reads; the block stays offline ("may have holes") until
+        // nothing of it is missing. Whole blocks still for a block holding the end of
+        // the file inside it (an extension or O_APPEND rewrites its last page), a file cut below its
+        // archived size, and anything but a plain access (a request, a truncation, an
+        // access that may shift data, one that may make holes: BlockedThreads).
+        var partial: [Int] = []
+        let accessBytes = (range ?? .wholeFile).bytes(fileSize: st.size)
+        if readahead, let event, record.chunkShift != nil, intent == .event, window == 0, ahead.isEmpty,
+           st.size >= marker.size, range != nil,
+           state.withLock({ $0.readahead[key]?.nextByte }) != accessBytes.lowerBound,
+           !nature(of: event, fileSize: st.size, marker: marker, canShift: canShift, mustKnowCut: true).mayMakeHoles {
+            // The last block too when the file ends at a block boundary: no page of it is
+            // rewritten when the file grows.
+            partial = core.filter { $0 < liveBlocks - 1 || st.size % layout.blockSize == 0 }
+        }
+        let whole = needed.filter { !partial.contains($0) }
         let wasClean = st.size == marker.size && st.mtimeNs == marker.mtimeNs
         let objectData = record.dataExtents
         let recalledBytes = DaemonMetrics.shared.recalledBytes
@@ -425,6 +448,10 @@ final class RecallEngine: Sendable {
 
         /// Makes the data durable, then writes the marker.
         func persistDurably() throws(RecallError) {
+            // Only parts of blocks came back, and they stay offline: the marker says what
+            // it said, and data not yet on disk is a hole again after a crash, which the
+            // next recall fills.
+            if marker == markerAsRead { return }
             if unsynced {
                 do { try fd.syncData() } catch { throw .system(error) }
                 unsynced = false
@@ -454,14 +481,22 @@ final class RecallEngine: Sendable {
         }
 
         /// Writes one verified block into the holes of the file.
-        func place(_ b: Int, _ buffer: UnsafeMutableRawBufferPointer) throws(RecallError) {
+        /// `only`: the part of the block `buffer` holds (a partial recall); the block stays
+        /// offline while holes outside it that should hold data remain.
+        func place(_ b: Int, _ buffer: UnsafeMutableRawBufferPointer, only: Range<Int64>? = nil) throws(RecallError) {
             let block = layout.range(ofBlock: b)
             var filled: [Range<Int64>] = []
+            var complete = true
             do {
                 // Never past the end as it is now: another process may have cut the file
                 // since the recall began, and a write there would extend it with old data.
                 let live = block.lowerBound..<max(block.lowerBound, min(block.upperBound, st.size, try fd.stat().size))
-                let holes = subtract(try fd.dataExtents(in: live), from: live)
+                var holes = subtract(try fd.dataExtents(in: live), from: live)
+                if let only {
+                    let outside = holes.flatMap { subtract([only], from: $0) }
+                    complete = outside.allSatisfy { intersect($0, objectData).isEmpty }
+                    holes = holes.map { $0.clamped(to: only) }.filter { !$0.isEmpty }
+                }
                 for hole in holes {
                     for piece in intersect(hole, objectData) {
                         filled.append(piece)
@@ -480,15 +515,29 @@ final class RecallEngine: Sendable {
                 throw RecallError.system(error)
             }
             if !filled.isEmpty { keepPrivileges() }
-            marker.offline[b] = false
+            if complete { marker.offline[b] = false }
         }
 
         /// Copies blocks in, fills holes only, and leaves the file clean; the caller then
         /// makes it durable and writes the marker.
         /// `more`: other writes follow this fill (the read-ahead after the needed blocks).
-        func fill(_ blocks: [Int], more: Bool) throws(RecallError) {
+        /// `exact`: bring back only the chunks of each block that these bytes touch.
+        func fill(_ blocks: [Int], more: Bool, exact: Range<Int64>? = nil) throws(RecallError) {
             do {
-                if blocks.count > 1 {
+                if let exact, !blocks.isEmpty {
+                    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(layout.blockSize), alignment: 4096)
+                    defer { buffer.deallocate() }
+                    for b in blocks {
+                        // The store gives whole verified chunks; only the pages the access
+                        // touches are written, so a random read writes about what it reads.
+                        let span = try reader.read(block: b, bytes: exact, into: buffer)
+                        let start = layout.range(ofBlock: b).lowerBound
+                        let pages = (exact.lowerBound & ~4095)..<((exact.upperBound + 4095) & ~4095)
+                        let part = span.clamped(to: pages)
+                        if part.isEmpty { continue }
+                        try place(b, UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(span.upperBound - start)]), only: part)
+                    }
+                } else if blocks.count > 1 {
                     var placed = 0
                     try BlockPipeline(blocks: blocks, reader: reader, blockSize: Int(layout.blockSize)).run { b, data in
                         try place(b, data)
@@ -549,7 +598,13 @@ final class RecallEngine: Sendable {
         // of full_recall_programs waits for the marker (`markerBeforeAnswer`): writing it
         // changes the ctime, which a program that has just opened the file (tar) would
         // take for a change under its feet.
-        try fill(needed, more: !ahead.isEmpty)
+        try fill(whole, more: !ahead.isEmpty || !partial.isEmpty)
+        try fill(partial, more: !ahead.isEmpty, exact: accessBytes)
+        if readahead {
+            state.withLock { s in
+                s.readahead[key, default: Readahead(nextBlock: 0, window: 0)].nextByte = partial.isEmpty ? -1 : accessBytes.upperBound
+            }
+        }
         // Nothing left offline: later accesses need no event, from the first one on. The
         // data is in the file (page cache) already; only a power cut could lose it, and
         // that ends the group and its marks too.
@@ -602,12 +657,15 @@ final class RecallEngine: Sendable {
     }
 
     /// Sequential readers get a window that doubles up to readahead_max; a jump resets it.
-    private func nextWindow(key: InodeKey, first: Int, blockSize: Int64) -> Int {
+    /// After a recall of part of a block, only an access starting where that one ended
+    /// reads on (a random read that happens to land in the next block does not).
+    private func nextWindow(key: InodeKey, first: Int, offset: Int64, blockSize: Int64) -> Int {
         return state.withLock { s in
             let maxBlocks = max(Int(s.readaheadMaxBytes / blockSize), 0)
             if s.readahead.count > 65536 { s.readahead.removeAll() }
             var r = s.readahead[key] ?? Readahead(nextBlock: -1, window: 0)
-            r.window = first == r.nextBlock ? min(max(r.window * 2, 1), maxBlocks) : 0
+            let onward = first == r.nextBlock && (r.nextByte < 0 || offset == r.nextByte)
+            r.window = onward ? min(max(r.window * 2, 1), maxBlocks) : 0
             s.readahead[key] = r
             return r.window
         }

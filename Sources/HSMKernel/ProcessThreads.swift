@@ -8,8 +8,15 @@ public struct SyscallNumbers: Sendable, Equatable {
     public var truncate: Int
     public var ioctl: Int
     public var ioUringEnter: Int
+    /// Can reflink holes into the file (btrfs, xfs).
+    public var copyFileRange: Int
+    /// MADV_REMOVE punches holes.
+    public var madvise: Int
 
-    public init(fallocate: Int, ftruncate: Int, truncate: Int, ioctl: Int, ioUringEnter: Int) {
+    public init(fallocate: Int, ftruncate: Int, truncate: Int, ioctl: Int, ioUringEnter: Int,
+                copyFileRange: Int = -1, madvise: Int = -1) {
+        self.copyFileRange = copyFileRange
+        self.madvise = madvise
         self.fallocate = fallocate
         self.ftruncate = ftruncate
         self.truncate = truncate
@@ -21,7 +28,8 @@ public struct SyscallNumbers: Sendable, Equatable {
         var n = chsm_syscall_numbers()
         chsm_syscall_numbers(&n)
         return SyscallNumbers(fallocate: Int(n.fallocate), ftruncate: Int(n.ftruncate), truncate: Int(n.truncate),
-                              ioctl: Int(n.ioctl), ioUringEnter: Int(n.io_uring_enter))
+                              ioctl: Int(n.ioctl), ioUringEnter: Int(n.io_uring_enter),
+                              copyFileRange: Int(n.copy_file_range), madvise: Int(n.madvise))
     }()
 }
 

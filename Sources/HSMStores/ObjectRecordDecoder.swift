@@ -34,7 +34,9 @@ extension ObjectRecord {
     /// Why this record cannot be trusted, or nil when every field is in range and the
     /// fields agree with each other. Field names are the JSON ones.
     public func problem() -> String? {
-        guard format == 1 else { return "format \(format) is not supported (this hsmd reads format 1)" }
+        guard format == 1 || format == Self.chunkedFormat else {
+            return "format \(format) is not supported (this hsmd reads formats 1 and \(Self.chunkedFormat))"
+        }
         guard size >= 0 else { return "size \(size) is negative" }
         guard size <= Self.maxSize else { return "size \(size) is larger than any file hsmd archives (\(Self.maxSize))" }
         guard (MarkerCodec.minShift...BlockLayout.maxShift).contains(blockShift) else {
@@ -56,6 +58,7 @@ extension ObjectRecord {
         }
         // atime/mtime/ctime are nanoseconds since 1970: every Int64 is a time (negative ones
         // before 1970), and hsmd only compares them, so they need no range.
+        if let problem = chunkProblem() { return problem }
         var hasData = [Bool](repeating: false, count: blocks)
         var previousEnd: Int64 = 0
         var total: Int64 = 0
@@ -82,6 +85,30 @@ extension ObjectRecord {
             guard bytes.count <= 65536 else { return "xattrs[\(name.debugDescription)] holds \(bytes.count) bytes, more than an xattr can (65536)" }
         }
         return nil
+    }
+
+    /// Format 1 has no chunk checksums; format 2 has one per chunk of the file, and its
+    /// chunks divide its blocks.
+    func chunkProblem() -> String? {
+        guard format == Self.chunkedFormat else {
+            if chunkShift != nil || chunkChecksums != nil { return "chunk_shift and chunk_checksums are only in format \(Self.chunkedFormat) records" }
+            return nil
+        }
+        guard let shift = chunkShift else { return "chunk_shift is missing (format \(format))" }
+        guard let sums = chunkChecksums else { return "chunk_checksums is missing (format \(format))" }
+        guard (MarkerCodec.minShift...blockShift).contains(shift) else {
+            return "chunk_shift \(shift) is out of range (\(MarkerCodec.minShift) to block_shift \(blockShift))"
+        }
+        let chunks = Self.chunkCount(size: size, shift: shift)
+        guard sums.values.count == chunks else {
+            return "\(sums.values.count) chunk checksums for the \(chunks) chunks of size \(size) at chunk_shift \(shift)"
+        }
+        return nil
+    }
+
+    /// Chunks of `1 << shift` bytes in `size` bytes (no overflow for any record size).
+    public static func chunkCount(size: Int64, shift: UInt8) -> Int {
+        Int((size >> Int64(shift)) + (size & ((1 << Int64(shift)) - 1) != 0 ? 1 : 0))
     }
 
     /// Why this record cannot serve the file whose marker is `marker`, or nil. Block

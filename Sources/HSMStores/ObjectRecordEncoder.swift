@@ -9,13 +9,18 @@ extension ObjectRecord {
     /// it: never store a record that could not be recalled.
     static func made(object id: ObjectID, path originalPath: String, stat: FileStat, blockShift: UInt8,
                      checksums: [UInt32?], extents: [Range<Int64>], xattrs: [String: [UInt8]], storedBytes: Int64,
-                     storedAt where: String) throws(StoreError) -> ObjectRecord {
-        let record = ObjectRecord(
+                     chunkChecksums: [UInt32]? = nil, storedAt where: String) throws(StoreError) -> ObjectRecord {
+        var record = ObjectRecord(
             object: id, format: 1, path: originalPath, size: stat.size, mode: stat.mode, uid: stat.uid, gid: stat.gid,
             atimeNs: stat.atimeNs, mtimeNs: stat.mtimeNs, ctimeNs: stat.ctimeNs,
             archivedAt: Int64(Date().timeIntervalSince1970), blockShift: blockShift, checksums: checksums,
             extents: extents.map { [$0.lowerBound, $0.upperBound] },
             xattrs: xattrs.mapValues { Data($0).base64EncodedString() }, storedBytes: storedBytes)
+        if let chunkChecksums {
+            record.format = chunkedFormat
+            record.chunkShift = min(defaultChunkShift, blockShift)
+            record.chunkChecksums = ChunkChecksums(chunkChecksums)
+        }
         if let problem = record.problem() { throw .badRecord(id, path: `where`, reason: "hsmd made an inconsistent record: \(problem)") }
         return record
     }
@@ -33,6 +38,58 @@ extension ObjectRecord {
             throw .badRecord(object, path: `where`, reason: "\(bytes.count) bytes, more than a record may have (\(Self.maxEncodedBytes >> 20) MiB): the file has too many data extents")
         }
         return bytes
+    }
+
+    /// Files with more chunks than this get a format 1 record (whole-block recall): their
+    /// chunk checksums (4 bytes each, base64) would make the record too large to read back
+    /// quickly. 4 Mi chunks of 64 KiB: files up to 256 GiB.
+    static let maxChunks = 1 << 22
+
+    /// Whether a file of `size` bytes gets per-chunk checksums.
+    static func wantsChunks(size: Int64, blockShift: UInt8) -> Bool {
+        chunkCount(size: size, shift: min(defaultChunkShift, blockShift)) <= maxChunks
+    }
+
+    /// Appends the CRC32C of each chunk of `block` (the bytes of one whole block of the
+    /// file, the last one possibly short) to `sums`.
+    static func appendChunkChecksums(of block: UnsafeRawBufferPointer, blockShift: UInt8, to sums: inout [UInt32]) {
+        let size = 1 << Int(min(defaultChunkShift, blockShift))
+        var at = 0
+        while at < block.count {
+            sums.append(CRC32C.checksum(UnsafeRawBufferPointer(rebasing: block[at..<min(at + size, block.count)])))
+            at += size
+        }
+    }
+
+    /// The chunks of block `index` that `bytes` touches, as a file range clipped to the
+    /// block (empty when `bytes` misses the block).
+    func chunkSpan(ofBlock index: Int, covering bytes: Range<Int64>, shift: UInt8) -> Range<Int64> {
+        let block = layout.range(ofBlock: index)
+        let want = bytes.clamped(to: block)
+        guard !want.isEmpty else { return block.lowerBound..<block.lowerBound }
+        let size = Int64(1) << Int64(shift)
+        let lo = want.lowerBound & ~(size - 1)
+        let hi = min((want.upperBound + size - 1) & ~(size - 1), block.upperBound)
+        return max(lo, block.lowerBound)..<hi
+    }
+
+    /// Checks the chunks of `span` (chunk-aligned, inside block `index`, as `chunkSpan`
+    /// gives) that `view` holds, `view` being the whole block's buffer.
+    func verifyChunks(_ span: Range<Int64>, ofBlock index: Int, in view: UnsafeRawBufferPointer, storedAt where: String) throws(StoreError) {
+        guard let shift = chunkShift, let sums = chunkChecksums?.values else { return }
+        let block = layout.range(ofBlock: index)
+        let size = Int64(1) << Int64(shift)
+        var at = span.lowerBound
+        while at < span.upperBound {
+            let c = Int(at >> Int64(shift))
+            let end = min(at + size, block.upperBound)
+            guard sums.indices.contains(c), at >= block.lowerBound, end - block.lowerBound <= Int64(view.count) else {
+                throw .badRecord(object, path: `where`, reason: "chunk \(c) asked for, the record has \(sums.count): it does not match the file's marker")
+            }
+            let bytes = UnsafeRawBufferPointer(rebasing: view[Int(at - block.lowerBound)..<Int(end - block.lowerBound)])
+            guard CRC32C.checksum(bytes) == sums[c] else { throw .corrupt(object, block: index, path: `where`) }
+            at = end
+        }
     }
 
     /// The part of `buffer` block `index` fills, and the checksum it must have (nil: a

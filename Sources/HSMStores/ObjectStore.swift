@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 import HSMCore
 import HSMKernel
@@ -24,12 +25,59 @@ public struct ObjectRecord: Codable, Sendable, Equatable {
     /// The file's own xattrs (name → base64 value), hsmd's marker excluded.
     public var xattrs: [String: String]
     public var storedBytes: Int64
+    /// Format 2: chunks of `1 << chunkShift` bytes (at most a block) each have a CRC32C
+    /// too, so a recall of part of a block can verify what it brings back. Both nil in
+    /// format 1, whose blocks come back whole.
+    public var chunkShift: UInt8? = nil
+    /// CRC32C of each chunk of the file (holes read as zeros; 0 for chunks of blocks with
+    /// no data, never checked).
+    public var chunkChecksums: ChunkChecksums? = nil
+
+    /// The format a record with per-chunk checksums has (older ones are format 1).
+    public static let chunkedFormat = 2
+    /// The chunk size hsmd writes: 64 KiB, sixteen 4 KiB pages.
+    public static let defaultChunkShift: UInt8 = 16
 
     public var layout: BlockLayout { BlockLayout(shift: blockShift, fileSize: size) }
     /// The extents as ranges. A decoded record's are checked (`problem()`); a malformed
     /// one is left out here rather than trapping.
     public var dataExtents: [Range<Int64>] {
         extents.compactMap { e in e.count == 2 && e[0] <= e[1] ? e[0]..<e[1] : nil }
+    }
+}
+
+/// Per-chunk CRC32Cs, kept in the JSON record as one base64 string of little-endian
+/// 32-bit values (a JSON array of numbers would take three times the room).
+public struct ChunkChecksums: Codable, Sendable, Equatable {
+    public var values: [UInt32]
+
+    public init(_ values: [UInt32]) { self.values = values }
+
+    public init(from decoder: any Decoder) throws {
+        let text = try decoder.singleValueContainer().decode(String.self)
+        guard let data = Data(base64Encoded: text), data.count % 4 == 0 else {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath,
+                                                    debugDescription: "not base64 of 32-bit little-endian checksums"))
+        }
+        let bytes = [UInt8](data)
+        var values: [UInt32] = []
+        values.reserveCapacity(bytes.count / 4)
+        var i = 0
+        while i + 4 <= bytes.count {
+            var v: UInt32 = 0
+            for k in 0..<4 { v |= UInt32(bytes[i + k]) << UInt32(8 * k) }
+            values.append(v)
+            i += 4
+        }
+        self.values = values
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(values.count * 4)
+        for v in values { for i in 0..<4 { bytes.append(UInt8(truncatingIfNeeded: v >> (8 * i))) } }
+        var c = encoder.singleValueContainer()
+        try c.encode(Data(bytes).base64EncodedString())
     }
 }
 
@@ -71,6 +119,11 @@ public protocol ObjectReader {
     /// of the record's layout: a caller whose block size differs works from a marker the
     /// record does not match, and gets `badRecord` (never a read past the buffer).
     func read(block index: Int, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> Int
+    /// Fills only the bytes of `buffer` (one whole block, as for `read(block:into:)`) that
+    /// `bytes` (offsets in the file) touches, rounded out to whole chunks, and verifies each
+    /// chunk. Returns the file range filled. A record without chunk checksums reads and
+    /// verifies the whole block.
+    func read(block index: Int, bytes: Range<Int64>, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> Range<Int64>
     /// A hint that these blocks will be read soon (the store may start fetching them).
     func prefetch(blocks: Range<Int>)
     /// How many `read`s a recall should keep in flight at once: 1 for a local store, more
@@ -99,6 +152,13 @@ extension ObjectReader {
             lengths.append(try read(block: b, into: UnsafeMutableRawBufferPointer(rebasing: buffer[(i * size)..<((i + 1) * size)])))
         }
         return lengths
+    }
+
+    /// Stores that cannot read part of a block read all of it.
+    public func readWholeBlock(_ index: Int, layout: BlockLayout, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> Range<Int64> {
+        let n = try read(block: index, into: buffer)
+        let r = layout.range(ofBlock: index)
+        return r.lowerBound..<r.lowerBound + Int64(n)
     }
 }
 

@@ -80,6 +80,8 @@ public final class PosixStore: ObjectStore {
         }
         let layout = BlockLayout(shift: blockShift, fileSize: stat.size)
         var checksums: [UInt32?] = []
+        let chunked = ObjectRecord.wantsChunks(size: stat.size, blockShift: blockShift)
+        var chunkSums: [UInt32] = []
         var stored: Int64 = 0
         let extents: [Range<Int64>]
         do {
@@ -93,7 +95,15 @@ public final class PosixStore: ObjectStore {
             for b in 0..<layout.blockCount {
                 let range = layout.range(ofBlock: b)
                 let data = intersect(range, extents)
-                if data.isEmpty { checksums.append(nil); continue }
+                if data.isEmpty {
+                    checksums.append(nil)
+                    if chunked {
+                        // Chunks of a block with no data are never read: it recalls as zeros.
+                        let n = ObjectRecord.chunkCount(size: range.upperBound - range.lowerBound, shift: min(ObjectRecord.defaultChunkShift, blockShift))
+                        chunkSums += repeatElement(0, count: n)
+                    }
+                    continue
+                }
                 let len = Int(range.upperBound - range.lowerBound)
                 let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<len])
                 if kernelCopy {
@@ -111,6 +121,7 @@ public final class PosixStore: ObjectStore {
                     }
                 }
                 checksums.append(CRC32C.checksum(UnsafeRawBufferPointer(view)))
+                if chunked { ObjectRecord.appendChunkChecksums(of: UnsafeRawBufferPointer(view), blockShift: blockShift, to: &chunkSums) }
                 stored += data.reduce(0) { $0 + $1.upperBound - $1.lowerBound }
                 // Every 32 MiB: start writing this window back and wait for the one before,
                 // so a big object never ends in a flush that stalls every other reader.
@@ -131,7 +142,7 @@ public final class PosixStore: ObjectStore {
         }
         let record = try ObjectRecord.made(object: id, path: originalPath, stat: stat, blockShift: blockShift,
                                            checksums: checksums, extents: extents, xattrs: xattrs, storedBytes: stored,
-                                           storedAt: recordPath(id))
+                                           chunkChecksums: chunked ? chunkSums : nil, storedAt: recordPath(id))
         try renameIntoPlace(partial, dataPath(id))
         let bytes = try writeRecord(record)
         writtenRecords.withLock { w in
@@ -303,6 +314,22 @@ struct PosixObjectReader: ObjectReader {
             throw .corrupt(record.object, block: index, path: fd.path)
         }
         return len
+    }
+
+    func read(block index: Int, bytes: Range<Int64>, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> Range<Int64> {
+        guard let shift = record.chunkShift, record.chunkChecksums != nil else {
+            return try readWholeBlock(index, layout: record.layout, into: buffer)
+        }
+        let (view, expected) = try record.blockToRead(index, into: buffer, storedAt: recordPath)
+        let span = record.chunkSpan(ofBlock: index, covering: bytes, shift: shift)
+        guard expected != nil, !span.isEmpty else { return span }
+        let start = record.layout.range(ofBlock: index).lowerBound
+        let part = UnsafeMutableRawBufferPointer(rebasing: view[Int(span.lowerBound - start)..<Int(span.upperBound - start)])
+        let n: Int
+        do { n = try fd.read(into: part, at: span.lowerBound) } catch { throw .io(error) }
+        guard n == part.count else { throw .corrupt(record.object, block: index, path: fd.path) }
+        try record.verifyChunks(span, ofBlock: index, in: UnsafeRawBufferPointer(view), storedAt: fd.path)
+        return span
     }
 
     func prefetch(blocks: Range<Int>) {

@@ -96,6 +96,13 @@ enum RecordCodec {
             put(&out, k)
             put(&out, v)
         }
+        // Format 2: the chunk shift (0 for none) and the chunk checksums.
+        out.append(r.chunkShift ?? 0)
+        if r.chunkShift != nil {
+            let sums = r.chunkChecksums?.values ?? []
+            put(&out, UInt32(sums.count))
+            for v in sums { put(&out, v) }
+        }
         return out
     }
 
@@ -132,10 +139,23 @@ enum RecordCodec {
             guard let k = c.string(), let v = c.string() else { return nil }
             xattrs[k] = v
         }
+        guard let chunkShift = c.take(1)?.first else { return nil }
+        var chunkSums: ChunkChecksums?
+        if chunkShift != 0 {
+            guard let n = c.uint32() else { return nil }
+            var values: [UInt32] = []
+            values.reserveCapacity(Int(n))
+            for _ in 0..<n {
+                guard let v = c.uint32() else { return nil }
+                values.append(v)
+            }
+            chunkSums = ChunkChecksums(values)
+        }
         guard c.atEnd else { return nil }
         return ObjectRecord(object: object, format: Int(format), path: path, size: size, mode: mode, uid: uid, gid: gid,
                             atimeNs: atime, mtimeNs: mtime, ctimeNs: ctime, archivedAt: archivedAt, blockShift: shift,
-                            checksums: checksums, extents: extents, xattrs: xattrs, storedBytes: stored)
+                            checksums: checksums, extents: extents, xattrs: xattrs, storedBytes: stored,
+                            chunkShift: chunkShift == 0 ? nil : chunkShift, chunkChecksums: chunkSums)
     }
 
     private static func put(_ out: inout [UInt8], _ v: Int64) { put(&out, UInt64(bitPattern: v)) }

@@ -451,6 +451,11 @@ struct S3ObjectReader: ObjectReader {
         return views.map { $0.view.count }
     }
 
+    /// Records in an s3 store are format 1: blocks come back whole.
+    func read(block index: Int, bytes: Range<Int64>, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> Range<Int64> {
+        try readWholeBlock(index, layout: record.layout, into: buffer)
+    }
+
     /// Blocks are fetched when asked for; the recall engine's pipeline keeps
     /// `parallelReads` of them in flight.
     func prefetch(blocks: Range<Int>) {}

@@ -129,7 +129,8 @@ final class AccessPlanTests: XCTestCase {
 
 final class BlockedThreadsTests: XCTestCase {
     // x86_64 numbers, so the lines below are real ones from tools/probe-range-events.py --who.
-    private let n = SyscallNumbers(fallocate: 285, ftruncate: 77, truncate: 76, ioctl: 16, ioUringEnter: 426)
+    private let n = SyscallNumbers(fallocate: 285, ftruncate: 77, truncate: 76, ioctl: 16, ioUringEnter: 426,
+                                   copyFileRange: 326, madvise: 28)
     private let write = "1 0xc 0x7f36dc53db20 0x3 0x0 0x0 0x0 0x7ffe4ded2f98 0x7f36dca319d0"
     private let futex = "202 0x7fbc08000b70 0x189 0x0 0x0 0x0 0xffffffff 0x7ffc7c1955e0 0x7fbc0e5cd690"
     private let insert = "285 0x5 0x20 0x100000 0x100000 0x0 0x0 0x7fbc0e5cd690 0x7fbc0e5cd6a0"
@@ -160,10 +161,27 @@ final class BlockedThreadsTests: XCTestCase {
 
     func testAPlainWriteIsAnEventThatCannotCut() {
         XCTAssertEqual(BlockedThreads.classify(page, states: states([write]), canShift: true, numbers: n),
-                       EventNature(intent: .event, mayCut: false))
+                       EventNature(intent: .event, mayCut: false, mayMakeHoles: false))
         XCTAssertEqual(BlockedThreads.classify(page, states: states([futex, write, "running"]), canShift: true, numbers: n),
-                       EventNature(intent: .event, mayCut: false))
+                       EventNature(intent: .event, mayCut: false, mayMakeHoles: false))
         XCTAssertEqual(BlockedThreads.classify(page, states: states([punch]), canShift: true, numbers: n).intent, .event)
+    }
+
+    /// Only an event no thread of which can make holes may leave a block partly recalled.
+    func testWhatMayMakeHoles() {
+        let pread = "17 0x3 0x7f0000000000 0x1000 0x3000000 0x0 0x0 0x7ffe4ded2f98 0x7f36dca319d0"
+        let copyRange = "326 0x3 0x0 0x4 0x0 0x10000 0x0 0x7ffe4ded2f98 0x7f36dca319d0"
+        let madvise = "28 0x7f0000000000 0x100000 0x9 0x0 0x0 0x0 0x7ffe4ded2f98 0x7f36dca319d0"
+        let fault = "-1 0x7ffc7c1955e0 0x7fbc0e5cd690"
+        for (lines, holes) in [([pread], false), ([futex, pread, "running"], false), ([fault], false), ([write], false),
+                               ([pread, punch], true), ([copyRange], true), ([madvise], true), ([clone], true),
+                               ([ftruncate], true), ([uringWorker], true), ([nil], true),
+                               ([pread, "0 0x0 0x0 0x0 0x0 0x0 0x0 0x0 0x0"], true)] as [([String?], Bool)] {
+            XCTAssertEqual(BlockedThreads.classify(page, states: states(lines), canShift: true, numbers: n).mayMakeHoles, holes, "\(lines)")
+            XCTAssertEqual(BlockedThreads.classify(page, states: states(lines), canShift: false, numbers: n).mayMakeHoles, holes, "\(lines)")
+        }
+        XCTAssertTrue(BlockedThreads.classify(page, states: nil, canShift: true, numbers: n).mayMakeHoles)
+        XCTAssertTrue(EventNature(intent: .event, mayCut: false).mayMakeHoles, "unless known otherwise")
     }
 
     func testAnInsertOrCollapseAnywhereInTheProcessShifts() {

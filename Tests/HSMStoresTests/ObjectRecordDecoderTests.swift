@@ -127,6 +127,48 @@ final class ObjectRecordDecoderTests: XCTestCase {
                        "it names object \(testObject)")
     }
 
+    /// Format 2: one checksum per chunk of the file, chunks dividing the blocks; format 1
+    /// has none. Anything else is refused with the field named.
+    func testChunkChecksumsAreChecked() {
+        func chunked(_ r: ObjectRecord, shift: UInt8 = 16) -> ObjectRecord {
+            var r = r
+            r.format = ObjectRecord.chunkedFormat
+            r.chunkShift = shift
+            r.chunkChecksums = ChunkChecksums((0..<ObjectRecord.chunkCount(size: r.size, shift: shift)).map { UInt32($0) &* 2_654_435_761 })
+            return r
+        }
+        for r in [chunked(makeRecord()), chunked(makeRecord(size: 0)), chunked(makeRecord(size: 1)), chunked(makeRecord(), shift: 20),
+                  chunked(makeRecord(size: 16 << 20, shift: 12), shift: 12)] {
+            XCTAssertNil(r.problem(), "\(r.size) \(r.chunkShift ?? 0)")
+            XCTAssertEqual(try ObjectRecord.decode(json: json(r), id: testObject, path: "/s"), r)
+        }
+        typealias Edit = (inout ObjectRecord) -> Void
+        let cases: [(String, Edit, [String])] = [
+            ("too few", { $0.chunkChecksums?.values.removeLast() }, ["48 chunk checksums", "49 chunks"]),
+            ("too many", { $0.chunkChecksums?.values.append(1) }, ["50 chunk checksums"]),
+            ("shift 11", { $0.chunkShift = 11 }, ["chunk_shift 11"]),
+            ("shift above the block's", { $0.chunkShift = 21 }, ["chunk_shift 21", "block_shift 20"]),
+            ("no shift", { $0.chunkShift = nil }, ["chunk_shift is missing"]),
+            ("no checksums", { $0.chunkChecksums = nil }, ["chunk_checksums is missing"]),
+            ("format 1 with chunks", { $0.format = 1 }, ["only in format 2"]),
+        ]
+        for (name, edit, words) in cases {
+            var r = chunked(makeRecord())
+            edit(&r)
+            guard let reason = decodeFailure(json(r)) else { XCTFail("\(name): accepted"); continue }
+            for w in words { XCTAssertTrue(reason.contains(w), "\(name): \(reason) lacks \(w)") }
+        }
+        // Not base64, or not whole 32-bit values: a JSON error naming the field.
+        let good = String(decoding: json(chunked(makeRecord())), as: UTF8.self)
+        guard let start = good.range(of: "\"chunk_checksums\" : \"") else { return XCTFail(good) }
+        let end = good[start.upperBound...].firstIndex(of: "\"") ?? good.endIndex
+        for bad in ["%%%", "AAA=", "AAAAAAA="] {
+            let text = good.replacingCharacters(in: start.upperBound..<end, with: bad)
+            guard let reason = decodeFailure(Array(text.utf8)) else { XCTFail("\(bad): accepted"); continue }
+            XCTAssertTrue(reason.contains("chunk_checksums"), reason)
+        }
+    }
+
     func testMalformedJSONNamesTheField() {
         let good = String(decoding: json(makeRecord()), as: UTF8.self)
         for (from, to, words) in [
@@ -222,6 +264,48 @@ final class PosixStoreRecordTests: XCTestCase {
             }
         }
         for r in [0..<100, 2..<3, 3..<10, 5..<5] { reader.prefetch(blocks: r) }
+    }
+
+    /// A partial read fills and verifies only the chunks asked for; a damaged chunk fails
+    /// it while the chunks beside it still read; a format 1 record reads the whole block.
+    func testPartialReadsVerifyTheirChunks() throws {
+        let (store, record) = try archived(size: 3 << 20)
+        XCTAssertEqual(record.format, 2)
+        XCTAssertEqual(record.chunkShift, 16)
+        XCTAssertEqual(record.chunkChecksums?.values.count, 48)
+        let source = try [UInt8](Data(contentsOf: URL(fileURLWithPath: dir + "/source")))
+        let block = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+        defer { block.deallocate() }
+        let mib: Int64 = 1 << 20
+        func read(_ r: ObjectRecord, _ bytes: Range<Int64>) throws -> (Range<Int64>, [UInt8]) {
+            let reader = try store.reader(for: r)
+            defer { reader.close() }
+            block.initializeMemory(as: UInt8.self, repeating: 0xAA)
+            let span = try reader.read(block: 1, bytes: bytes, into: block)
+            return (span, Array(block[Int(span.lowerBound - mib)..<Int(span.upperBound - mib)]))
+        }
+        let (span, got) = try read(record, mib + 70_000..<mib + 70_010)
+        XCTAssertEqual(span, mib + 65_536..<mib + 131_072)
+        XCTAssertEqual(got, Array(source[Int(span.lowerBound)..<Int(span.upperBound)]))
+        XCTAssertEqual(block[0], 0xAA, "nothing outside the chunk was touched")
+        XCTAssertEqual(try read(record, mib + 65_535..<mib + 65_537).0, mib..<mib + 131_072)
+        XCTAssertEqual(try read(record, 0..<10).0, mib..<mib, "bytes outside the block: nothing")
+        var old = record
+        old.format = 1
+        old.chunkShift = nil
+        old.chunkChecksums = nil
+        XCTAssertEqual(try read(old, mib + 70_000..<mib + 70_010).0, mib..<2 * mib)
+        // One flipped bit in chunk 3 of block 1.
+        let fd = try FileDescriptor.open(store.dataPath(record.object), [.readWrite])
+        var byte: [UInt8] = [source[Int(mib) + 3 * 65_536 + 5] ^ 1]
+        try byte.withUnsafeMutableBytes { _ = try fd.write(UnsafeRawBufferPointer($0), at: mib + 3 * 65_536 + 5) }
+        fd.close()
+        XCTAssertThrowsError(try read(record, mib + 3 * 65_536..<mib + 3 * 65_536 + 1)) { e in
+            guard case StoreError.corrupt(_, 1, _) = e else { return XCTFail("\(e)") }
+        }
+        XCTAssertEqual(try read(record, mib + 2 * 65_536..<mib + 3 * 65_536).1,
+                       Array(source[Int(mib) + 2 * 65_536..<Int(mib) + 3 * 65_536]))
+        XCTAssertThrowsError(try read(old, mib..<mib + 1), "the whole block fails its block checksum")
     }
 }
 

@@ -23,6 +23,11 @@ final class RecordCacheTests: XCTestCase {
         let plain = record(8)
         XCTAssertEqual(RecordCodec.decode(ArraySlice(RecordCodec.encode(plain))), plain)
         XCTAssertLessThan(RecordCodec.encode(plain).count, 200, "a small file's record stays small")
+        var chunked = record(10, blocks: 2)
+        chunked.format = 2
+        chunked.chunkShift = 16
+        chunked.chunkChecksums = ChunkChecksums((0..<32).map { UInt32($0) * 0x0101_0101 })
+        XCTAssertEqual(RecordCodec.decode(ArraySlice(RecordCodec.encode(chunked))), chunked)
     }
 
     func testCodecRejectsTruncatedBytes() {

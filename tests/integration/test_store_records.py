@@ -7,6 +7,7 @@ cached copy hides the edit), starts hsmd again and checks: the read fails with E
 `status` shows the file damaged, hsmd logs what is wrong with the record, it still runs,
 and another released file still reads back whole.
 """
+import base64
 import errno
 import json
 import subprocess
@@ -89,7 +90,13 @@ CASES = {
     "shift-zero": set_fields(block_shift=0),
     "shift-255": set_fields(block_shift=255),
     "mode-directory": set_fields(mode=0o40755),
-    "format-2": set_fields(format=2),
+    "format-3": set_fields(format=3),
+    # Format 2's chunk checksums: only in format 2, one per 64 KiB chunk, chunks dividing blocks.
+    "format-1-with-chunks": set_fields(format=1),
+    "chunk-count-wrong": lambda d: d.update(chunk_checksums=base64.b64encode(base64.b64decode(d["chunk_checksums"])[:-4]).decode()),
+    "chunk-checksums-not-base64": set_fields(chunk_checksums="%%%"),
+    "chunk-shift-above-the-block": set_fields(chunk_shift=21),
+    "chunk-shift-missing": lambda d: d.pop("chunk_shift"),
     "archived-at-negative": set_fields(archived_at=-1),
     "other-object-id": set_fields(object="00112233445566778899aabbccddeeff"),
     "xattr-not-base64": set_fields(xattrs={"user.x": "%%%"}),

@@ -13,6 +13,8 @@ struct chsm_syscall_numbers {
     int32_t truncate;
     int32_t ioctl;
     int32_t io_uring_enter;
+    int32_t copy_file_range;
+    int32_t madvise;
 };
 void chsm_syscall_numbers(struct chsm_syscall_numbers *out);
 

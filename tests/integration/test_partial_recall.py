@@ -1,0 +1,298 @@
+"""Recall of part of a block (format 2 records: a CRC32C per 64 KiB chunk).
+
+A random read of a released file brings back only the 64 KiB chunks it touches; the
+block stays offline in the marker ("may have holes") until nothing of it is missing, and
+every later recall into it fills holes only. Each test checks the bytes a program reads
+against the original, on ext4, xfs and btrfs; where the test says a read brought back
+only part of a block it checks that with SEEK_DATA/SEEK_HOLE on the file itself.
+"""
+import errno
+import json
+import os
+import subprocess
+
+import pytest
+
+from conftest import drop_caches, sha256
+import fileops
+from fileops import KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE
+
+KiB = 1 << 10
+MiB = 1 << 20
+CHUNK = 64 * KiB
+SIZE = 8 * MiB + 12345  # eight whole blocks and a short last one
+FILESYSTEMS = ["ext4", "xfs", "btrfs"]
+# Any access also brings back the block holding the end of the file, whole, when the end
+# lies inside it (an O_APPEND write or an extension rewrites its last page).
+TAIL = (8 * MiB, SIZE)
+
+
+def record_path(hsm, path):
+    obj = hsm.status(path)["object"]
+    return hsm.store / "objects" / obj[:2] / f"{obj}.json"
+
+
+def data_path(hsm, path):
+    obj = hsm.status(path)["object"]
+    return hsm.store / "objects" / obj[:2] / f"{obj}.data"
+
+
+def released(hsm, name, size=SIZE):
+    path, _ = hsm.write(name, size=size)
+    data = path.read_bytes()
+    hsm.migrate(path)
+    drop_caches()
+    return path, data
+
+
+def pread(path, offset, length):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
+
+
+def data_ranges(path, lo, hi):
+    """The data extents of `path` within [lo, hi), by SEEK_DATA/SEEK_HOLE."""
+    fd = os.open(path, os.O_RDONLY)
+    out = []
+    try:
+        pos = lo
+        while pos < hi:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:
+                    break
+                raise
+            if start >= hi:
+                break
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), hi)
+            out.append((start, end))
+            pos = end
+    finally:
+        os.close(fd)
+    return out
+
+
+def local_bytes(path, lo, hi):
+    return sum(b - a for a, b in data_ranges(path, lo, hi))
+
+
+def assert_whole(path, data):
+    drop_caches()
+    got = path.read_bytes()
+    assert len(got) == len(data)
+    for i in range(0, len(data), MiB):
+        assert got[i:i + MiB] == data[i:i + MiB], f"MiB {i // MiB} differs" + (" (zeros)" if got[i:i + MiB].count(0) == len(got[i:i + MiB]) else "")
+
+
+@pytest.mark.parametrize("hsm_fs", FILESYSTEMS, indirect=True)
+def test_random_reads_bring_back_only_their_chunks(hsm_fs):
+    hsm = hsm_fs
+    path, data = released(hsm, "f")
+    assert json.loads(record_path(hsm, path).read_text())["format"] == 2
+    block = 3 * MiB
+    at = block + 5 * CHUNK + 100
+    assert pread(path, at, 4 * KiB) == data[at:at + 4 * KiB]
+    # Only the pages that read touched came back (verified by their chunk's checksum),
+    # and the block is still offline.
+    page = at & ~4095
+    assert data_ranges(path, 0, SIZE) == [(page, page + 8 * KiB), TAIL]
+    assert hsm.status(path)["offline_bytes"] == 8 * MiB
+    # A read across a chunk boundary inside the same block, and one in the recalled chunk.
+    at2 = block + 9 * CHUNK - 10
+    assert pread(path, at2, 100) == data[at2:at2 + 100]
+    assert pread(path, block + 5 * CHUNK, CHUNK) == data[block + 5 * CHUNK:block + 6 * CHUNK]
+    assert local_bytes(path, block, block + MiB) == CHUNK + 8 * KiB
+    # Reads inside a partly recalled block, cold cache: the rest comes back, holes only.
+    drop_caches()
+    for off in (block, block + 17, block + MiB - 4 * KiB, block + 5 * CHUNK + 7):
+        assert pread(path, off, 4 * KiB) == data[off:off + 4 * KiB], off
+    assert_whole(path, data)
+    assert hsm.status(path)["offline_bytes"] == 0
+    assert hsm.state(path) == "archived"
+
+
+@pytest.mark.parametrize("hsm_fs", FILESYSTEMS, indirect=True)
+def test_writes_inside_a_partly_recalled_block_win(hsm_fs):
+    hsm = hsm_fs
+    path, data = released(hsm, "f")
+    block = 2 * MiB
+    at = block + 3 * CHUNK
+    assert pread(path, at, 4 * KiB) == data[at:at + 4 * KiB]
+    expected = bytearray(data)
+    # One write inside the recalled chunk, one in a chunk not yet back, one across both.
+    writes = [(at + 1000, b"A" * 3000), (block + 10 * CHUNK + 5, b"B" * 70000), (block + 4 * CHUNK - 50, b"C" * 100)]
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        for off, buf in writes:
+            assert os.pwrite(fd, buf, off) == len(buf)
+            expected[off:off + len(buf)] = buf
+    finally:
+        os.close(fd)
+    drop_caches()
+    # Around the written bytes: the original ones.
+    for off, buf in writes:
+        lo, hi = max(off - 5000, 0), off + len(buf) + 5000
+        assert pread(path, lo, hi - lo) == bytes(expected[lo:hi]), off
+    assert_whole(path, bytes(expected))
+    # Still right after archiving again (a dirty file recalls its offline part first).
+    hsm.migrate(path)
+    assert_whole(path, bytes(expected))
+
+
+@pytest.mark.parametrize("hsm_fs", FILESYSTEMS, indirect=True)
+def test_holes_a_program_makes_in_a_partly_recalled_block_stay_holes(hsm_fs):
+    """A punched or zeroed range inside a partly recalled block reads as zeros ever after:
+    the punch's event brings the whole block back first (recall fills holes only, and a
+    hole the program made must not be taken for data still to come)."""
+    hsm = hsm_fs
+    path, data = released(hsm, "f")
+    block = 5 * MiB
+    at = block + 3 * CHUNK
+    assert pread(path, at, 4 * KiB) == data[at:at + 4 * KiB]
+    expected = bytearray(data)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        for mode, off, n in [(PUNCH_HOLE | KEEP_SIZE, block + 10 * CHUNK, 3 * 4096), (PUNCH_HOLE | KEEP_SIZE, at + 4096, 4096),
+                             (ZERO_RANGE, block + 12 * CHUNK + 100, 20000)]:
+            fileops.fallocate(fd, mode, off, n)
+            expected[off:off + n] = bytes(n)
+    finally:
+        os.close(fd)
+    assert_whole(path, bytes(expected))
+    assert_whole(path, bytes(expected))
+
+
+@pytest.mark.parametrize("hsm_fs", FILESYSTEMS, indirect=True)
+def test_truncation_inside_a_partly_recalled_block(hsm_fs):
+    hsm = hsm_fs
+    path, data = released(hsm, "f")
+    block = 4 * MiB
+    at = block + 2 * CHUNK + 10
+    assert pread(path, at, 4 * KiB) == data[at:at + 4 * KiB]
+    cut = block + 7 * CHUNK + 1234  # inside the block, past the recalled chunk
+    os.truncate(path, cut)
+    assert_whole(path, data[:cut])
+    # Extending again: zeros past the cut, never the old bytes.
+    os.truncate(path, 6 * MiB)
+    assert_whole(path, data[:cut] + bytes(6 * MiB - cut))
+    # A cut inside the recalled chunk of another file.
+    path2, data2 = released(hsm, "g")
+    at = block + 2 * CHUNK
+    assert pread(path2, at, 4 * KiB) == data2[at:at + 4 * KiB]
+    cut2 = at + 3000
+    os.truncate(path2, cut2)
+    assert_whole(path2, data2[:cut2])
+
+
+@pytest.mark.parametrize("hsm_fs", FILESYSTEMS, indirect=True)
+def test_release_of_a_partly_recalled_file(hsm_fs):
+    hsm = hsm_fs
+    path, data = released(hsm, "f")
+    for off in (MiB + 3 * CHUNK, 5 * MiB + 100, 5 * MiB + 9 * CHUNK):
+        assert pread(path, off, 4 * KiB) == data[off:off + 4 * KiB]
+    # Block 6 whole (read to its end), block 1 and 5 partly.
+    assert pread(path, 6 * MiB, MiB) == data[6 * MiB:7 * MiB]
+    assert hsm.state(path) != "archived"
+    hsm.ctl("release", path)
+    assert hsm.state(path) == "released"
+    assert hsm.status(path)["offline_bytes"] == SIZE
+    drop_caches()
+    off = 5 * MiB + 9 * CHUNK + 77
+    assert pread(path, off, 4 * KiB) == data[off:off + 4 * KiB]
+    assert_whole(path, data)
+    # And once more, from all resident.
+    hsm.ctl("release", path)
+    assert_whole(path, data)
+
+
+@pytest.mark.parametrize("hsm_fs", FILESYSTEMS, indirect=True)
+def test_old_format_records_recall_whole_blocks(hsm_fs):
+    """A format 1 record (per-block checksums only, as older hsmd wrote) still recalls
+    right, whole blocks at a time, next to a format 2 one."""
+    hsm = hsm_fs
+    old, old_data = released(hsm, "old")
+    new, new_data = released(hsm, "new")
+    rec = record_path(hsm, old)
+    assert hsm.stop() == 0
+    r = json.loads(rec.read_text())
+    assert r["format"] == 2 and r["chunk_shift"] == 16
+    r["format"] = 1
+    del r["chunk_shift"], r["chunk_checksums"]
+    rec.write_text(json.dumps(r, indent=2, sort_keys=True))
+    hsm.start()
+    drop_caches()
+    at = 3 * MiB + 5 * CHUNK + 100
+    assert pread(old, at, 4 * KiB) == old_data[at:at + 4 * KiB]
+    assert data_ranges(old, 0, SIZE) == [(3 * MiB, 4 * MiB), TAIL]
+    assert pread(new, at, 4 * KiB) == new_data[at:at + 4 * KiB]
+    assert data_ranges(new, 0, SIZE) == [(at & ~4095, (at & ~4095) + 8 * KiB), TAIL]
+    assert_whole(old, old_data)
+    assert_whole(new, new_data)
+    # Archived again, the old file gets a format 2 record.
+    os.truncate(old, SIZE - 1)
+    hsm.migrate(old)
+    assert json.loads(record_path(hsm, old).read_text())["format"] == 2
+    assert_whole(old, old_data[:SIZE - 1])
+
+
+@pytest.mark.parametrize("hsm_fs", FILESYSTEMS, indirect=True)
+def test_a_corrupt_chunk_fails_with_eio_and_its_neighbours_read_right(hsm_fs):
+    hsm = hsm_fs
+    path, data = released(hsm, "f")
+    other, other_data = released(hsm, "g")
+    bad = 2 * MiB + 6 * CHUNK
+    obj = data_path(hsm, path)
+    with open(obj, "r+b") as f:
+        f.seek(bad + 1000)
+        b = f.read(1)
+        f.seek(bad + 1000)
+        f.write(bytes([b[0] ^ 0x40]))
+    drop_caches()
+    with pytest.raises(OSError) as info:
+        pread(path, bad + 4 * KiB, 4 * KiB)
+    assert info.value.errno == errno.EIO
+    # The bad chunk never reached the file.
+    assert local_bytes(path, bad, bad + CHUNK) == 0
+    assert hsm.status(path)["state"] == "damaged"
+    # The chunks beside it in the same block are fine.
+    for off in (bad - CHUNK, bad + CHUNK + 100):
+        assert pread(path, off, 4 * KiB) == data[off:off + 4 * KiB]
+    with pytest.raises(OSError) as info:
+        pread(path, bad, 1)
+    assert info.value.errno == errno.EIO
+    r = subprocess.run(["cat", str(path)], capture_output=True, timeout=60)
+    assert r.returncode != 0 and b"Input/output error" in r.stderr
+    assert r.stdout == data[:len(r.stdout)]
+    assert len(r.stdout) <= bad
+    assert sha256(other) == sha256_bytes(other_data)
+    assert hsm.proc.poll() is None
+
+
+def sha256_bytes(b):
+    import hashlib
+    return hashlib.sha256(b).hexdigest()
+
+
+@pytest.mark.parametrize("hsm_fs", FILESYSTEMS, indirect=True)
+def test_last_block_of_a_file_ending_on_a_block_boundary_recalls_partly(hsm_fs):
+    """No page of such a block is rewritten when the file grows, so it recalls partly like
+    any other; growing the file afterwards keeps every byte."""
+    hsm = hsm_fs
+    size = 4 * MiB
+    path, data = released(hsm, "f", size=size)
+    at = 3 * MiB + 7 * CHUNK
+    assert pread(path, at, 4 * KiB) == data[at:at + 4 * KiB]
+    assert data_ranges(path, 0, size) == [(at, at + 4 * KiB)]
+    with open(path, "ab") as f:
+        f.write(b"tail")
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"past", size + 10000)
+    finally:
+        os.close(fd)
+    expected = data + b"tail" + bytes(10000 - 4) + b"past"
+    assert_whole(path, expected)
