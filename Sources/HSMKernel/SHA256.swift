@@ -2,9 +2,34 @@ import CHSMKernel
 
 /// SHA-256 and HMAC-SHA256, for AWS Signature V4 and the payload hashes S3 checks.
 public struct SHA256: Sendable {
+    /// The compression function underneath. Both give the same digests; `.portable` is there
+    /// for CPUs without the SHA extensions and for tests that compare the two.
+    public enum Implementation: Sendable, CaseIterable {
+        case portable
+        /// x86-64 SHA extensions (SHA-NI).
+        case shaExtensions
+
+        fileprivate var raw: UInt32 {
+            switch self {
+            case .portable: UInt32(CHSM_SHA256_PORTABLE)
+            case .shaExtensions: UInt32(CHSM_SHA256_SHANI)
+            }
+        }
+    }
+
+    /// What `init()` uses on this CPU.
+    public static var fastest: Implementation {
+        chsm_sha256_best_impl() == UInt32(CHSM_SHA256_SHANI) ? .shaExtensions : .portable
+    }
+
     private var ctx = chsm_sha256_ctx()
 
     public init() { chsm_sha256_init(&ctx) }
+
+    /// A hash on the given implementation, or nil when this CPU lacks it.
+    public init?(implementation: Implementation) {
+        guard chsm_sha256_init_impl(&ctx, implementation.raw) == 0 else { return nil }
+    }
 
     public mutating func update(_ bytes: UnsafeRawBufferPointer) {
         chsm_sha256_update(&ctx, bytes.baseAddress, bytes.count)

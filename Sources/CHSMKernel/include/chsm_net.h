@@ -1,22 +1,10 @@
-// What the S3 store needs below Swift: SHA-256 and HMAC-SHA256 for AWS Signature V4, and a
-// TCP connect with a deadline. Plain headers only (docs/ARCHITECTURE.md, "Layers").
+// What the S3 store needs below Swift: a TCP connect with a deadline, a listener (tests) and
+// accept (SHA-256 and HMAC are in chsm_sha256.h). Plain headers only (docs/ARCHITECTURE.md,
+// "Layers").
 #ifndef CHSM_NET_H
 #define CHSM_NET_H
 
-#include <stdint.h>
 #include <stddef.h>
-
-typedef struct {
-    uint32_t state[8];
-    uint64_t length;      // bytes hashed so far
-    uint8_t block[64];
-    size_t used;          // bytes in `block`
-} chsm_sha256_ctx;
-
-void chsm_sha256_init(chsm_sha256_ctx *ctx);
-void chsm_sha256_update(chsm_sha256_ctx *ctx, const void *data, size_t len);
-void chsm_sha256_final(chsm_sha256_ctx *ctx, uint8_t out[32]);
-void chsm_hmac_sha256(const void *key, size_t key_len, const void *data, size_t len, uint8_t out[32]);
 
 /// Connects to host:port (a name or an address, IPv4 or IPv6) within timeout_ms, then sets
 /// TCP_NODELAY and SO_RCVTIMEO/SO_SNDTIMEO of io_timeout_ms. Returns the fd, or -errno;
