@@ -27,6 +27,10 @@ private final class FakeReader: ObjectReader, Sendable {
         try read(blocks: index..<(index + 1), into: buffer)[0]
     }
 
+    func read(block index: Int, bytes: Range<Int64>, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> Range<Int64> {
+        try readWholeBlock(index, layout: BlockLayout(shift: UInt8(blockSize.trailingZeroBitCount), fileSize: Int64(1) << 40), into: buffer)
+    }
+
     func read(blocks: Range<Int>, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> [Int] {
         let now = inFlight.wrappingAdd(1, ordering: .relaxed).newValue
         defer { inFlight.wrappingSubtract(1, ordering: .relaxed) }
