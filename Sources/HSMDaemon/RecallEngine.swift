@@ -525,17 +525,19 @@ final class RecallEngine: Sendable {
         func fill(_ blocks: [Int], more: Bool, exact: Range<Int64>? = nil) throws(RecallError) {
             do {
                 if let exact, !blocks.isEmpty {
-                    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(layout.blockSize), alignment: 4096)
-                    defer { buffer.deallocate() }
+                    // The worker's buffer: only the part a read fills this time is written.
+                    let scratch = buffer ?? WorkerBuffer()
+                    let partBuffer = scratch.acquire(Int(layout.blockSize))
+                    defer { scratch.release(partBuffer) }
                     for b in blocks {
                         // The store gives whole verified chunks; only the pages the access
                         // touches are written, so a random read writes about what it reads.
-                        let span = try reader.read(block: b, bytes: exact, into: buffer)
+                        let span = try reader.read(block: b, bytes: exact, into: partBuffer)
                         let start = layout.range(ofBlock: b).lowerBound
                         let pages = (exact.lowerBound & ~4095)..<((exact.upperBound + 4095) & ~4095)
                         let part = span.clamped(to: pages)
                         if part.isEmpty { continue }
-                        try place(b, UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(span.upperBound - start)]), only: part)
+                        try place(b, UnsafeMutableRawBufferPointer(rebasing: partBuffer[0..<Int(span.upperBound - start)]), only: part)
                     }
                 } else if blocks.count > 1 {
                     var placed = 0
