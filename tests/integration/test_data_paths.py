@@ -173,6 +173,11 @@ def test_dd_at_offsets_recalls_only_touched_blocks(hsm_store):
     alloc = allocated_bytes(p)
     assert alloc <= 2 * MiB, f"a 4 KiB read brought back {alloc} bytes"
     assert alloc >= 4096
+    if hsm.store_kind != "posix":
+        # The s3 store writes format 1 records (no chunk checksums): whole blocks come back.
+        drop_caches()
+        assert sha256(p) == digest(original), fail_context(hsm)
+        return
     assert alloc <= 64 * KiB, f"a 4 KiB read brought back {alloc} bytes (format 2 records recall pages)"
     st = hsm.status(p)
     # The block is only partly back (test_partial_recall.py): still offline, file released.
