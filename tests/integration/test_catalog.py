@@ -47,10 +47,11 @@ def test_report_follows_archive_release_recall(hsm):
     assert fs["states"]["archived"] == {"files": 1, "bytes": 1 * MiB}
     assert fs["offline_bytes"] == 5 * MiB and fs["local_bytes"] == 1 * MiB
 
-    # A read recalls the first block of b (a partial file), hsmctl recall brings a back.
+    # A read of b's whole first block makes it a partial file (a smaller read brings back
+    # only its pages and leaves the block offline); hsmctl recall brings a back.
     drop_caches()
-    with open(b, "rb") as f:
-        f.read(100)
+    with open(b, "rb", buffering=0) as f:
+        assert len(f.read(MiB)) == MiB
     hsm.ctl("recall", a)
     fs, _ = fs_report(hsm)
     assert fs["states"]["partial"]["files"] == 1, fs
