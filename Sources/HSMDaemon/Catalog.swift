@@ -110,6 +110,12 @@ final class Catalog: Sendable {
     /// path now, when known (nil keeps the row's).
     func noteFile(_ fd: FileDescriptor, fs: ManagedFilesystem, marker: Marker?, path: String?, stat: FileStat? = nil) {
         guard let st = stat ?? (try? fd.stat()), let handle = try? InodeHandle.of(fd: fd.rawValue, path: fd.path) else { return }
+        noteFile(handle, fs: fs, marker: marker, path: path, stat: st)
+    }
+
+    /// The same, for a caller that knows the file's handle and stat already (recall: the
+    /// event log recorded the handle), so that queueing costs no syscall.
+    func noteFile(_ handle: InodeHandle, fs: ManagedFilesystem, marker: Marker?, path: String?, stat st: FileStat) {
         let s = FileStatus.derive(stat: st, marker: marker, objectExists: { _ in true })
         enqueue(.file(CatalogFile(fs: fs.path, handle: handle.encoded, path: path, state: s.state, size: st.size,
                                   offlineBytes: s.offlineBytes, object: marker?.object.hex, updatedAt: unixMillis())),

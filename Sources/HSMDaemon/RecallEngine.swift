@@ -363,6 +363,14 @@ final class RecallEngine: Sendable {
         var marker: Marker
         do { marker = try MarkerCodec.decode(raw) } catch { throw .damagedMarker("\(error)") }
         let layout = marker.layout
+        // What the catalog's row of this file needs, from what the event already carries
+        // (its filesystem, the handle the event log recorded, the stat taken above): no
+        // syscall per marker write. hsmctl recall and archive look it up once here.
+        let catalogFile: CatalogFileRef? = catalog == nil ? nil : {
+            guard let fs = event?.filesystem ?? filesystems.filesystem(ofOpenFile: fd.rawValue, device: st.device),
+                  let handle = event?.handle ?? (try? InodeHandle.of(fd: fd.rawValue, path: fd.path)) else { return nil }
+            return CatalogFileRef(fs: fs, handle: handle, stat: st)
+        }()
         var markerChanged = false
         let markerAsRead = marker
 
@@ -398,7 +406,7 @@ final class RecallEngine: Sendable {
             }
         }
         if needed.isEmpty && ahead.isEmpty {
-            if markerChanged { try persist(marker, fd) }
+            if markerChanged { try persist(marker, fd, file: catalogFile) }
             neededIsIn?()
             return 0
         }
@@ -456,7 +464,7 @@ final class RecallEngine: Sendable {
                 do { try fd.syncData() } catch { throw .system(error) }
                 unsynced = false
             }
-            try persist(marker, fd)
+            try persist(marker, fd, file: catalogFile)
         }
         // A write that fails (ENOSPC) still changes the mtime, as does punching it back.
         var touched = false
@@ -673,18 +681,31 @@ final class RecallEngine: Sendable {
         }
     }
 
-    private func persist(_ marker: Marker, _ fd: FileDescriptor) throws(RecallError) {
+    /// `file`: the catalog's reference to the file, when the recall knows it (nil: looked
+    /// up here, at two syscalls).
+    private func persist(_ marker: Marker, _ fd: FileDescriptor, file: CatalogFileRef? = nil) throws(RecallError) {
         do {
             try fd.setXattr(Marker.xattrName, MarkerCodec.encode(marker))
             // Queued, never written here: the catalog's thread does that (and syncs first).
-            if let catalog, let st = try? fd.stat(), let fs = filesystems.filesystem(ofOpenFile: fd.rawValue, device: st.device) {
-                catalog.noteFile(fd, fs: fs, marker: marker, path: nil, stat: st)
+            if let catalog {
+                if let file {
+                    catalog.noteFile(file.handle, fs: file.fs, marker: marker, path: nil, stat: file.stat)
+                } else if let st = try? fd.stat(), let fs = filesystems.filesystem(ofOpenFile: fd.rawValue, device: st.device) {
+                    catalog.noteFile(fd, fs: fs, marker: marker, path: nil, stat: st)
+                }
             }
         } catch let e as SystemError {
             throw .system(e)
         } catch {
             throw .damagedMarker("\(error)")
         }
+    }
+
+    /// The catalog's reference to a file being recalled (see `persist`).
+    struct CatalogFileRef {
+        let fs: ManagedFilesystem
+        let handle: InodeHandle
+        let stat: FileStat
     }
 
     /// Records in the marker that the object failed, so `status` shows `damaged`.
