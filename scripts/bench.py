@@ -464,16 +464,22 @@ class Bench(Hsmd):
         import re
         return int(re.search(r"(\d+) events\)", self.ctl("doctor").stdout).group(1))
 
+    @staticmethod
+    def write_small_files(root, count, seed):
+        """`count` files of 16 KiB of seeded random bytes, 100 per directory under root:
+        the small-files workload of case 10 and of the tools that profile it."""
+        rng = random.Random(seed)
+        for i in range(count):
+            d = root / f"d{i // 100}"
+            d.mkdir(parents=True, exist_ok=True)
+            (d / f"f{i}").write_bytes(rng.randbytes(16 * 1024))
+
     def case10_small_files(self):
         """Released 16 KiB files, each read by its own cat: time against cat of the stored
         objects (the floor), events reaching hsmd and hsmd CPU per file."""
         n = 1000 if self.quick else 5000
         root = self.mnt / "small"
-        rng = random.Random(10)
-        for i in range(n):
-            d = root / f"d{i // 100}"
-            d.mkdir(parents=True, exist_ok=True)
-            (d / f"f{i}").write_bytes(rng.randbytes(16 * 1024))
+        self.write_small_files(root, n, seed=10)
         objects_before = set(self.store.glob("objects/*/*.data"))
         self.ctl("migrate", root)
         objects = sorted(set(self.store.glob("objects/*/*.data")) - objects_before)

@@ -11,7 +11,6 @@ file of each pass. A pass after the first migrates the files again first (outsid
 timing, not outside the tool's view). SIGINT ends the tool at the end.
 """
 import argparse
-import random
 import signal
 import subprocess
 import sys
@@ -33,11 +32,7 @@ def main():
     try:
         b.start()
         root = b.mnt / "small"
-        rng = random.Random(1)
-        for i in range(a.files):
-            d = root / f"d{i // 100}"
-            d.mkdir(parents=True, exist_ok=True)
-            (d / f"f{i}").write_bytes(rng.randbytes(16384))
+        b.write_small_files(root, a.files, seed=1)
         b.ctl("migrate", root)
         bench.drop_caches()
         tool = subprocess.Popen(a.wrap.format(pid=b.proc.pid), shell=True)

@@ -9,7 +9,6 @@ folder, removed at the end), releases FILES files of 16 KiB, drops caches, and r
 file. strace slows hsmd: this counts calls, it does not time them.
 """
 import argparse
-import random
 import signal
 import subprocess
 import sys
@@ -31,11 +30,7 @@ def main():
     try:
         b.start()
         root = b.mnt / "small"
-        rng = random.Random(1)
-        for i in range(a.files):
-            d = root / f"d{i // 100}"
-            d.mkdir(parents=True, exist_ok=True)
-            (d / f"f{i}").write_bytes(rng.randbytes(16384))
+        b.write_small_files(root, a.files, seed=1)
         b.ctl("migrate", root)
         bench.drop_caches()
         st = subprocess.Popen(["strace", "-f", "-c", "-o", str(out), "-p", str(b.proc.pid)])
