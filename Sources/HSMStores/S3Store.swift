@@ -199,6 +199,11 @@ public final class S3Store: ObjectStore {
         do { extents = try source.dataExtents(in: 0..<stat.size) } catch { throw .io(error) }
         var checksums: [UInt32?] = []
         checksums.reserveCapacity(layout.blockCount)
+        // Format 2 as in the posix store: a CRC32C per 64 KiB chunk too, so a random read
+        // fetches and verifies only its chunks (one ranged GET of them).
+        let chunked = ObjectRecord.wantsChunks(size: stat.size, blockShift: blockShift)
+        let chunkShift = min(ObjectRecord.defaultChunkShift, blockShift)
+        var chunkSums: [UInt32] = []
         var dataBlocks = 0
         for b in 0..<layout.blockCount {
             let hasData = !intersect(layout.range(ofBlock: b), extents).isEmpty
@@ -244,12 +249,18 @@ public final class S3Store: ObjectStore {
             defer { single?.bytes.deallocate() }
             var current = single
             var filled = 0
-            for b in 0..<layout.blockCount where checksums[b] != nil {
+            for b in 0..<layout.blockCount {
                 let range = layout.range(ofBlock: b)
                 let len = Int(range.upperBound - range.lowerBound)
+                guard checksums[b] != nil else {
+                    // Chunks of a block with no data are never read: it recalls as zeros.
+                    if chunked { chunkSums += repeatElement(0, count: ObjectRecord.chunkCount(size: Int64(len), shift: chunkShift)) }
+                    continue
+                }
                 let view = UnsafeMutableRawBufferPointer(rebasing: block[0..<len])
                 guard try source.read(into: view, at: range.lowerBound) == len else { throw StoreError.changedDuringArchive(path: originalPath) }
                 checksums[b] = CRC32C.checksum(UnsafeRawBufferPointer(view))
+                if chunked { ObjectRecord.appendChunkChecksums(of: UnsafeRawBufferPointer(view), blockShift: blockShift, to: &chunkSums) }
                 var done = 0
                 while done < len {
                     if current == nil {
@@ -300,7 +311,7 @@ public final class S3Store: ObjectStore {
                                            checksums: checksums, extents: extents, xattrs: xattrs,
                                            // As posix: the file's data bytes (the object holds them in whole blocks).
                                            storedBytes: extents.reduce(0) { $0 + ($1.upperBound - $1.lowerBound) },
-                                           storedAt: recordKey(id))
+                                           chunkChecksums: chunked ? chunkSums : nil, storedAt: recordKey(id))
         let bytes = try record.encoded(storedAt: recordKey(id))
         do { try client.putObject(recordKey(id), bytes: bytes) } catch {
             try? client.deleteObject(recordKey(id))
@@ -451,9 +462,33 @@ struct S3ObjectReader: ObjectReader {
         return views.map { $0.view.count }
     }
 
-    /// Records in an s3 store are format 1: blocks come back whole.
+    /// A format 2 record: one ranged GET of the chunks `bytes` touches, each verified. A
+    /// format 1 record (archived before, or a file too large for chunk checksums): the
+    /// whole block.
     func read(block index: Int, bytes: Range<Int64>, into buffer: UnsafeMutableRawBufferPointer) throws(StoreError) -> Range<Int64> {
-        try readWholeBlock(index, layout: record.layout, into: buffer)
+        guard let shift = record.chunkShift, record.chunkChecksums != nil else {
+            return try readWholeBlock(index, layout: record.layout, into: buffer)
+        }
+        let where_ = "s3://\(store.settings.bucket)/\(key)"
+        let (view, expected) = try record.blockToRead(index, into: buffer, storedAt: where_)
+        let span = record.chunkSpan(ofBlock: index, covering: bytes, shift: shift)
+        guard expected != nil, !span.isEmpty else { return span }
+        guard offsets.indices.contains(index) else {
+            throw .badRecord(record.object, path: where_, reason: "block \(index) asked for, the record has \(record.checksums.count): it does not match the file's marker")
+        }
+        let blockStart = record.layout.range(ofBlock: index).lowerBound
+        let inBlock = (span.lowerBound - blockStart)..<(span.upperBound - blockStart)
+        let part = UnsafeMutableRawBufferPointer(rebasing: view[Int(inBlock.lowerBound)..<Int(inBlock.upperBound)])
+        let at = offsets[index] + inBlock.lowerBound
+        do {
+            _ = try store.client.getObject(key, range: at..<(at + Int64(part.count)), into: part)
+        } catch {
+            if case .status(416, _, _, _, _) = error { throw .corrupt(record.object, block: index, path: where_) }
+            if case .protocolError = error { throw .corrupt(record.object, block: index, path: where_) }
+            throw store.storeError(error, record.object, key)
+        }
+        try record.verifyChunks(span, ofBlock: index, in: UnsafeRawBufferPointer(view), storedAt: where_)
+        return span
     }
 
     /// Blocks are fetched when asked for; the recall engine's pipeline keeps
