@@ -122,6 +122,11 @@ public struct FileDescriptor: Sendable, Hashable {
     }
 
     /// Asks the kernel to start reading `range` into the page cache (a hint; errors ignored).
+    /// No read-ahead on this descriptor (its reads are of exactly what is needed).
+    public func adviseRandom() {
+        _ = posix_fadvise(rawValue, 0, 0, POSIX_FADV_RANDOM)
+    }
+
     public func adviseWillNeed(_ range: Range<Int64>) {
         _ = posix_fadvise(rawValue, off_t(range.lowerBound), off_t(range.upperBound - range.lowerBound), POSIX_FADV_WILLNEED)
     }

@@ -211,7 +211,7 @@ public final class PosixStore: ObjectStore {
     // MARK: read, delete, list
 
     public func record(_ id: ObjectID) throws(StoreError) -> ObjectRecord {
-        if let r = records.withLock({ $0[id] }) { return r }
+        if let r = records.withLock({ $0.lookup(id) }) { return r }
         return try storedRecord(id)
     }
 
@@ -236,7 +236,7 @@ public final class PosixStore: ObjectStore {
             throw .io(error)
         }
         if let w = writtenRecords.withLock({ $0[id] }), w.length == bytes.count, w.crc == CRC32C.checksum(bytes),
-           let cached = records.withLock({ $0[id] }) {
+           let cached = records.withLock({ $0.lookup(id) }) {
             return cached
         }
         let record = try ObjectRecord.decode(json: bytes, id: id, path: path)
@@ -325,6 +325,9 @@ struct PosixObjectReader: ObjectReader {
         guard expected != nil, !span.isEmpty else { return span }
         let start = record.layout.range(ofBlock: index).lowerBound
         let part = UnsafeMutableRawBufferPointer(rebasing: view[Int(span.lowerBound - start)..<Int(span.upperBound - start)])
+        // A partial read is a random access: the kernel's read-ahead would read past the
+        // chunks asked for on every one.
+        fd.adviseRandom()
         let n: Int
         do { n = try fd.read(into: part, at: span.lowerBound) } catch { throw .io(error) }
         guard n == part.count else { throw .corrupt(record.object, block: index, path: fd.path) }

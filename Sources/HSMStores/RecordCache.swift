@@ -32,6 +32,14 @@ public struct RecordCache: Sendable {
         var index: [Key: Range<Int>] = [:]
     }
 
+    /// The last few records looked up, decoded: a random reader's events each need the
+    /// record, and decoding a large file's chunk checksums on every event was 6% of hsmd's
+    /// CPU per random 4 KiB read (docs/BENCHMARKS.md). Most recent last; only records of at
+    /// most `recentMaxSums` checksums (a 4 GiB file's), so this holds at most a few MiB.
+    private var recent: [ObjectRecord] = []
+    static let recentCount = 4
+    static let recentMaxSums = 1 << 17
+
     public init(generationBytes: Int = 2 << 20) {
         self.generationBytes = max(1, generationBytes)
     }
@@ -47,7 +55,23 @@ public struct RecordCache: Sendable {
         return nil
     }
 
+    /// The record, decoded, keeping it among the recent ones.
+    public mutating func lookup(_ id: ObjectID) -> ObjectRecord? {
+        if let i = recent.lastIndex(where: { $0.object == id }) {
+            let r = recent[i]
+            if i != recent.count - 1 { recent.remove(at: i); recent.append(r) }
+            return r
+        }
+        guard let r = self[id] else { return nil }
+        if r.checksums.count + (r.chunkChecksums?.values.count ?? 0) <= Self.recentMaxSums {
+            if recent.count >= Self.recentCount { recent.removeFirst() }
+            recent.append(r)
+        }
+        return r
+    }
+
     public mutating func insert(_ record: ObjectRecord) {
+        recent.removeAll { $0.object == record.object }
         let encoded = RecordCodec.encode(record)
         if current.arena.count + encoded.count > generationBytes && !current.index.isEmpty {
             // The older generation goes at once: its arena is one allocation, freed whole.
@@ -63,6 +87,7 @@ public struct RecordCache: Sendable {
     }
 
     public mutating func remove(_ id: ObjectID) {
+        recent.removeAll { $0.object == id }
         let key = Key(id)
         current.index.removeValue(forKey: key)
         previous.index.removeValue(forKey: key)

@@ -327,7 +327,7 @@ public final class S3Store: ObjectStore {
     // MARK: read, delete, list
 
     public func record(_ id: ObjectID) throws(StoreError) -> ObjectRecord {
-        if let r = records.withLock({ $0[id] }) { return r }
+        if let r = records.withLock({ $0.lookup(id) }) { return r }
         return try storedRecord(id)
     }
 

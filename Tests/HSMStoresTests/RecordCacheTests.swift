@@ -72,4 +72,17 @@ final class RecordCacheTests: XCTestCase {
         XCTAssertNotNil(c[record(2).object], "the previous generation still answers")
         XCTAssertNil(c[record(1).object])
     }
+
+    func testLookupKeepsRecentRecordsDecodedAndNeverStale() {
+        var c = RecordCache()
+        for n in 0..<10 { c.insert(record(n, blocks: 300)) }
+        for _ in 0..<3 { for n in 0..<6 { XCTAssertEqual(c.lookup(record(n).object), record(n, blocks: 300)) } }
+        var changed = record(5, blocks: 300)
+        changed.storedBytes = 7
+        c.insert(changed)
+        XCTAssertEqual(c.lookup(changed.object), changed, "a replaced record is never served from the decoded ones")
+        c.remove(changed.object)
+        XCTAssertNil(c.lookup(changed.object), "nor a removed one")
+        XCTAssertEqual(c.lookup(record(4).object), record(4, blocks: 300))
+    }
 }
