@@ -1,0 +1,50 @@
+import Foundation
+import Glibc
+import HSMCore
+import HSMKernel
+import HSMStores
+import Logging
+
+// Archiver: the status of single files.
+extension Archiver {
+    func statusOf(_ path: String, _ st: FileStat, _ marker: Marker?, _ fs: ManagedFilesystem) -> FileStatus {
+        FileStatus.derive(stat: st, marker: marker, objectExists: { fs.store.contains($0) })
+    }
+
+    /// One row per regular file; directories are walked.
+    func status(_ path: String) -> (rows: [StatusRow], problems: [FileResult]) {
+        let lst: FileStat
+        do { lst = try FileStat.of(path: path) } catch {
+            return ([], [FileResult(path: path, outcome: .failed, reason: error.errno == ENOENT ? "no such file or directory" : "\(error)")])
+        }
+        if lst.fileType == .directory {
+            var rows: [StatusRow] = [], problems: [FileResult] = []
+            TreeWalker.walk(path, device: lst.device) { p, st in
+                if st.fileType == .regular { rows += status(p).rows }
+            }
+            if filesystems.filesystem(device: lst.device) == nil {
+                problems.append(FileResult(path: path, outcome: .failed, reason: "not on a managed filesystem (managed: \(filesystems.pathsDescription))"))
+            }
+            return (rows, problems)
+        }
+        guard lst.fileType == .regular else {
+            return ([], [FileResult(path: path, outcome: .skipped, reason: "\(lst.fileType.rawValue): not a regular file")])
+        }
+        guard let fs = filesystems.filesystem(device: lst.device) else {
+            return ([], [FileResult(path: path, outcome: .failed, reason: "not on a managed filesystem (managed: \(filesystems.pathsDescription))")])
+        }
+        // Under the inode lock: a recall lets its reader go before its marker is durable
+        // (the data is synced first), and status must not show the state from before.
+        let read = locks.withLock(lst.inodeKey) { () -> Result<(FileStat, [UInt8]?), SystemError> in
+            do throws(SystemError) { return .success((try FileStat.of(path: path), try Xattr.get(path: path, Marker.xattrName))) } catch {
+                return .failure(error)
+            }
+        }
+        guard case .success(let (st, raw)) = read else {
+            if case .failure(let error) = read { return ([], [FileResult(path: path, outcome: .failed, reason: "\(error)")]) }
+            return ([], [])
+        }
+        let s = FileStatus.derive(stat: st, markerBytes: raw, objectExists: { fs.store.contains($0) })
+        return ([StatusRow(path: path, state: s.state, size: st.size, offlineBytes: s.offlineBytes, object: s.object?.hex, detail: s.detail)], [])
+    }
+}
