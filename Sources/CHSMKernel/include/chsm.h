@@ -1,6 +1,6 @@
 // Kernel interface for hsmd: the fanotify pre-content API (Linux 6.14+), leases, hole
 // punching and xattrs. The system headers here predate the kernel, so the constants hsmd
-// needs are defined below. _GNU_SOURCE stays in chsm.c: defining it in a public header
+// needs are defined below. _GNU_SOURCE stays in the .c files: defining it in a public header
 // clashes with SwiftGlibc's fd_set (docs/ARCHITECTURE.md, "Layers").
 #ifndef CHSM_H
 #define CHSM_H
