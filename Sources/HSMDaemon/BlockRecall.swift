@@ -206,6 +206,9 @@ extension RecallEngine {
         /// `more`: other writes follow this fill (the read-ahead after the needed blocks).
         /// `exact`: bring back only the chunks of each block that these bytes touch.
         func fill(_ blocks: [Int], more: Bool, exact: Range<Int64>? = nil) throws(RecallError) {
+            // Nothing to read: no mtime to put back (a step before wrote it already) and
+            // no damage flag to clear (nothing was verified).
+            guard !blocks.isEmpty else { return }
             do {
                 if let exact, !blocks.isEmpty {
                     // The worker's buffer: only the part a read fills this time is written.

@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -343,6 +344,28 @@ def managed_filesystem(start, fstype="ext4", image_size="1G"):
             h.cleanup()
         else:
             shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def strace_hsmd(hsm, calls, out):
+    """Traces the syscalls `calls` (strace's trace= list) of every thread of the running
+    hsmd into `out` until the block ends; starts the block only once every thread is
+    traced. Yields nothing: read `out` afterwards."""
+    pid = hsm.proc.pid
+    tids = ",".join(os.listdir(f"/proc/{pid}/task"))
+    strace = subprocess.Popen(["strace", "-f", "-qq", "-o", str(out), "-e", f"trace={calls}", "-p", tids],
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            traced = [Path(f"/proc/{pid}/task/{t}/status").read_text() for t in os.listdir(f"/proc/{pid}/task")]
+            if all(re.search(r"^TracerPid:\s+[1-9]", s, re.M) for s in traced):
+                break
+            time.sleep(0.05)
+        yield
+    finally:
+        strace.send_signal(signal.SIGINT)
+        strace.wait(timeout=30)
 
 
 @pytest.fixture

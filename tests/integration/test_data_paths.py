@@ -14,10 +14,11 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
-from conftest import sha256, allocated_bytes, drop_caches
+from conftest import sha256, allocated_bytes, drop_caches, strace_hsmd
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -877,3 +878,21 @@ def test_rerelease_after_full_and_partial_reads(hsm):
     drop_caches()
     assert sha256sum(p) == want, fail_context(hsm)
     assert len(hsm.object_files()) == 1
+
+
+def test_a_small_file_comes_back_with_one_mtime_restore(hsm, tmp_path):
+    """Recall puts the archived mtime back after writing (recall is not a change): once
+    per recall, not once more for every empty step after the write."""
+    p, digest = hsm.write("small.bin", size=16 * 1024)
+    mtime = os.stat(p).st_mtime_ns
+    hsm.migrate(p)
+    drop_caches()
+    trace = tmp_path / "trace.txt"
+    with strace_hsmd(hsm, "utimensat,pwrite64", trace):
+        assert sha256(p) == digest
+        time.sleep(0.3)
+    lines = trace.read_text().splitlines()
+    assert sum("pwrite64(" in line for line in lines) >= 1, lines
+    assert sum("utimensat(" in line for line in lines) == 1, lines
+    assert os.stat(p).st_mtime_ns == mtime
+    assert hsm.state(p) == "archived"

@@ -7,14 +7,13 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import allocated_bytes, drop_caches, sha256
+from conftest import allocated_bytes, drop_caches, sha256, strace_hsmd
 
 MiB = 1 << 20
 IDENTITY = "hsmd-store.json"
@@ -207,22 +206,9 @@ def test_rearchive_deletes_the_old_object_only_after_the_new_marker_is_fsynced(h
         f.write(b"changed")
     assert hsm.state(p) == "dirty"
     trace = tmp_path / "trace.txt"
-    pid = hsm.proc.pid
-    tids = ",".join(os.listdir(f"/proc/{pid}/task"))
-    strace = subprocess.Popen(["strace", "-f", "-qq", "-o", str(trace), "-e", "trace=fsetxattr,fsync,fdatasync,unlink,unlinkat",
-                               "-p", tids], stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            traced = [Path(f"/proc/{pid}/task/{t}/status").read_text() for t in os.listdir(f"/proc/{pid}/task")]
-            if all(re.search(r"^TracerPid:\s+[1-9]", s, re.M) for s in traced):
-                break
-            time.sleep(0.05)
+    with strace_hsmd(hsm, "fsetxattr,fsync,fdatasync,unlink,unlinkat", trace):
         hsm.ctl("archive", p)
         time.sleep(0.5)
-    finally:
-        strace.send_signal(signal.SIGINT)
-        strace.wait(timeout=30)
     new = hsm.status(p)["object"]
     assert new != old
     assert not any(old in f.name for f in (hsm.store / "objects").glob("*/*"))
