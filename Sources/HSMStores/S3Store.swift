@@ -247,13 +247,17 @@ public final class S3Store: ObjectStore {
             defer { block.deallocate() }
             let multipart = objectSize > settings.partSize
             // A small object: one buffer of its size and one PUT. A large one: parts of
-            // part_size, up to `connections` of them in flight.
-            let partSize = Int(multipart ? settings.partSize : max(objectSize, 1))
+            // part_size, up to `connections` of them in flight; one of more than 10,000
+            // parts: larger parts, fewer in flight (memory stays connections × part_size).
+            guard let plan = S3Settings.partPlan(objectSize: objectSize, configured: settings.partSize, connections: settings.connections) else {
+                throw StoreError.io(SystemError(errno: EFBIG, operation: "archive to store \(name): \(objectSize) bytes of data need more than \(S3Settings.maxParts) parts of 5 GiB, S3's limits; nothing uploaded", path: originalPath))
+            }
+            let partSize = Int(multipart ? plan.partSize : max(objectSize, 1))
             var single: PartBuffer?
             if multipart {
                 let id = try client.createMultipartUpload(key)
                 uploadID = id
-                uploader = PartUploader(client: client, key: key, uploadID: id, partSize: partSize, width: settings.connections)
+                uploader = PartUploader(client: client, key: key, uploadID: id, partSize: partSize, width: plan.inFlight)
             } else {
                 single = PartBuffer(bytes: .allocate(byteCount: partSize, alignment: 4096))
             }
