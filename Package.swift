@@ -15,10 +15,12 @@ let package = Package(
     ],
     targets: [
         // Kernel constants the system headers lack, and the syscalls that need _GNU_SOURCE.
-        // TLS for the s3 store's https endpoints goes through the system's OpenSSL
-        // (libssl-dev), called from tls.c only. Linked here: a system library module's
+        .target(name: "CHSMKernel"),
+        // TLS for the s3 store's https endpoints, through the system's OpenSSL (libssl-dev),
+        // called from tls.c only. Its own module, used by HSMStores only, so hsmctl (which
+        // links CHSMKernel) does not link libssl. Linked here: a system library module's
         // `link` reaches only the Swift code that imports it, and no Swift code sees OpenSSL.
-        .target(name: "CHSMKernel", linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]),
+        .target(name: "CHSMTLS", linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]),
         // The system's SQLite, for the change journal (small and quick to build).
         .systemLibrary(name: "CSQLite", path: "Sources/CSQLite"),
         // Thin Swift wrappers: file descriptors, fanotify, leases, xattrs, holes. All unsafe
@@ -32,7 +34,7 @@ let package = Package(
         ]),
         // The tiers: the ObjectStore protocol, the record format the stores share, the posix
         // store. Linked by hsmd only, so hsmctl carries no store or network code.
-        .target(name: "HSMStores", dependencies: ["HSMCore", "HSMKernel"]),
+        .target(name: "HSMStores", dependencies: ["HSMCore", "HSMKernel", "CHSMTLS"]),
         // The daemon's machinery: event loop, recall engine, archive/release, control server.
         .target(name: "HSMDaemon", dependencies: [
             "HSMCore", "HSMStores", "HSMKernel", "CSQLite",

@@ -29,6 +29,25 @@ public struct S3Settings: Equatable, Sendable {
 
     public static let minPartSize: Int64 = 5 << 20
     public static let maxPartSize: Int64 = 5 << 30
+    /// S3 numbers a multipart upload's parts 1 to 10,000 (Ceph RGW's
+    /// rgw_multipart_part_upload_limit is 10000 too).
+    public static let maxParts: Int64 = 10_000
+
+    /// How one object of `objectSize` bytes goes up in parts: `configured` (part_size), or,
+    /// for an object that would need more than 10,000 such parts, the smallest multiple of
+    /// 1 MiB that fits in 10,000 parts; nil when even 5 GiB parts do not (an object over
+    /// 5 GiB × 10,000 cannot be uploaded at all). `inFlight`: parts to keep in flight at
+    /// once, so the buffers stay within `connections × configured` (at least one part).
+    public static func partPlan(objectSize: Int64, configured: Int64, connections: Int) -> (partSize: Int64, inFlight: Int)? {
+        let width = max(1, connections)
+        guard objectSize > configured * maxParts else { return (configured, width) }
+        let mib: Int64 = 1 << 20
+        let needed = (objectSize + maxParts - 1) / maxParts
+        let size = (needed + mib - 1) / mib * mib
+        guard size <= maxPartSize else { return nil }
+        let budget = configured * Int64(width)
+        return (size, Int(max(1, min(Int64(width), budget / size))))
+    }
 
     public init(endpoint: String, bucket: String) {
         self.endpoint = endpoint

@@ -156,7 +156,7 @@ public enum Daemon {
                  "events": "\(events.eventsSeen.load(ordering: .relaxed))",
                  "premark": premarker.summary,
                  // Each store as archive would find it now (the s3 store asks its bucket).
-                 "stores": filesystems.stores.map { "\($0.name): \($0.healthProblem() ?? "ok")" }.joined(separator: "\n"),
+                 "stores": filesystems.storeLines.joined(separator: "\n"),
                  "restart": restartState,
                  "process_view": processViewText,
                  "privileges": privileges,

@@ -105,13 +105,18 @@ final class ManagedFilesystems: Sendable {
                 do throws(StoreError) {
                     s3Store = try S3Store(name: storeConfig.name, settings: s3,
                                           credentials: try S3Store.credentials(s3, store: storeConfig.name),
-                                          retryBudgetSeconds: config.recallTimeoutSeconds)
+                                          retryBudgetSeconds: config.recallTimeoutSeconds, stateDir: config.stateDir)
                 } catch {
                     throw SetupError(description: "\(error)")
                 }
                 if let problem = s3Store.startProblem() {
                     if problem.fatal { throw SetupError(description: problem.message) }
+                    // Its identity is established at the first check once it answers.
                     identities.append((storeConfig.name, .refused(problem.message)))
+                } else {
+                    // As for a posix store: a bucket that does not prove its identity does
+                    // not stop hsmd; archive and release are refused.
+                    identities.append((storeConfig.name, s3Store.identity.establish()))
                 }
                 stores[storeConfig.name] = s3Store
                 store = s3Store
@@ -195,6 +200,17 @@ final class ManagedFilesystems: Sendable {
     /// The stores themselves, without the metering wrapper every filesystem's store wears:
     /// for what only one kind of store does (a posix store's volatile-filesystem warning,
     /// an s3 store's clean-up of unfinished uploads).
+    /// Each store as archive would find it now, for doctor: "NAME: ok (identity ID, PLACE)"
+    /// or "NAME: the problem" (the identity checked afresh: an s3 store asks its bucket).
+    var storeLines: [String] {
+        stores.map { store in
+            if let problem = store.healthProblem() { return "\(store.name): \(problem)" }
+            let inner = (store as? MeteredStore)?.inner ?? store
+            guard let identity = (inner as? IdentifiedStore)?.identity, let id = identity.id else { return "\(store.name): ok" }
+            return "\(store.name): ok (identity \(id), \(identity.location.place))"
+        }
+    }
+
     var unwrappedStores: [any ObjectStore] { stores.map { ($0 as? MeteredStore)?.inner ?? $0 } }
 
     var pathsDescription: String { all.map(\.path).joined(separator: ", ") }

@@ -14,7 +14,7 @@ extension Archiver {
         for (name, outcome) in filesystems.storeIdentities {
             switch outcome {
             case .verified(let id): log.info("store \(name): identity \(id) verified")
-            case .initialised(let id): log.notice("store \(name): first use, identity \(id) written to \(StoreIdentity.fileName)")
+            case .initialised(let id): log.notice("store \(name): first use, identity \(id) written to \(where_(name))")
             case .adopted(let id, let why): log.notice("store \(name): identity \(id) adopted (\(why))")
             case .refused(let why): log.critical("\(why). Recalls still run; a released file whose object is not found reads EIO")
             }
@@ -57,6 +57,14 @@ extension Archiver {
             case .success(let n): log.notice("store \(store.name): aborted \(n) unfinished multipart upload\(n == 1 ? "" : "s") an hsmd that stopped mid-archive left under \(store.settings.prefix)objects/")
             case .failure(let e): log.warning("cannot abort unfinished multipart uploads: \(e); their parts stay in the bucket until the next start")
             }
+        }
+    }
+
+    /// Where a store keeps its identity, for the log.
+    private func where_(_ store: String) -> String {
+        switch filesystems.unwrappedStores.first(where: { $0.name == store }) {
+        case let s3 as S3Store: return "\(s3.settings.prefix)\(StoreIdentity.fileName) in bucket \(s3.settings.bucket)"
+        default: return StoreIdentity.fileName
         }
     }
 

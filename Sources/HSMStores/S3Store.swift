@@ -19,11 +19,15 @@ public final class S3Store: ObjectStore {
     public let name: String
     public let settings: S3Settings
     public let client: S3Client
+    /// `<prefix>hsmd-store.json`, established at start (StoreIdentity).
+    public let identity: StoreIdentity
     private let records = Mutex(RecordCache())
 
     /// `retryBudgetSeconds`: the recall's recall_timeout, which bounds the attempts of one
     /// request (`retryBudgetMillis`); the start check gives up sooner (`startBudgetMillis`).
-    public init(name: String, settings: S3Settings, credentials: S3Credentials, retryBudgetSeconds: Int64 = 120) throws(StoreError) {
+    /// `stateDir`: where hsmd remembers the store's id (nil: nowhere).
+    public init(name: String, settings: S3Settings, credentials: S3Credentials, retryBudgetSeconds: Int64 = 120,
+                stateDir: String? = nil) throws(StoreError) {
         self.name = name
         self.settings = settings
         let endpoint: S3Endpoint
@@ -40,6 +44,10 @@ public final class S3Store: ObjectStore {
         client = S3Client(endpoint: endpoint, bucket: settings.bucket, region: settings.region, credentials: credentials,
                           connections: settings.connections, timeoutMillis: Int(settings.timeoutSeconds) * 1000,
                           retry: RetryPolicy(budgetMillis: Self.retryBudgetMillis(recallTimeoutSeconds: retryBudgetSeconds)), tls: tls)
+        identity = StoreIdentity(storeName: name,
+                                 location: S3Identity(client: client, settings: settings,
+                                                      budgetMillis: min(client.retry.budgetMillis, Self.quickBudgetMillis)),
+                                 stateDir: stateDir)
     }
 
     /// Nine tenths of recall_timeout: a request that keeps failing gives up a little before
@@ -51,7 +59,8 @@ public final class S3Store: ObjectStore {
 
     /// The start check, doctor and the check before archive and release try a service that
     /// does not answer for this long at most: seconds, not recall_timeout.
-    var startBudgetMillis: Int { min(client.retry.budgetMillis, 5000) }
+    var startBudgetMillis: Int { min(client.retry.budgetMillis, Self.quickBudgetMillis) }
+    static let quickBudgetMillis = 5000
 
     /// The credentials of `settings`: its keys, else its credentials_file (which must be
     /// readable by its owner only), else AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY.
@@ -132,13 +141,15 @@ public final class S3Store: ObjectStore {
     }
 
     /// An S3 failure as an operator reads it: what to fix, not only the status.
-    func explain(_ e: S3Error) -> String {
+    func explain(_ e: S3Error) -> String { Self.explain(e, settings: settings, credentials: client.signer.credentials) }
+
+    static func explain(_ e: S3Error, settings: S3Settings, credentials: S3Credentials) -> String {
         let at = "\(settings.endpoint) bucket \(settings.bucket)"
         switch e {
         case .status(let s, let code, _, _, _) where s == 403 || ["InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"].contains(code):
-            return "\(at) refuses \(client.signer.credentials) (\(e)); check the access key and secret"
+            return "\(at) refuses \(credentials) (\(e)); check the access key and secret"
         case .status(404, _, _, let op, _) where op == "HEAD bucket":
-            return "\(at): the bucket does not exist or is not visible to \(client.signer.credentials) (\(e)); create it first"
+            return "\(at): the bucket does not exist or is not visible to \(credentials) (\(e)); create it first"
         case .status(let s, let code, _, _, _) where s == 404 && code == "NoSuchBucket":
             return "\(at): the bucket does not exist (\(e)); create it first"
         case .transport:
@@ -181,19 +192,19 @@ public final class S3Store: ObjectStore {
         }
     }
 
+    /// Asked by doctor and before each archive and release: the identity object read and
+    /// compared with the one verified (a service that does not answer is reported within
+    /// seconds, not after recall_timeout). `readingIdentity` false: no request (the pin only).
     public func healthProblem(readingIdentity: Bool) -> String? {
-        guard readingIdentity else { return nil }
-        // Asked by doctor and before each archive and release: a service that does not
-        // answer is reported within seconds, not after recall_timeout.
-        do throws(S3Error) { try client.headBucket(retry: RetryPolicy(budgetMillis: startBudgetMillis)); return nil } catch {
-            return "store \(name): \(explain(error))"
-        }
+        identity.problem(readingFile: readingIdentity)
     }
 
     // MARK: put
 
     public func put(_ source: FileDescriptor, as id: ObjectID, stat: FileStat, blockShift: UInt8, originalPath: String,
                     xattrs: [String: [UInt8]]) throws(StoreError) -> ObjectRecord {
+        // Archive checks the identity object for each chunk; here the pin (no request) suffices.
+        if let problem = healthProblem(readingIdentity: false) { throw .unusable(problem) }
         let layout = BlockLayout(shift: blockShift, fileSize: stat.size)
         let extents: [Range<Int64>]
         do { extents = try source.dataExtents(in: 0..<stat.size) } catch { throw .io(error) }
@@ -236,13 +247,17 @@ public final class S3Store: ObjectStore {
             defer { block.deallocate() }
             let multipart = objectSize > settings.partSize
             // A small object: one buffer of its size and one PUT. A large one: parts of
-            // part_size, up to `connections` of them in flight.
-            let partSize = Int(multipart ? settings.partSize : max(objectSize, 1))
+            // part_size, up to `connections` of them in flight; one of more than 10,000
+            // parts: larger parts, fewer in flight (memory stays connections × part_size).
+            guard let plan = S3Settings.partPlan(objectSize: objectSize, configured: settings.partSize, connections: settings.connections) else {
+                throw StoreError.io(SystemError(errno: EFBIG, operation: "archive to store \(name): \(objectSize) bytes of data need more than \(S3Settings.maxParts) parts of 5 GiB, S3's limits; nothing uploaded", path: originalPath))
+            }
+            let partSize = Int(multipart ? plan.partSize : max(objectSize, 1))
             var single: PartBuffer?
             if multipart {
                 let id = try client.createMultipartUpload(key)
                 uploadID = id
-                uploader = PartUploader(client: client, key: key, uploadID: id, partSize: partSize, width: settings.connections)
+                uploader = PartUploader(client: client, key: key, uploadID: id, partSize: partSize, width: plan.inFlight)
             } else {
                 single = PartBuffer(bytes: .allocate(byteCount: partSize, alignment: 4096))
             }
@@ -348,11 +363,14 @@ public final class S3Store: ObjectStore {
         }
     }
 
-    /// 404 is a missing object only when the bucket itself answers; anything else is the
-    /// store being unusable now (EIO, and the file is not flagged damaged).
+    /// 404 is a missing object only when the store proves its identity (the identity
+    /// object read and compared); anything else is the store being unusable now (EIO, and
+    /// the file is not flagged damaged): a bucket emptied or replaced lost no object of
+    /// its own, it is not the store.
     func storeError(_ e: S3Error, _ id: ObjectID, _ key: String) -> StoreError {
         if e.httpStatus == 404 {
-            if healthProblem(readingIdentity: true) == nil { return .objectMissing(id, path: "s3://\(settings.bucket)/\(key)") }
+            guard let problem = healthProblem(readingIdentity: true) else { return .objectMissing(id, path: "s3://\(settings.bucket)/\(key)") }
+            return .unusable("\(problem); \(key) not found")
         }
         return .unusable("store \(name): \(explain(e))")
     }

@@ -290,7 +290,8 @@ struct Doctor: ParsableCommand {
             for store in (info["stores"] ?? "").split(separator: "\n") {
                 // A store that cannot be used now is a warning, not a failure of hsmd: it
                 // still answers, recalls fail with EIO and archive is refused until it is back.
-                print("\(store.hasSuffix(": ok") ? "ok  " : "warn") store \(store)")
+                let ok = store.hasSuffix(": ok") || store.contains(": ok (identity ")
+                print("\(ok ? "ok  " : "warn") store \(store)")
             }
             if let premark = info["premark"] { line(true, "resident-file walk at start: \(premark)") }
             if let journal = info["journal"] { line(true, "change journal: \(journal)") }

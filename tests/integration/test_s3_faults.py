@@ -1,4 +1,5 @@
-"""The s3 store when things go wrong, against the real Ceph RADOS Gateway (rgw.py): https
+"""The s3 store when things go wrong, against the real Ceph RADOS Gateway (rgw.py): only
+hsmd links OpenSSL (hsmctl does not); https
 with the gateway's own CA and with a wrong one, the gateway stopped in the middle of a
 recall (the reader gets its bytes after a retry when the gateway comes back within
 recall_timeout, or EIO when it does not: never zeros), the gateway restarted between
@@ -17,7 +18,7 @@ import uuid
 
 import pytest
 
-from conftest import HSMD, drop_caches, managed_filesystem, s3_client, sha256, start_fails
+from conftest import HSMCTL, HSMD, drop_caches, managed_filesystem, s3_client, sha256, start_fails
 
 import boto3  # noqa: E402,F401  (scripts/setup.sh installs it: missing means setup failed, never a skip)
 from botocore.exceptions import ClientError  # noqa: E402
@@ -73,6 +74,20 @@ def digest_of(data):
 
 
 # ---------------------------------------------------------------------------- https
+
+def linked_libraries(binary):
+    out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def test_only_hsmd_links_openssl():
+    """TLS lives in its own C module (CHSMTLS) that only the stores use: hsmctl links
+    neither libssl nor libcrypto; hsmd links both (the https tests below use them)."""
+    ctl = linked_libraries(HSMCTL)
+    assert not [lib for lib in ctl if lib.startswith(("libssl", "libcrypto"))], ctl
+    daemon = linked_libraries(HSMD)
+    assert any(lib.startswith("libssl") for lib in daemon) and any(lib.startswith("libcrypto") for lib in daemon), daemon
+
 
 def test_https_archive_and_recall(rgw, bucket):
     """Over https with tls_ca_file the gateway's CA: a multipart file and a small one go up

@@ -137,8 +137,8 @@ public final class S3Client: Sendable {
     }
 
     /// GET of a whole small object (a record), at most `limit` bytes.
-    public func getObject(_ key: String, limit: Int) throws(S3Error) -> [UInt8] {
-        try request("GET", key: key, operation: "GET", expect: [200], sink: .collect(limit: limit)).body
+    public func getObject(_ key: String, limit: Int, retry policy: RetryPolicy? = nil) throws(S3Error) -> [UInt8] {
+        try request("GET", key: key, operation: "GET", expect: [200], sink: .collect(limit: limit), retry: policy).body
     }
 
     /// HEAD of an object: its size, or nil when it does not exist.
@@ -175,6 +175,16 @@ public final class S3Client: Sendable {
             token = page.isTruncated ? page.nextContinuationToken : nil
         } while token != nil
         return keys
+    }
+
+    /// Whether any key starts with `prefix` (one ListObjectsV2 of at most one key).
+    public func hasKeys(prefix: String, retry policy: RetryPolicy? = nil) throws(S3Error) -> Bool {
+        let r = try request("GET", key: nil, query: [("list-type", "2"), ("max-keys", "1"), ("prefix", prefix)], operation: "LIST",
+                            expect: [200], sink: .collect(limit: 1 << 20), retry: policy)
+        guard let page = S3ListPage.parse(r.body) else {
+            throw .protocolError("the ListObjectsV2 answer is not a ListBucketResult", operation: "LIST", key: prefix)
+        }
+        return !page.keys.isEmpty
     }
 
     public func createMultipartUpload(_ key: String) throws(S3Error) -> String {

@@ -1,4 +1,5 @@
-import CHSMKernel
+import CHSMTLS
+import HSMKernel
 import Glibc
 
 /// A connection a client reads and writes bytes on: plain TCP or TLS over it.
