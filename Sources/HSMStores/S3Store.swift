@@ -463,13 +463,7 @@ struct S3ObjectReader: ObjectReader {
             let start = offsets[first.index]
             let end = offsets[last.index] + Int64(last.view.count)
             let span = UnsafeMutableRawBufferPointer(rebasing: buffer[((i) * size)..<((i) * size + Int(end - start))])
-            do {
-                _ = try store.client.getObject(key, range: start..<end, into: span)
-            } catch {
-                if case .status(416, _, _, _, _) = error { throw .corrupt(record.object, block: first.index, path: where_) }
-                if case .protocolError = error { throw .corrupt(record.object, block: first.index, path: where_) }
-                throw store.storeError(error, record.object, key)
-            }
+            try get(start..<end, into: span, block: first.index)
             for v in views[i..<j] {
                 guard let expected = v.expected, CRC32C.checksum(UnsafeRawBufferPointer(v.view)) == expected else {
                     throw .corrupt(record.object, block: v.index, path: where_)
@@ -478,6 +472,18 @@ struct S3ObjectReader: ObjectReader {
             i = j
         }
         return views.map { $0.view.count }
+    }
+
+    /// One ranged GET of the data object. A short or out-of-range answer is the object
+    /// not holding what its record says (corrupt at `block`); anything else is the store's.
+    private func get(_ range: Range<Int64>, into buffer: UnsafeMutableRawBufferPointer, block: Int) throws(StoreError) {
+        do {
+            _ = try store.client.getObject(key, range: range, into: buffer)
+        } catch {
+            if case .status(416, _, _, _, _) = error { throw .corrupt(record.object, block: block, path: "s3://\(store.settings.bucket)/\(key)") }
+            if case .protocolError = error { throw .corrupt(record.object, block: block, path: "s3://\(store.settings.bucket)/\(key)") }
+            throw store.storeError(error, record.object, key)
+        }
     }
 
     /// A format 2 record: one ranged GET of the chunks `bytes` touches, each verified. A
@@ -498,13 +504,7 @@ struct S3ObjectReader: ObjectReader {
         let inBlock = (span.lowerBound - blockStart)..<(span.upperBound - blockStart)
         let part = UnsafeMutableRawBufferPointer(rebasing: view[Int(inBlock.lowerBound)..<Int(inBlock.upperBound)])
         let at = offsets[index] + inBlock.lowerBound
-        do {
-            _ = try store.client.getObject(key, range: at..<(at + Int64(part.count)), into: part)
-        } catch {
-            if case .status(416, _, _, _, _) = error { throw .corrupt(record.object, block: index, path: where_) }
-            if case .protocolError = error { throw .corrupt(record.object, block: index, path: where_) }
-            throw store.storeError(error, record.object, key)
-        }
+        try get(at..<(at + Int64(part.count)), into: part, block: index)
         try record.verifyChunks(span, ofBlock: index, in: UnsafeRawBufferPointer(view), storedAt: where_)
         return span
     }

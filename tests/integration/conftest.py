@@ -6,6 +6,7 @@ unmounted, folder removed) even when the test fails. Only filesystems created he
 ever marked by hsmd.
 """
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -344,6 +345,16 @@ def managed_filesystem(start, fstype="ext4", image_size="1G"):
             h.cleanup()
         else:
             shutil.rmtree(base, ignore_errors=True)
+
+
+def assert_eio(path):
+    """A cold read of `path` fails with EIO and returns no bytes (never zeros)."""
+    drop_caches()
+    with pytest.raises(OSError) as info:
+        with open(path, "rb") as f:
+            data = f.read()
+            pytest.fail(f"read of {path} returned {len(data)} bytes")
+    assert info.value.errno == errno.EIO, info.value
 
 
 @contextlib.contextmanager

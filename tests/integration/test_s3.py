@@ -5,14 +5,13 @@ hsmd and compared byte for byte; objects corrupted or deleted behind hsmd's back
 read fail with EIO (never zeros); a store hsmd cannot use with the credentials given stops
 it from starting, with a message that names the problem and carries no secret.
 """
-import errno
 import os
 import subprocess
 import uuid
 
 import pytest
 
-from conftest import HSMD, drop_caches, managed_filesystem, s3_client, sha256, start_fails
+from conftest import HSMD, assert_eio, drop_caches, managed_filesystem, s3_client, sha256, start_fails
 
 import boto3  # noqa: E402,F401  (scripts/setup.sh installs it: missing means setup failed, never a skip)
 
@@ -43,15 +42,6 @@ def keys_of(rgw, bucket, obj):
     s3 = s3_client(rgw)
     prefix = f"hsm/objects/{obj[:2]}/{obj}"
     return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []))
-
-
-def assert_eio(path):
-    drop_caches()
-    with pytest.raises(OSError) as info:
-        with open(path, "rb") as f:
-            data = f.read()
-            pytest.fail(f"read of {path} returned {len(data)} bytes")
-    assert info.value.errno == errno.EIO, info.value
 
 
 def migrate_and_check(hsm, rgw, path, digest):

@@ -5,13 +5,11 @@ object with it) or holding another store's identity is refused for archive and r
 and a released file then reads EIO without being flagged damaged; the right identity back
 and hsmd restarted, everything works again.
 """
-import errno
 import json
 import os
 
-import pytest
 
-from conftest import drop_caches, managed_filesystem, s3_client, sha256
+from conftest import assert_eio, drop_caches, managed_filesystem, s3_client, sha256
 
 import boto3  # noqa: E402,F401  (scripts/setup.sh installs it: missing means setup failed, never a skip)
 
@@ -36,12 +34,7 @@ def marker_flags(path):
 
 
 def assert_eio_not_damaged(h, path):
-    drop_caches()
-    with pytest.raises(OSError) as info:
-        with open(path, "rb") as f:
-            data = f.read()
-            pytest.fail(f"read of {path} returned {len(data)} bytes")
-    assert info.value.errno == errno.EIO, info.value
+    assert_eio(path)
     # The store is away, not the object lost: the marker is not flagged damaged.
     assert marker_flags(path) == 0, marker_flags(path)
 
