@@ -62,6 +62,8 @@ public struct CheckReport: Codable, Sendable, Equatable {
         case corruptObject = "corrupt_object"
         /// The catalog says something the markers or the store do not.
         case staleCatalog = "stale_catalog"
+        /// A directory or file the walk could not read: the check is incomplete below it.
+        case unreadable
     }
 
     public struct Discrepancy: Codable, Sendable, Equatable {

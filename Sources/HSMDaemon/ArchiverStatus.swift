@@ -19,7 +19,9 @@ extension Archiver {
         }
         if lst.fileType == .directory {
             var rows: [StatusRow] = [], problems: [FileResult] = []
-            TreeWalker.walk(path, device: lst.device) { p, st in
+            TreeWalker.walk(path, device: lst.device, failed: {
+                problems.append(FileResult(path: $0.path, outcome: .failed, reason: $0.reason))
+            }) { p, st in
                 if st.fileType == .regular { rows += status(p).rows }
             }
             if filesystems.filesystem(device: lst.device) == nil {

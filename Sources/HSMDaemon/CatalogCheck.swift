@@ -70,10 +70,13 @@ struct CatalogCheck: Sendable {
 
         // 1. The markers.
         var seen: [String: [Seen]] = [:]
+        /// What the walk of each filesystem could not read: below those paths nothing was
+        /// seen, so nothing there may be called missing (an orphan, a deleted file's row).
+        var unread: [String: [WalkFailure]] = [:]
         for fs in chosen {
             var files: [Seen] = []
             var handles = Set<[UInt8]>()
-            TreeWalker.walk(fs.path, device: fs.device) { p, st in
+            TreeWalker.walk(fs.path, device: fs.device, failed: { unread[fs.path, default: []].append($0) }) { p, st in
                 guard st.fileType == .regular else { return }
                 report.filesWalked += 1
                 let handle = (try? InodeHandle.of(path: p))?.encoded
@@ -87,7 +90,14 @@ struct CatalogCheck: Sendable {
                 files.append(Seen(path: p, handle: handle, stat: st, marker: marker, markerError: problem))
             }
             seen[fs.path] = files
+            for f in unread[fs.path] ?? [] {
+                report.discrepancies.append(.init(kind: .unreadable, path: f.path, store: fs.store.name,
+                    meaning: "not checked: \(f.reason). The files below it were not looked at, so no object of store \(fs.store.name) is called an orphan, and --repair keeps the catalog's rows of files it did not see. Make it readable (a path longer than PATH_MAX: move the tree higher) and check again"))
+            }
         }
+        /// Stores whose filesystems were not walked in full: any of their objects may be
+        /// named by a marker the walk did not see.
+        let unvouched = Set(chosen.filter { !(unread[$0.path] ?? []).isEmpty }.map(\.store.name))
 
         // 2. The stores' listings, after the walk: every object a walked marker names was
         // complete before the walk read that marker.
@@ -130,7 +140,7 @@ struct CatalogCheck: Sendable {
         // it replaces is about to be deleted), read from the notes on disk (a separate
         // reader: it changes nothing).
         let underWay = Set(InProgress(stateDir: filesystems.stateDir).pending().flatMap { [$0.entry?.object, $0.entry?.previous].compactMap { $0 } })
-        for (name, have) in listed {
+        for (name, have) in listed where !unvouched.contains(name) {
             for id in have.subtracting(referenced[name] ?? []).sorted() where !underWay.contains(id) {
                 guard let store = storeOf[name], let oid = ObjectID(hex: id) else { continue }
                 // Its file names it now (archived after the walk passed it): not an orphan.
@@ -147,7 +157,7 @@ struct CatalogCheck: Sendable {
         if let catalog {
             // What was queued during the walk is in before the rows are read.
             catalog.flush()
-            compareCatalog(catalog, chosen, seen, listed, walkStarted: walkStarted, &report)
+            compareCatalog(catalog, chosen, seen, listed, unread, walkStarted: walkStarted, &report)
         }
 
         // 5. Scrub: every stored block of every referenced object, at idle priority.
@@ -178,6 +188,17 @@ struct CatalogCheck: Sendable {
                     files.append(CatalogFile(fs: fs.path, handle: handle, path: f.path, state: state, size: f.stat.size,
                                              offlineBytes: offline, object: f.marker?.object.hex, updatedAt: now))
                 }
+                // Rows of files the walk did not see are kept as they were: any of them may
+                // be below what it could not read (a row's path is where the file was
+                // last seen, and a rename since is not in it).
+                if !(unread[fs.path] ?? []).isEmpty {
+                    let walked = Set((seen[fs.path] ?? []).compactMap(\.handle))
+                    let rows: [CatalogFile]
+                    do { rows = try catalog.database.files(fs: fs.path) } catch {
+                        throw Failure(description: "the walk of \(fs.path) was incomplete and the catalog's rows, which the rebuild must keep for what it could not see, cannot be read: \(error); nothing rebuilt")
+                    }
+                    files += rows.filter { !walked.contains($0.handle) }
+                }
             }
             var objects: [CatalogObject] = []
             for (name, have) in listed {
@@ -203,7 +224,13 @@ struct CatalogCheck: Sendable {
     static func rebuilder(_ catalog: Catalog, filesystems: ManagedFilesystems, log: Logger) -> @Sendable () -> Void {
         { [weak catalog] in
             guard let catalog else { return }
-            do { _ = try CatalogCheck(filesystems: filesystems, catalog: catalog, log: log).run(paths: [], options: Options(repair: true)) } catch {
+            do {
+                let report = try CatalogCheck(filesystems: filesystems, catalog: catalog, log: log).run(paths: [], options: Options(repair: true))
+                let unreadable = report.discrepancies.filter { $0.kind == .unreadable }
+                if let first = unreadable.first {
+                    log.warning("catalog rebuild: \(unreadable.count) paths could not be read (first: \(first.path ?? ""): \(first.meaning))")
+                }
+            } catch {
                 log.error("catalog rebuild failed: \(error); run hsmctl check --repair")
             }
         }
@@ -222,7 +249,8 @@ struct CatalogCheck: Sendable {
     }
 
     private func compareCatalog(_ catalog: Catalog, _ chosen: [ManagedFilesystem], _ seen: [String: [Seen]],
-                                _ listed: [String: Set<String>], walkStarted: Int64, _ report: inout CheckReport) {
+                                _ listed: [String: Set<String>], _ unread: [String: [WalkFailure]], walkStarted: Int64,
+                                _ report: inout CheckReport) {
         for fs in chosen {
             let rows: [CatalogFile]
             do { rows = try catalog.database.files(fs: fs.path) } catch {
@@ -266,7 +294,8 @@ struct CatalogCheck: Sendable {
                         meaning: "stale catalog row: it says \(row.state.rawValue)\(row.object.map { " with object \($0)" } ?? ""), the marker says \(expected.rawValue)\(f.marker.map { " with object \($0.object.hex)" } ?? ""); run hsmctl check --repair"))
                 }
             }
-            for r in rows where !walked.contains(r.handle) && r.updatedAt < walkStarted {
+            // A walk that could not read everything cannot tell a deleted file from one it did not see.
+            for r in rows where !walked.contains(r.handle) && r.updatedAt < walkStarted && (unread[fs.path] ?? []).isEmpty {
                 report.discrepancies.append(.init(kind: .staleCatalog, path: r.path, object: r.object,
                     meaning: "stale catalog row: the file it names (last seen at \(r.path ?? "an unknown path")) is no longer on \(fs.path) (deleted); run hsmctl check --repair"))
             }

@@ -268,7 +268,8 @@ public enum Daemon {
         var count = 0
         var cut = false
         for fs in filesystems.all where !cut {
-            TreeWalker.walkWhile(fs.path, device: fs.device) { path, st in
+            // What cannot be read may hold more: the count is then a lower bound.
+            TreeWalker.walkWhile(fs.path, device: fs.device, failed: { _ in cut = true }) { path, st in
                 if monotonicNanos() > deadline { cut = true; return false }
                 guard st.fileType == .regular, let raw = try? Xattr.get(path: path, Marker.xattrName),
                       let m = try? MarkerCodec.decode(raw), !m.offline.isEmpty else { return true }

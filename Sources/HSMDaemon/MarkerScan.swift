@@ -4,9 +4,9 @@ import HSMCore
 import HSMKernel
 
 /// Which objects the markers on the managed filesystems name, by a walk: what gc must
-/// never delete, and what import must not make a second stub for. Unlike TreeWalker it
-/// reports every failure (a partial walk would make live objects look orphaned) and
-/// walks into btrfs subvolumes (other st_dev, same filesystem), never into other mounts.
+/// never delete, and what import must not make a second stub for. Every failure is
+/// kept (a partial walk would make live objects look orphaned); the walk goes into btrfs
+/// subvolumes (other st_dev, same filesystem), never into other mounts.
 struct MarkerScan {
     /// Object → one path whose marker names it.
     var named: [ObjectID: String] = [:]
@@ -56,35 +56,13 @@ struct MarkerScan {
 
     /// Walks the tree at `root` (a directory on filesystem `device`).
     mutating func walk(_ root: String, device: UInt64) {
-        var stack = [root]
-        while let dir = stack.popLast() {
-            let names: [String]
-            do { names = try Directory.entries(dir) } catch {
-                if error.errno == ENOENT && dir != root { continue }  // removed meanwhile
-                failures.append(FileResult(path: dir, outcome: .failed, reason: "cannot read directory: \(error)"))
-                continue
-            }
+        TreeWalker.walk(root, device: device, subvolumesOf: mountPoints, listed: { _ in
             if gated, let gate = Self.testGate {
                 gated = false
                 Self.wait(at: gate)
             }
-            for name in names {
-                let p = dir == "/" ? "/" + name : dir + "/" + name
-                let st: FileStat
-                do { st = try FileStat.of(path: p) } catch {
-                    if error.errno != ENOENT { failures.append(FileResult(path: p, outcome: .failed, reason: "\(error)")) }
-                    continue
-                }
-                switch st.fileType {
-                case .directory:
-                    // Another st_dev: a btrfs subvolume (walked) or another mount (not).
-                    if st.device == device || !mountPoints.contains(p) { stack.append(p) }
-                case .regular:
-                    file(p)
-                default:
-                    continue
-                }
-            }
+        }, failed: { failures.append(FileResult(path: $0.path, outcome: .failed, reason: $0.reason)) }) { p, st in
+            if st.fileType == .regular { file(p) }
         }
     }
 

@@ -67,8 +67,8 @@ struct Migrator: Sendable {
             }
             if st.fileType == .directory {
                 let walk = { (root: String) in
-                    TreeWalker.walk(root, device: st.device, onError: { dir, error in
-                        results.append(FileResult(path: dir, outcome: .failed, reason: "cannot read directory: \(error)"))
+                    TreeWalker.walk(root, device: st.device, failed: {
+                        results.append(FileResult(path: $0.path, outcome: .failed, reason: $0.reason))
                     }) { p, s in consider(p, s, named: false) }
                 }
                 if request.incremental == true {

@@ -53,7 +53,8 @@ final class ResidentPremarker: Sendable {
         for fs in filesystems {
             let started = monotonicNanos()
             var seen = 0, markedHere = 0, offline = 0
-            TreeWalker.walkWhile(fs.path, device: fs.device) { path, st in
+            var unreadable: [WalkFailure] = []
+            TreeWalker.walkWhile(fs.path, device: fs.device, failed: { unreadable.append($0) }) { path, st in
                 if stopping.load(ordering: .relaxed) { return false }
                 guard st.fileType == .regular else { return true }
                 seen += 1
@@ -69,6 +70,10 @@ final class ResidentPremarker: Sendable {
             if stopping.load(ordering: .relaxed) { return }
             let ms = (monotonicNanos() - started) / 1_000_000
             log.info("premarked \(markedHere) resident files of \(fs.path) in \(ms) ms (\(seen) files looked at\(seen >= limit ? ", the premark_files limit" : ""); \(offline) with offline data left to events)")
+            // Files not premarked still get their events (slower, never wrong).
+            if let first = unreadable.first {
+                log.warning("resident-file walk of \(fs.path): \(unreadable.count) entries could not be read and were not premarked (first: \(first.path): \(first.reason))")
+            }
         }
     }
 

@@ -198,7 +198,8 @@ final class SpaceWatcher: Sendable {
         var recent = 0, excluded = 0, damaged = 0, seen = 0
         var linked = Set<InodeKey>()
         let nowNs = wallNanos()
-        TreeWalker.walkWhile(fs.path, device: fs.device) { path, st in
+        var unreadable: [WalkFailure] = []
+        TreeWalker.walkWhile(fs.path, device: fs.device, failed: { unreadable.append($0) }) { path, st in
             if stopping.load(ordering: .relaxed) { return false }
             guard st.fileType == .regular else { return true }
             seen += 1
@@ -213,7 +214,7 @@ final class SpaceWatcher: Sendable {
             }
             return true
         }
-        out.skips = "\(seen) files looked at: \(recent) used within \(Units.formatDuration(max(policy.olderThanSeconds ?? 0, w.minAgeSeconds))), \(excluded) excluded or smaller than the policy's min_size, \(damaged) damaged"
+        out.skips = "\(seen) files looked at: \(recent) used within \(Units.formatDuration(max(policy.olderThanSeconds ?? 0, w.minAgeSeconds))), \(excluded) excluded or smaller than the policy's min_size, \(damaged) damaged\(unreadable.first.map { "; \(unreadable.count) entries could not be read (first: \($0.path): \($0.reason))" } ?? "")"
 
         func belowLow() -> Bool {
             if let u = usage(fs) { out.end = SpaceUsage.during(start: start, now: u, freed: out.freed) }

@@ -6,7 +6,14 @@ public enum Directory {
         guard let dir = opendir(path) else { throw SystemError(errno: errno, operation: "opendir", path: path) }
         defer { closedir(dir) }
         var names: [String] = []
-        while let ent = readdir(dir) {
+        // readdir answers NULL both at the end and on an error (EIO, ENOENT of a removed
+        // directory): only errno tells them apart.
+        while true {
+            errno = 0
+            guard let ent = readdir(dir) else {
+                if errno != 0 { throw SystemError(errno: errno, operation: "readdir", path: path) }
+                break
+            }
             let name = withUnsafePointer(to: &ent.pointee.d_name) {
                 $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
             }

@@ -65,7 +65,8 @@ struct Check: ParsableCommand {
         discussion: """
             Nothing is ever deleted or changed but the catalog (--repair). Exit status: 0 no discrepancy; \
             1 discrepancies found (each printed with what it means); 2 usage error, hsmd unreachable or not root; \
-            3 the check could not be made (a store unusable, the catalog unwritable).
+            3 the check could not be made, or not in full (a store unusable, the catalog unwritable, a directory \
+            it could not read: printed as "unreadable", and no orphan is reported for that store).
             """)
     @OptionGroup var connection: Connection
     @Flag(help: "Print JSON.") var json = false
@@ -102,6 +103,7 @@ struct Check: ParsableCommand {
             print(r.discrepancies.isEmpty ? "no discrepancies" : "\(r.discrepancies.count) discrepancies")
             if r.repaired { print("catalog rebuilt from the markers and the stores") }
         }
+        if r.discrepancies.contains(where: { $0.kind == .unreadable }) { throw ExitCode(3) }
         if !r.discrepancies.isEmpty { throw ExitCode(1) }
     }
 }

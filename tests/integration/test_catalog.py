@@ -235,3 +235,63 @@ def test_report_follows_remove_gc_and_import(hsm):
     assert fs["states"]["released"] == {"files": 1, "bytes": 3 * MiB}, fs
     code, result = check(hsm)
     assert code == 0 and result["discrepancies"] == [], result
+
+
+def test_check_with_an_unreadable_directory_calls_nothing_there_missing(hsm):
+    """A directory the walk cannot read (here: its path is longer than PATH_MAX, so
+    every call by path fails with ENAMETOOLONG) hides files. check must say so, call no
+    object of that store an orphan and no row of a file there stale, and --repair must
+    keep those rows: before, the hidden file's object was reported as an orphan that
+    "can be deleted", and the repair dropped its row."""
+    hidden, digest = hsm.write("tree/hidden.bin", size=1 * MiB)
+    seen, _ = hsm.write("seen.bin", size=1 * MiB)
+    gone, _ = hsm.write("gone.bin", size=1 * MiB)
+    hsm.ctl("archive", hidden, seen, gone)
+    hsm.ctl("release", hidden)
+    hidden_obj = hsm.status(hidden)["object"]
+    gone_obj = hsm.status(gone)["object"]
+    gone.unlink()  # a true orphan: its report must wait until the walk is complete
+    hsm.ctl("check", "--repair", check=False)
+    code, result = check(hsm)
+    assert kinds(result) == ["orphan"], result
+
+    # 17 directories of 255 bytes below the mount: past PATH_MAX (4096).
+    fds = [os.open(hsm.mnt, os.O_DIRECTORY)]
+    try:
+        for i in range(17):
+            name = f"d{i:02d}" + "x" * 252
+            os.mkdir(name, dir_fd=fds[-1])
+            fds.append(os.open(name, os.O_DIRECTORY, dir_fd=fds[-1]))
+        os.rename(hsm.mnt / "tree", "tree", dst_dir_fd=fds[-1])
+        r = hsm.ctl("check", "--json", check=False)
+        assert r.returncode == 3, f"check exited {r.returncode}: {r.stdout} {r.stderr}"
+        result = json.loads(r.stdout)
+        assert "orphan" not in kinds(result), result
+        assert "stale_catalog" not in kinds(result), result
+        unreadable = [d for d in result["discrepancies"] if d["kind"] == "unreadable"]
+        assert unreadable and all("File name too long" in d["meaning"] or "ENAMETOOLONG" in d["meaning"] for d in unreadable), unreadable
+        assert all(d.get("object") != hidden_obj for d in result["discrepancies"]), result
+
+        r = hsm.ctl("check", "--repair", check=False)
+        assert r.returncode == 3, r.stdout + r.stderr
+        fs, store = fs_report(hsm)
+        assert fs["states"]["released"]["files"] == 1, fs  # the hidden file's row kept
+        assert store["orphans"] == 1, store  # only gone.bin's object
+        # status and migrate of the tree say what they could not read.
+        for op in ("status", "migrate"):
+            r = hsm.ctl(op, hsm.mnt, check=False)
+            assert r.returncode != 0 and "File name too long" in r.stdout + r.stderr, (op, r.stdout, r.stderr)
+
+        # Readable again: the check is complete, and finds the one real orphan.
+        os.rename("tree", hsm.mnt / "tree", src_dir_fd=fds[-1])
+        for i in reversed(range(17)):
+            os.rmdir(f"d{i:02d}" + "x" * 252, dir_fd=fds[i])
+    finally:
+        for fd in fds:
+            os.close(fd)
+    code, result = check(hsm)
+    assert code == 1 and kinds(result) == ["orphan"], result
+    assert result["discrepancies"][0]["object"] == gone_obj
+    drop_caches()
+    import hashlib
+    assert hashlib.sha256(hidden.read_bytes()).hexdigest() == digest
