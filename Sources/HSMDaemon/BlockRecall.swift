@@ -227,7 +227,8 @@ extension RecallEngine {
                     }
                 } else if blocks.count > 1 {
                     var placed = 0
-                    try BlockPipeline(blocks: blocks, reader: reader, blockSize: Int(layout.blockSize)).run { b, data in
+                    // The worker's kept slots (nil for hsmctl recall and archive: slots of its own).
+                    try BlockPipeline(blocks: blocks, reader: reader, blockSize: Int(layout.blockSize), buffers: buffer).run { b, data in
                         try place(b, data)
                         placed += 1
                         // Start writing the block to disk now, without waiting, so the
@@ -243,7 +244,7 @@ extension RecallEngine {
                         }
                     }
                 } else if let b = blocks.first {
-                    // The worker's own buffer (the pipeline brings its own); hsmctl recall
+                    // The worker's own buffer (the pipeline uses its slots); hsmctl recall
                     // and archive, which have none, allocate one here.
                     let scratch = buffer ?? WorkerBuffer()
                     let block = scratch.acquire(Int(layout.blockSize))

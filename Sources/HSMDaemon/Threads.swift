@@ -7,12 +7,24 @@ import Synchronization
 @discardableResult
 func startThread(_ name: String, _ body: @escaping @Sendable () -> Void) -> Thread {
     let t = Thread {
+        nameThisThread(name)
         body()
     }
     t.name = name
     t.stackSize = 1 << 20
     t.start()
     return t
+}
+
+/// Foundation keeps `Thread.name` to itself on Linux: the kernel gets it too (its first
+/// 15 bytes, its limit), so that top -H, perf and /proc/PID/task/*/comm show it. Through
+/// /proc because Glibc here exports neither pthread_setname_np nor a usable prctl.
+private func nameThisThread(_ name: String) {
+    let fd = open("/proc/thread-self/comm", O_WRONLY | O_CLOEXEC)
+    guard fd >= 0 else { return }
+    let bytes = Array(name.utf8.prefix(15))
+    _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    close(fd)
 }
 
 /// Monotonic nanoseconds, for timeouts.
