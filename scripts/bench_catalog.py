@@ -65,7 +65,7 @@ def main():
             times = []
             for _ in range(a.runs):
                 t = time.monotonic()
-                r = sh(bindir / "hsmctl", *args, env=env, capture_output=True, text=True)
+                sh(bindir / "hsmctl", *args, env=env, capture_output=True, text=True)
                 times.append(time.monotonic() - t)
             print(f"hsmctl {' '.join(args)}: median {statistics.median(times) * 1000:.0f} ms, "
                   f"min {min(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms over {a.runs} runs")

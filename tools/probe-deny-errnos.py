@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 # Kernel-fact probe (see docs/KERNEL-FACTS.md): run as root. Never marks anything but its own loop fs.
 # Which errnos does FAN_DENY_ERRNO accept on this kernel? Uses a throwaway loop fs.
-import ctypes, os, errno, subprocess, tempfile, threading, struct, time
+import ctypes, os, errno, subprocess, tempfile, threading, struct
 libc = ctypes.CDLL(None, use_errno=True)
 base = tempfile.mkdtemp(); img = base + "/img"; mnt = base + "/mnt"; os.mkdir(mnt)
 subprocess.run(["truncate", "-s", "64M", img], check=True); subprocess.run(["mkfs.ext4", "-q", img], check=True)

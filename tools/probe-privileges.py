@@ -4,7 +4,7 @@
 # without CAP_FSETID; and what putting them back needs (CAP_SETFCAP, CAP_FOWNER, CAP_FSETID).
 # Each operation runs in a child started by setpriv with a reduced bounding set, as
 # systemd's CapabilityBoundingSet= would start hsmd (root keeps exactly that set).
-import ctypes, os, subprocess, sys, tempfile
+import os, subprocess, sys, tempfile
 
 UNIT_CAPS = "cap_sys_admin,cap_lease,cap_fowner,cap_dac_override,cap_dac_read_search,cap_chown"
 CAP = bytes.fromhex("0000000200200000000000000000000000000000")  # cap_net_raw+ep (v2)

@@ -7,7 +7,6 @@ runs, still answers, and that a released file still reads back whole.
 """
 import json
 import socket
-import time
 
 import pytest
 

@@ -1,11 +1,7 @@
 """Recall failures reach the program as errnos, never as zeros or a hang."""
 import contextlib
 import errno
-import os
-import subprocess
 import time
-
-import pytest
 
 from conftest import drop_caches, sha256
 from stallproxy import StallingProxy

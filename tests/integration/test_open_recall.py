@@ -1,5 +1,4 @@
 """Whole-file recall at open for programs that probe holes (full_recall_programs)."""
-import os
 import subprocess
 
 from conftest import allocated_bytes, drop_caches, sha256

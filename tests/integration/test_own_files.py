@@ -2,7 +2,6 @@
 even in a state_dir an administrator created 0755 beforehand."""
 import os
 import stat
-import subprocess
 from pathlib import Path
 
 

@@ -8,8 +8,6 @@ import signal
 import subprocess
 import time
 
-import pytest
-
 from conftest import HSMD
 
 
@@ -117,7 +115,7 @@ def test_change_that_needs_a_restart_is_refused(hsm_stopped, tmp_path):
         (config_text(h, log_level="notice", state_dir=tmp_path / "state2"), "state_dir changed"),
         (config_text(h, log_level="notice", extra_store=f'[[store]]\nname = "tier2"\ntype = "posix"\npath = "{other_store}"\n'),
          '[[store]] changed (store "tier2" added)'),
-        (config_text(h, log_level="notice", extra=f'metrics_listen = "127.0.0.1:9"'), "metrics_listen changed"),
+        (config_text(h, log_level="notice", extra='metrics_listen = "127.0.0.1:9"'), "metrics_listen changed"),
         (config_text(h, log_level="notice", extra="recall_threads = 7"), "recall_threads changed"),
     ]
     for text, needle in cases:
@@ -234,7 +232,7 @@ def test_policies_and_watermarks_reload(hsm_stopped):
     h.start()
     out = h.ctl("migrate", "--policy", "cold", "--dry-run", str(h.mnt)).stdout
     assert "policy cold: older than 30d" in out, out
-    reload(h, config_text(h, extra=policy("2d") + f'[[policy]]\nname = "big"\nmin_size = "1M"\n',
+    reload(h, config_text(h, extra=policy("2d") + '[[policy]]\nname = "big"\nmin_size = "1M"\n',
                           extra_fs="high_watermark = 95\nlow_watermark = 90\n"), "config reloaded")
     line = [l for l in h.log_text().splitlines() if "config reloaded" in l][-1]
     assert "[[policy]]" in line and "[[filesystem]] watermarks" in line, line

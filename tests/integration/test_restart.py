@@ -2,7 +2,6 @@
 store (here the test's stand-in, fdstore.FDStore), a restart, a stop for a restart, a
 kill -9 or a hung event loop never lets a reader see zeros, and the next hsmd finishes
 what the previous one had taken."""
-import json
 import os
 import signal
 import subprocess
