@@ -201,7 +201,7 @@ class Bench(Hsmd):
         write_random(p, size)
         self.release(p)
         obj = self.object_path(p)
-        direct, recall, floor = [], [], []
+        direct, recall, floor, durable = [], [], [], []
         copy = self.mnt / "seq-floor.bin"
         for _ in range(self.runs):
             drop_caches()
@@ -211,12 +211,19 @@ class Bench(Hsmd):
             drop_caches()
             floor.append(timed(lambda: sh("dd", f"if={obj}", f"of={copy}", "bs=1M", stderr=subprocess.DEVNULL)))
             copy.unlink()
+            # The same with recall's durability: hsmd makes each read-ahead window durable
+            # (fdatasync) before its marker calls it local (docs/ARCHITECTURE.md, invariant 8).
+            drop_caches()
+            durable.append(timed(lambda: sh("dd", f"if={obj}", f"of={copy}", "bs=1M", "conv=fdatasync",
+                                            stderr=subprocess.DEVNULL)))
+            copy.unlink()
             self.ctl("release", p)
             drop_caches()
             recall.append(timed(lambda: sh("dd", f"if={p}", "of=/dev/null", "bs=1M", stderr=subprocess.DEVNULL)))
-        d, r, f = stats(direct), stats(recall), stats(floor)
+        d, r, f, fd = stats(direct), stats(recall), stats(floor), stats(durable)
         self.record("2 sequential read, released", bytes=size, store_object_direct_s=d, released_file_s=r,
-                    copy_into_file_s=f, ratio=round(r["median"] / d["median"], 3),
+                    copy_into_file_s=f, copy_into_file_fdatasync_s=fd,
+                    ratio_to_durable_floor=round(r["median"] / fd["median"], 3), ratio=round(r["median"] / d["median"], 3),
                     floor_ratio=round(f["median"] / d["median"], 3), ratio_to_floor=round(r["median"] / f["median"], 3),
                     released_MBps=round(size / r["median"] / 1e6), direct_MBps=round(size / d["median"] / 1e6),
                     cache="cold (drop_caches before each read)")

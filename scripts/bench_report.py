@@ -24,8 +24,10 @@ def main(path):
     c = r["2 sequential read, released"]
     rows.append(("2", f"sequential read of a released {c['bytes'] / 2**30:.0f} GiB file, cold",
                  f"store object directly {fmt_s(c['store_object_direct_s'])} ({c['direct_MBps']} MB/s); released file {fmt_s(c['released_file_s'])} ({c['released_MBps']} MB/s)"
-                 + (f"; floor: `dd` of the object into a new file {fmt_s(c['copy_into_file_s'])}" if "copy_into_file_s" in c else ""),
-                 f"{c['ratio']}" + (f" (floor {c['floor_ratio']}; released ÷ floor {c['ratio_to_floor']})" if "floor_ratio" in c else ""), "≤ 1.25"))
+                 + (f"; floor: `dd` of the object into a new file {fmt_s(c['copy_into_file_s'])}" if "copy_into_file_s" in c else "")
+                 + (f"; the same with `conv=fdatasync` {fmt_s(c['copy_into_file_fdatasync_s'])}" if "copy_into_file_fdatasync_s" in c else ""),
+                 f"{c['ratio']}" + (f" (floor {c['floor_ratio']}; released ÷ floor {c['ratio_to_floor']})" if "floor_ratio" in c else "")
+                 + (f"; released ÷ durable floor {c['ratio_to_durable_floor']}" if "ratio_to_durable_floor" in c else ""), "≤ 1.25"))
     c = r["3 time to first byte"]
     rows.append(("3", f"first byte of a released {c['big_bytes'] / 2**30:.0f} GiB file, cold (and of an 8 MiB one)",
                  f"{fmt_ms(c['big_ms'])}; 8 MiB file {fmt_ms(c['small_8MiB_ms'])}", "—", "median ≤ 20 ms"))
