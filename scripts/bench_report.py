@@ -58,7 +58,14 @@ def main(path):
     if "7 concurrent readers of released files" in r:
         c = r["7 concurrent readers of released files"]
         rows.append(("7", f"8 concurrent readers of 8 released {c['bytes_each'] >> 20} MiB files, cold",
-                     f"one reader {c['one_reader_MBps']} MB/s; eight readers {c['eight_readers_MBps']} MB/s aggregate", f"scaling {c['scaling']}", "report"))
+                     f"one reader {c['one_reader_MBps']} MB/s; eight readers {c['eight_readers_MBps']} MB/s aggregate"
+                     + (f"; floor (eight `dd` of the objects into new files at once) {c['floor_eight_copies_MBps']} MB/s"
+                        if "floor_eight_copies_MBps" in c else "")
+                     + (f"; the same with `conv=fdatasync` {c['floor_eight_durable_copies_MBps']} MB/s"
+                        if "floor_eight_durable_copies_MBps" in c else ""),
+                     f"scaling {c['scaling']}" + (f"; aggregate ÷ floor {c['aggregate_over_floor']}" if "aggregate_over_floor" in c else "")
+                     + (f", ÷ durable floor {c['aggregate_over_durable_floor']}" if "aggregate_over_durable_floor" in c else ""),
+                     "≥ 0.8 of the floor" if "aggregate_over_floor" in c else "report"))
     if "8 reads of resident files during a big migrate" in r:
         c = r["8 reads of resident files during a big migrate"]
         rows.append(("8", f"8 KiB reads of other resident files (cold) while a {c['migrate_bytes'] / 2**30:.0f} GiB file migrates ({c['migrate_s']} s)",
