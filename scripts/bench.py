@@ -410,28 +410,24 @@ class Bench(Hsmd):
         objects = [self.object_path(p) for p in files]
         copies = [self.mnt / f"conc{i}-floor.bin" for i in range(8)]
         one, eight, floor, durable = [], [], [], []
+
+        def at_once(commands):
+            """Seconds until every one of `commands`, started together, has ended."""
+            t = time.perf_counter()
+            procs = [subprocess.Popen(c, stderr=subprocess.DEVNULL) for c in commands]
+            for pr in procs:
+                pr.wait()
+            return time.perf_counter() - t
+
         for _ in range(self.runs):
             # Issue 11's floor for target 5: the same eight streams copied from the store
-            # objects into new files of the managed filesystem at once, with no checks.
-            drop_caches()
-            t = time.perf_counter()
-            procs = [subprocess.Popen(["dd", f"if={o}", f"of={c}", "bs=1M"], stderr=subprocess.DEVNULL)
-                     for o, c in zip(objects, copies)]
-            for pr in procs:
-                pr.wait()
-            floor.append(time.perf_counter() - t)
-            for c in copies:
-                c.unlink()
-            # And with recall's guarantee (invariant 8): each copy on disk before it ends.
-            drop_caches()
-            t = time.perf_counter()
-            procs = [subprocess.Popen(["dd", f"if={o}", f"of={c}", "bs=1M", "conv=fdatasync"], stderr=subprocess.DEVNULL)
-                     for o, c in zip(objects, copies)]
-            for pr in procs:
-                pr.wait()
-            durable.append(time.perf_counter() - t)
-            for c in copies:
-                c.unlink()
+            # objects into new files of the managed filesystem at once, with no checks;
+            # then with recall's guarantee (invariant 8): each copy on disk before it ends.
+            for extra, times in (([], floor), (["conv=fdatasync"], durable)):
+                drop_caches()
+                times.append(at_once([["dd", f"if={o}", f"of={c}", "bs=1M", *extra] for o, c in zip(objects, copies)]))
+                for c in copies:
+                    c.unlink()
             for p in files:
                 self.ctl("release", p)
             drop_caches()
@@ -439,13 +435,7 @@ class Bench(Hsmd):
             for p in files:
                 self.ctl("release", p)
             drop_caches()
-            procs = []
-            t = time.perf_counter()
-            for p in files:
-                procs.append(subprocess.Popen(["dd", f"if={p}", "of=/dev/null", "bs=1M"], stderr=subprocess.DEVNULL))
-            for pr in procs:
-                pr.wait()
-            eight.append(time.perf_counter() - t)
+            eight.append(at_once([["dd", f"if={p}", "of=/dev/null", "bs=1M"] for p in files]))
         o, e, f, fd = stats(one), stats(eight), stats(floor), stats(durable)
         one_mbps = size / o["median"] / 1e6
         eight_mbps = 8 * size / e["median"] / 1e6
