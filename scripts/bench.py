@@ -302,8 +302,8 @@ class Bench(Hsmd):
 
     def case4_random_reads(self):
         """Random 4 KiB preads of a released file against the same preads of the stored
-        object (the floor), cold; a fresh file each run (release keeps a partly recalled
-        block's chunks local, so a second pass would find them). Local bytes: what hsmd
+        object (the floor), cold; a fresh file each run, so that no run finds anything an
+        earlier one left (record cache, page cache). Local bytes: what hsmd
         wrote (wchar) and what the file holds (st_blocks) after the run; store bytes: what
         hsmd read (rchar)."""
         size = 256 * MiB if self.quick else GiB

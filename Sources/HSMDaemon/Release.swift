@@ -65,7 +65,23 @@ extension Archiver {
             throw fail("store \(fs.store.name): object \(marker.object) does not match the marker (size, block size or mtime); nothing released", .damaged)
         }
         let candidates = (0..<marker.offline.count).filter { record.checksums[$0] != nil && !marker.offline[$0] }
-        if candidates.isEmpty {
+        let layout = marker.layout
+        // Blocks the marker lists offline that still hold data: the pages a partial recall
+        // brought back (its block stays offline until no hole is left), or bytes a program
+        // wrote and then put the mtime back. Verified byte for byte against the store and
+        // punched too, or release would free nothing of them.
+        var partlyLocal = Set<Int>()
+        do {
+            for extent in try fd.dataExtents(in: 0..<st.size) {
+                let first = Int(extent.lowerBound / layout.blockSize)
+                let last = min(Int((extent.upperBound - 1) / layout.blockSize), marker.offline.count - 1)
+                guard first <= last else { continue }
+                for b in first...last where marker.offline[b] && record.checksums[b] != nil {
+                    partlyLocal.insert(b)
+                }
+            }
+        } catch { throw fail("\(error)") }
+        if candidates.isEmpty && partlyLocal.isEmpty {
             return FileResult(path: fd.path, outcome: .done, reason: "already released", state: statusOf(fd.path, st, marker, fs).state, object: marker.object.hex)
         }
 
@@ -109,7 +125,6 @@ extension Archiver {
 
         // Verify every block against the stored checksums before anything is punched: the
         // local bytes, and the store's own copy of them.
-        let layout = marker.layout
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(layout.blockSize), alignment: 4096)
         defer { buffer.deallocate() }
         let reader: any ObjectReader
@@ -119,9 +134,12 @@ extension Archiver {
         }
         defer { reader.close() }
         var checked = 0
-        func checkLocal(_ b: Int) throws(Refusal) {
+        func checkLease() throws(Refusal) {
             if checked % 64 == 0, (try? fd.lease()) != .write { throw fail("busy: opened by another process during release; nothing changed") }
             checked += 1
+        }
+        func checkLocal(_ b: Int) throws(Refusal) {
+            try checkLease()
             let r = layout.range(ofBlock: b)
             let len = Int(r.upperBound - r.lowerBound)
             let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<len])
@@ -149,6 +167,31 @@ extension Archiver {
                 }
             }
         }
+        if !partlyLocal.isEmpty {
+            // No checksum covers part of a block: compare the local data with the store's
+            // verified block.
+            let stored = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(layout.blockSize), alignment: 4096)
+            defer { stored.deallocate() }
+            for b in partlyLocal.sorted() {
+                try checkLease()
+                let r = layout.range(ofBlock: b)
+                let n: Int
+                do { n = try reader.read(block: b, into: stored) } catch {
+                    throw fail("store \(fs.store.name): \(error); nothing released", .damaged)
+                }
+                let extents: [Range<Int64>]
+                do { extents = try fd.dataExtents(in: r.lowerBound..<min(r.upperBound, r.lowerBound + Int64(n))) } catch { throw fail("\(error)") }
+                for e in extents {
+                    let from = Int(e.lowerBound - r.lowerBound), to = Int(e.upperBound - r.lowerBound)
+                    let view = UnsafeMutableRawBufferPointer(rebasing: buffer[from..<to])
+                    let got: Int
+                    do { got = try fd.read(into: view, at: e.lowerBound) } catch { throw fail("\(error)") }
+                    guard got == view.count, memcmp(view.baseAddress!, stored.baseAddress! + from, got) == 0 else {
+                        throw fail("dirty: block \(b) differs from the stored copy; archive it again", .dirty)
+                    }
+                }
+            }
+        }
         let note = try noteInProgress(.release, fd, st, object: marker.object, store: fs.store, privileges: privileges)
         // Ended once the marker and the mtime are true again; kept only when blocks the
         // marker lists offline could not be made holes or local again, for the next start.
@@ -173,10 +216,12 @@ extension Archiver {
 
         var punched = Set<Int>()
         var interrupted = false, leaseBroken = false
-        outer: for run in consecutiveRuns(candidates) {
+        // The partly local blocks are offline in the marker already: punched like the others.
+        let toPunch = (candidates + partlyLocal).sorted()
+        outer: for run in consecutiveRuns(toPunch) {
             var b = run.lowerBound
             while b < run.upperBound {
-                if Self.punchPauseMicros > 0 && b != candidates[0] { usleep(Self.punchPauseMicros) }
+                if Self.punchPauseMicros > 0 && b != toPunch[0] { usleep(Self.punchPauseMicros) }
                 if (try? fd.lease()) != .write { interrupted = true; leaseBroken = true; break outer }
                 let chunkBlocks = max(1, Int(Self.punchChunk / layout.blockSize))
                 let end = min(run.upperBound, b + chunkBlocks)
@@ -223,8 +268,8 @@ extension Archiver {
         let freed = max(0, allocatedBefore - ((try? fd.stat().allocatedBytes) ?? allocatedBefore))
         if interrupted {
             let why = leaseBroken ? "busy: opened by another process during release" : "could not punch every block"
-            log.notice("release of \(fd.path) stopped early: \(why) (\(punched.count) of \(candidates.count) blocks released)")
-            return FileResult(path: fd.path, outcome: .failed, reason: "\(why); \(punched.count) of \(candidates.count) blocks released",
+            log.notice("release of \(fd.path) stopped early: \(why) (\(punched.count) of \(toPunch.count) blocks released)")
+            return FileResult(path: fd.path, outcome: .failed, reason: "\(why); \(punched.count) of \(toPunch.count) blocks released",
                               state: punched.isEmpty ? .archived : .partial, object: marker.object.hex, bytesFreed: freed)
         }
         log.info("released \(fd.path) (\(Units.formatBytes(freed)) freed)")
