@@ -169,19 +169,19 @@ extension Archiver {
         }
         if !partlyLocal.isEmpty {
             // No checksum covers part of a block: compare the local data with the store's
-            // verified block.
+            // verified chunks around it (the partial recall's own store read). The data is
+            // looked up again here, under the lease: what counts is what is there now.
             let stored = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(layout.blockSize), alignment: 4096)
             defer { stored.deallocate() }
             for b in partlyLocal.sorted() {
                 try checkLease()
                 let r = layout.range(ofBlock: b)
-                let n: Int
-                do { n = try reader.read(block: b, into: stored) } catch {
-                    throw fail("store \(fs.store.name): \(error); nothing released", .damaged)
-                }
                 let extents: [Range<Int64>]
-                do { extents = try fd.dataExtents(in: r.lowerBound..<min(r.upperBound, r.lowerBound + Int64(n))) } catch { throw fail("\(error)") }
+                do { extents = try fd.dataExtents(in: r.lowerBound..<min(r.upperBound, st.size)) } catch { throw fail("\(error)") }
                 for e in extents {
+                    do { _ = try reader.read(block: b, bytes: e, into: stored) } catch {
+                        throw fail("store \(fs.store.name): \(error); nothing released", .damaged)
+                    }
                     let from = Int(e.lowerBound - r.lowerBound), to = Int(e.upperBound - r.lowerBound)
                     let view = UnsafeMutableRawBufferPointer(rebasing: buffer[from..<to])
                     let got: Int

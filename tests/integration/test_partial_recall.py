@@ -230,6 +230,19 @@ def test_release_frees_pages_a_partial_recall_brought_back(hsm_fs, size):
     assert_whole(path, data)
 
 
+def test_every_store_gives_release_the_chunks_to_compare_partly_recalled_pages_with(hsm_store):
+    """posix and s3 alike: release reads the verified chunks around the pages of a partial
+    recall (a ranged GET on s3), finds them equal and punches them."""
+    hsm = hsm_store
+    path, data = released(hsm, "f", size=8 * MiB)
+    for at in (CHUNK - 100, 5 * MiB + 7 * CHUNK):
+        assert pread(path, at, 4 * KiB) == data[at:at + 4 * KiB]
+    assert local_bytes(path, 0, 8 * MiB) > 0
+    hsm.ctl("release", path)
+    assert data_ranges(path, 0, 8 * MiB) == []
+    assert_whole(path, data)
+
+
 @pytest.mark.parametrize("hsm_fs", ["ext4"], indirect=True)
 def test_release_refuses_a_partly_recalled_block_whose_local_bytes_changed(hsm_fs):
     # A program that writes into a released file and puts its mtime back leaves bytes
