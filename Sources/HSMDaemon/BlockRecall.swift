@@ -86,22 +86,29 @@ extension RecallEngine {
             return 0
         }
 
-        // A recall that goes to the store: counted before any of its data is written.
-        DaemonMetrics.shared.recalls.add()
-        if Self.testStoreDelayMicros > 0 { usleep(Self.testStoreDelayMicros) }
         let record: ObjectRecord
-        let reader: any ObjectReader
         do throws(StoreError) {
             record = try store.record(marker.object)
             if let why = record.mismatch(with: marker) {
                 throw StoreError.badRecord(marker.object, path: "record of \(fileName())", reason: why)
             }
-            reader = try store.reader(for: record)
         } catch {
             try markDamaged(&marker, fd, error)
             throw .store(error)
         }
-        defer { reader.close() }
+        // The object is opened only once a block needs data from it: bytes already local
+        // (pages a partial recall brought back) read right with the store unreachable.
+        var openedReader: (any ObjectReader)?
+        func storeReader() throws(StoreError) -> any ObjectReader {
+            if let openedReader { return openedReader }
+            // A recall that goes to the store: counted before any of its data is written.
+            DaemonMetrics.shared.recalls.add()
+            if Self.testStoreDelayMicros > 0 { usleep(Self.testStoreDelayMicros) }
+            let r = try store.reader(for: record)
+            openedReader = r
+            return r
+        }
+        defer { openedReader?.close() }
         // A random access (no read-ahead window, not reading on from where the last one
         // ended) into an object with chunk checksums brings back only the chunks it
         // touches of the blocks it reads; the block stays offline ("may have holes") until
@@ -163,6 +170,42 @@ extension RecallEngine {
             }
         }
 
+        /// What block `b` lacks: the parts of its holes (inside `only`, when given) that
+        /// hold data in the object, and whether nothing of the block is missing once those
+        /// are in. Recall writes into these and nowhere else (invariant 1).
+        func missing(_ b: Int, only: Range<Int64>? = nil) throws(SystemError) -> (pieces: [Range<Int64>], complete: Bool) {
+            let block = layout.range(ofBlock: b)
+            // Never past the end as it is now: another process may have cut the file
+            // since the recall began, and a write there would extend it with old data.
+            let live = block.lowerBound..<max(block.lowerBound, min(block.upperBound, st.size, try fd.stat().size))
+            var holes = subtract(try fd.dataExtents(in: live), from: live)
+            var complete = true
+            if let only {
+                let outside = holes.flatMap { subtract([only], from: $0) }
+                complete = outside.allSatisfy { intersect($0, objectData).isEmpty }
+                holes = holes.map { $0.clamped(to: only) }.filter { !$0.isEmpty }
+            }
+            return (holes.flatMap { intersect($0, objectData) }, complete)
+        }
+
+        /// Keeps of `blocks` those that lack data (inside `only`, when given), so nothing
+        /// is read from the store for bytes already local; a block found whole is resident.
+        func lacking(_ blocks: [Int], only: Range<Int64>? = nil) throws(SystemError) -> [Int] {
+            var kept: [Int] = []
+            for b in blocks {
+                let (pieces, complete) = try missing(b, only: only)
+                if !pieces.isEmpty {
+                    kept.append(b)
+                } else if complete && marker.offline[b] {
+                    marker.offline[b] = false
+                    // Data hsmd did not write this time (a recall's before a crash, a
+                    // program's): on disk before a marker calls it local (invariant 8).
+                    unsynced = true
+                }
+            }
+            return kept
+        }
+
         /// Writes one verified block into the holes of the file.
         /// `only`: the part of the block `buffer` holds (a partial recall); the block stays
         /// offline while holes outside it that should hold data remain.
@@ -171,26 +214,17 @@ extension RecallEngine {
             var filled: [Range<Int64>] = []
             var complete = true
             do {
-                // Never past the end as it is now: another process may have cut the file
-                // since the recall began, and a write there would extend it with old data.
-                let live = block.lowerBound..<max(block.lowerBound, min(block.upperBound, st.size, try fd.stat().size))
-                var holes = subtract(try fd.dataExtents(in: live), from: live)
-                if let only {
-                    let outside = holes.flatMap { subtract([only], from: $0) }
-                    complete = outside.allSatisfy { intersect($0, objectData).isEmpty }
-                    holes = holes.map { $0.clamped(to: only) }.filter { !$0.isEmpty }
-                }
-                for hole in holes {
-                    for piece in intersect(hole, objectData) {
-                        filled.append(piece)
-                        touched = true
-                        let from = Int(piece.lowerBound - block.lowerBound), to = Int(piece.upperBound - block.lowerBound)
-                        try fd.write(UnsafeRawBufferPointer(rebasing: buffer[from..<to]), at: piece.lowerBound)
-                        written += piece.upperBound - piece.lowerBound
-                        ticket?.bytes.add(piece.upperBound - piece.lowerBound, ordering: .relaxed)
-                        recalledBytes.add(signed: piece.upperBound - piece.lowerBound)
-                        unsynced = true
-                    }
+                let (pieces, whole) = try missing(b, only: only)
+                complete = whole
+                for piece in pieces {
+                    filled.append(piece)
+                    touched = true
+                    let from = Int(piece.lowerBound - block.lowerBound), to = Int(piece.upperBound - block.lowerBound)
+                    try fd.write(UnsafeRawBufferPointer(rebasing: buffer[from..<to]), at: piece.lowerBound)
+                    written += piece.upperBound - piece.lowerBound
+                    ticket?.bytes.add(piece.upperBound - piece.lowerBound, ordering: .relaxed)
+                    recalledBytes.add(signed: piece.upperBound - piece.lowerBound)
+                    unsynced = true
                 }
             } catch {
                 reopenHoles(filled, fd, fileSize: st.size, object: marker.object, name: fileName)
@@ -205,12 +239,20 @@ extension RecallEngine {
         /// makes it durable and writes the marker.
         /// `more`: other writes follow this fill (the read-ahead after the needed blocks).
         /// `exact`: bring back only the chunks of each block that these bytes touch.
-        func fill(_ blocks: [Int], more: Bool, exact: Range<Int64>? = nil) throws(RecallError) {
+        /// `prefetch`: ask the store to start reading the blocks at once (the read-ahead).
+        func fill(_ requested: [Int], more: Bool, exact: Range<Int64>? = nil, prefetch: Bool = false) throws(RecallError) {
+            guard !requested.isEmpty else { return }
+            let pages = exact.map { ($0.lowerBound & ~4095)..<(($0.upperBound + 4095) & ~4095) }
+            let blocks: [Int]
+            do { blocks = try lacking(requested, only: pages) } catch { throw .system(error) }
             // Nothing to read: no mtime to put back (a step before wrote it already) and
             // no damage flag to clear (nothing was verified).
             guard !blocks.isEmpty else { return }
             do {
-                if let exact, !blocks.isEmpty {
+                let reader = try storeReader()
+                // After the answer: asking the kernel to read ahead submits I/O synchronously.
+                if prefetch, let from = blocks.first, let to = blocks.last { reader.prefetch(blocks: from..<to + 1) }
+                if let exact, let pages {
                     // The worker's buffer: only the part a read fills this time is written.
                     let scratch = buffer ?? WorkerBuffer()
                     let partBuffer = scratch.acquire(Int(layout.blockSize))
@@ -220,7 +262,6 @@ extension RecallEngine {
                         // touches are written, so a random read writes about what it reads.
                         let span = try reader.read(block: b, bytes: exact, into: partBuffer)
                         let start = layout.range(ofBlock: b).lowerBound
-                        let pages = (exact.lowerBound & ~4095)..<((exact.upperBound + 4095) & ~4095)
                         let part = span.clamped(to: pages)
                         if part.isEmpty { continue }
                         try place(b, UnsafeMutableRawBufferPointer(rebasing: partBuffer[0..<Int(span.upperBound - start)]), only: part)
@@ -301,10 +342,8 @@ extension RecallEngine {
         if markerBeforeAnswer { try persistDurably() }
         neededIsIn?()
         if !markerBeforeAnswer { try persistDurably() }
-        if let from = ahead.first, let to = ahead.last {
-            // After the answer: asking the kernel to read ahead submits I/O synchronously.
-            reader.prefetch(blocks: from..<to + 1)
-            try fill(ahead, more: false)
+        if !ahead.isEmpty {
+            try fill(ahead, more: false, prefetch: true)
             try persistDurably()
         }
         if marker.offline.isEmpty && !ahead.isEmpty { try? group.ignore(fileAt: fd.rawValue, path: fd.path) }

@@ -156,6 +156,28 @@ final class RecallEngineTests: XCTestCase {
         XCTAssertTrue(try XCTUnwrap(try marker(path)).flags.contains(.objectDamaged))
     }
 
+    /// A block the marker calls offline whose bytes are all in the file (a recall's data
+    /// made durable just before a crash, its marker not written yet) needs nothing from
+    /// the store: served with the object gone, and resident from then on.
+    func testAnOfflineBlockWhoseBytesAreAllLocalIsServedWithoutTheStore() throws {
+        let (path, data) = try releasedFile("local.bin", size: 3 * Self.block)
+        let before = try XCTUnwrap(try marker(path))
+        let w = try FileDescriptor.open(path, [.readWrite])
+        try w.write(Array(data[Self.block..<2 * Self.block]), at: Int64(Self.block))
+        try w.setModificationTime(before.mtimeNs)
+        w.close()
+        try FileManager.default.removeItem(atPath: posix!.dataPath(before.object))
+        let engine = makeEngine()
+        try submit(path, Int64(Self.block)..<Int64(Self.block + 4096), to: engine)
+        XCTAssertEqual(recorder.wait(count: 1).map(\.response), [.allow])
+        _ = engine.stop(drainSeconds: 5)
+        let m = try XCTUnwrap(try marker(path))
+        XCTAssertFalse(m.offline[1], "a block with nothing missing is resident")
+        XCTAssertTrue(m.offline[0] && m.offline[2], "blocks not asked for stay offline")
+        XCTAssertFalse(m.flags.contains(.objectDamaged))
+        XCTAssertEqual(try read(path, Self.block..<2 * Self.block), Array(data[Self.block..<2 * Self.block]))
+    }
+
     func testACorruptBlockIsDeniedAndNothingOfItIsWritten() throws {
         let (path, _) = try releasedFile("corrupt.bin", size: 2 * Self.block)
         let m = try XCTUnwrap(try marker(path))

@@ -243,6 +243,27 @@ def test_every_store_gives_release_the_chunks_to_compare_partly_recalled_pages_w
     assert_whole(path, data)
 
 
+def test_pages_a_partial_recall_brought_back_read_again_without_the_store(hsm_store):
+    """A page a partial recall brought back is local and verified: reading it again needs
+    nothing from the store, so it reads right with the store's copy gone. A page of the
+    same block that is not local fails with EIO."""
+    hsm = hsm_store
+    path, data = released(hsm, "f")
+    at = 3 * MiB + 5 * CHUNK + 100
+    assert pread(path, at, 4 * KiB) == data[at:at + 4 * KiB]
+    page = at & ~4095
+    assert data_ranges(path, 3 * MiB, 4 * MiB) == [(page, page + 8 * KiB)]
+    hsm.damage_object(hsm.status(path)["object"], "delete-data")
+    drop_caches()
+    for off, n in ((at, 4 * KiB), (page, 8 * KiB), (page + 10, 100)):
+        assert pread(path, off, n) == data[off:off + n], off
+    with pytest.raises(OSError) as info:
+        pread(path, 3 * MiB, 4 * KiB)
+    assert info.value.errno == errno.EIO
+    assert pread(path, at, 4 * KiB) == data[at:at + 4 * KiB]
+    assert hsm.proc.poll() is None
+
+
 @pytest.mark.parametrize("hsm_fs", ["ext4"], indirect=True)
 def test_release_refuses_a_partly_recalled_block_whose_local_bytes_changed(hsm_fs):
     # A program that writes into a released file and puts its mtime back leaves bytes
