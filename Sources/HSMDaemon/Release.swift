@@ -73,10 +73,7 @@ extension Archiver {
         var partlyLocal = Set<Int>()
         do {
             for extent in try fd.dataExtents(in: 0..<st.size) {
-                let first = Int(extent.lowerBound / layout.blockSize)
-                let last = min(Int((extent.upperBound - 1) / layout.blockSize), marker.offline.count - 1)
-                guard first <= last else { continue }
-                for b in first...last where marker.offline[b] && record.checksums[b] != nil {
+                for b in layout.blocks(covering: extent) where marker.offline[b] && record.checksums[b] != nil {
                     partlyLocal.insert(b)
                 }
             }
