@@ -63,7 +63,9 @@ final class Journal: Sendable {
     let wakePipe: (read: Int32, write: Int32)
     let stopPipe: (read: Int32, write: Int32)
     let ownPid = getpid()
-    let pauseAtStartMs: Int
+    /// Test-only (HSMD_TEST_JOURNAL_PAUSE_FILE): event reading waits while this file exists,
+    /// so a test can overrun the bounded kernel queue without racing a timer.
+    let pauseFile: String?
     let eventsRead = Atomic<UInt64>(0)
     let transactions = Atomic<UInt64>(0)
     /// Kernel queue overflows seen (hsmd_journal_overflows_total).
@@ -74,6 +76,8 @@ final class Journal: Sendable {
 
     static let databaseName = "journal.sqlite"
     static let runningKey = "running"
+    /// The longest HSMD_TEST_JOURNAL_PAUSE_FILE holds event reading back.
+    static let pauseCapSeconds = 120
 
     struct StartError: Error, CustomStringConvertible { let description: String }
 
@@ -86,7 +90,7 @@ final class Journal: Sendable {
         do { db = try JournalDatabase(path: stateDir + "/" + Self.databaseName) } catch {
             throw StartError(description: "change journal database: \(error)")
         }
-        pauseAtStartMs = ProcessInfo.processInfo.environment["HSMD_TEST_JOURNAL_PAUSE_MS"].flatMap(Int.init) ?? 0
+        pauseFile = ProcessInfo.processInfo.environment["HSMD_TEST_JOURNAL_PAUSE_FILE"].flatMap { $0.isEmpty ? nil : $0 }
         let now = Date().timeIntervalSince1970
         let stamp = ISO8601DateFormatter().string(from: Date())
         var list: [Watched] = []

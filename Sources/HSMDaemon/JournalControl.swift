@@ -15,7 +15,7 @@ extension Journal {
         pendingBarriers.withLock { $0.append(b) }
         var one: UInt8 = 1
         _ = write(wakePipe.write, &one, 1)
-        let extra = pauseAtStartMs / 1000 + 1
+        let extra = pauseFile == nil ? 1 : Journal.pauseCapSeconds + 1
         return b.done.wait(timeout: .now() + .seconds(timeoutSeconds + extra)) == .success
     }
 

@@ -9,10 +9,14 @@ import Synchronization
 // The change journal's event reading, on the hsmd-journal thread.
 extension Journal {
     func readLoop() {
-        if pauseAtStartMs > 0 {
-            // Test-only: let a burst of changes overrun the bounded kernel queue.
-            log.notice("change journal: pausing event reading for \(pauseAtStartMs) ms (HSMD_TEST_JOURNAL_PAUSE_MS)")
-            usleep(UInt32(pauseAtStartMs) * 1000)
+        if let pauseFile {
+            // Test-only: let a burst of changes overrun the bounded kernel queue. A stop
+            // still ends the wait; so does a cap, in case a test dies holding the gate.
+            log.notice("change journal: event reading waits while \(pauseFile) exists (HSMD_TEST_JOURNAL_PAUSE_FILE)")
+            var stopFd = pollfd(fd: stopPipe.read, events: Int16(POLLIN), revents: 0)
+            for _ in 0..<(Journal.pauseCapSeconds * 20) where access(pauseFile, F_OK) == 0 {
+                if poll(&stopFd, 1, 50) > 0 { break }
+            }
         }
         let readers = watched.map { DirectoryEventReader(group: $0.group) }
         // One group per filesystem, in `watched` order, then the two pipes.
