@@ -167,6 +167,16 @@ final class EventLoop: Sendable {
             // the file is a single block) whether the whole file comes back before the open
             // returns.
             let oneBlock = marker.size <= marker.layout.blockSize && st.size <= marker.layout.blockSize
+            // A larger file's open needs nothing back unless its program is one of
+            // full_recall_programs (/proc/PID/comm: no managed filesystem, as below): let
+            // it go here, without a hand-off to a worker. Not while hsmd writes into the
+            // inode: an open(O_TRUNC) raises no event of its own (docs/KERNEL-FACTS.md), so
+            // its cut must wait for those writes, as the engine's queue makes it.
+            if !oneBlock && !engine.isBusy(st.inodeKey) && !engine.recallsWholeFileAtOpen(pid: e.pid) {
+                m.eventAllowedInline.add()
+                answer(&event, .allow)
+                return
+            }
             m.eventOpen.add()
             engine.submit(PendingEvent(event, range: nil, atOpen: true, fitsOneBlock: oneBlock, filesystem: fs,
                                        handle: eventLog.handle(ofSlot: e.slot)), key: st.inodeKey)

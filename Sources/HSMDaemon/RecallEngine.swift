@@ -283,6 +283,12 @@ final class RecallEngine: Sendable {
         return (file, st)
     }
 
+    /// Whether an open by `pid` waits for the whole file (full_recall_programs).
+    func recallsWholeFileAtOpen(pid: Int32) -> Bool {
+        let program = Self.programName(pid: pid)
+        return state.withLock { $0.fullRecallPrograms }.includes(program)
+    }
+
     /// The kernel's name for a process (/proc/PID/comm, at most 15 characters).
     /// One read: comm is at most 16 bytes with its newline.
     static func programName(pid: Int32) -> String {

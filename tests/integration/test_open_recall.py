@@ -71,3 +71,32 @@ def test_a_one_block_file_comes_back_whole_at_its_open_with_one_event_per_file(h
     assert seen <= 44, f"{seen} events for 40 files: more than one per file"
     assert {hsm.state(p) for p, _ in files} == {"archived"}
     assert "recalling all of it first" not in hsm.log_text(), "a log line per small file"
+
+
+def test_a_plain_open_of_a_larger_file_is_answered_without_a_worker_and_cp_still_waits(hsm):
+    # An open that needs nothing back (the program is not in full_recall_programs and the
+    # file is larger than a block) is answered on the event thread: counted allowed_inline,
+    # not open, and nothing is recalled.
+    import os
+    from test_metrics import samples, value
+    p, digest = hsm.write("big.bin", size=3 * MiB + 5)
+    hsm.migrate(p)
+    drop_caches()
+
+    def counts():
+        s = samples(hsm.ctl("metrics").stdout)
+        return (value(s, "hsmd_events_total", kind="open"), value(s, "hsmd_events_total", kind="allowed_inline"),
+                value(s, "hsmd_recalls_total"))
+
+    opens, inline, recalls = counts()
+    for _ in range(10):
+        os.close(os.open(p, os.O_RDONLY))
+    o, i, r = counts()
+    assert (o - opens, i - inline, r - recalls) == (0, 10, 0), (o - opens, i - inline, r - recalls)
+    assert hsm.state(p) == "released" and allocated_bytes(p) == 0
+    # cp is in the list: its open still goes to the engine and waits for the whole file.
+    copy = hsm.base / "copy.bin"
+    subprocess.run(["cp", str(p), str(copy)], check=True)
+    assert sha256(copy) == digest
+    assert counts()[0] - o == 1
+    assert hsm.state(p) == "archived"
