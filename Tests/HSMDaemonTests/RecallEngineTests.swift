@@ -47,13 +47,14 @@ final class RecallEngineTests: XCTestCase {
 
     // MARK: Helpers
 
-    func makeEngine(timeoutSeconds: Int64 = 30, threads: Int = 2) -> RecallEngine {
+    /// `started` false: the caller starts it, so events can queue before any is answered.
+    func makeEngine(timeoutSeconds: Int64 = 30, threads: Int = 2, started: Bool = true) -> RecallEngine {
         var config = Config()
         config.recallTimeoutSeconds = timeoutSeconds
         config.recallThreads = threads
         let e = RecallEngine(group: FanotifyGroup(fd: -1), filesystems: ManagedFilesystems([fs]), locks: InodeLocks(),
                              config: config, log: Logger(label: "test"))
-        e.start()
+        if started { e.start() }
         engine = e
         return e
     }
@@ -277,7 +278,9 @@ final class RecallEngineTests: XCTestCase {
 
     func testManyConcurrentEventsAreEachAnsweredExactlyOnce() throws {
         let files = try (0..<4).map { try releasedFile("many\($0).bin", size: 2 * Self.block) }
-        let engine = makeEngine()
+        // Every event queued before the workers start: an answered event's fd closes, and
+        // a later event could get its number, which would look like a second answer.
+        let engine = makeEngine(started: false)
         var numbers: [Int32] = []
         for round in 0..<5 {
             for (path, _) in files {
@@ -285,6 +288,8 @@ final class RecallEngineTests: XCTestCase {
                 numbers.append(try submit(path, off..<off + 4096, to: engine))
             }
         }
+        XCTAssertEqual(Set(numbers).count, numbers.count)
+        engine.start()
         let answers = recorder.wait(count: numbers.count, timeout: 20)
         XCTAssertEqual(answers.count, numbers.count)
         XCTAssertEqual(Set(answers.map(\.number)).count, numbers.count, "one answer per event")
