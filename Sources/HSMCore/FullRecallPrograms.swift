@@ -11,6 +11,16 @@ public struct FullRecallPrograms: Equatable, Sendable {
     public static let defaults = ["cp", "mv", "tar", "bsdtar", "cpio", "install",
                                   "losetup", "mount", "qemu-img", "qemu-nbd", "qemu-system-*", "qemu-kvm"]
 
+    /// Archivers read each file once and close it; GNU tar also fails a file whose ctime
+    /// changed while it read it, and the marker write after a recall changes it. Their
+    /// files' markers wait until no other process has the file open (RecallSettle in
+    /// hsmd). Long holders (a loop device, qemu) get theirs at once, as any recall does.
+    public static let archivers: Set<String> = ["tar", "gtar", "bsdtar", "cpio"]
+
+    /// Does the marker of a file `program` had recalled whole at its open wait until the
+    /// file is closed everywhere?
+    public static func markerWaitsForClose(_ program: String) -> Bool { archivers.contains(program) }
+
     /// The kernel keeps this many bytes of a program's name.
     public static let commLength = 15
 

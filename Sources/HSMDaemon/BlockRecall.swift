@@ -16,8 +16,11 @@ extension RecallEngine {
     /// any read-ahead: the accessing program can be let go then.
     /// `range` nil is the whole file. `event` is the pre-access event being served (what
     /// it needs: AccessPlan); nil for hsmctl recall and archive, which want exactly `range`.
+    /// `markerOnceClosed`: the data is synced after the answer and the marker left to
+    /// `settle` (RecallSettle.swift). `localOnly`: nothing is read from the store; blocks
+    /// found whole become resident.
     func recall(_ fd: FileDescriptor, range: AccessRange?, key: InodeKey, store: any ObjectStore,
-                readahead: Bool, markerBeforeAnswer: Bool = false, event: PendingEvent? = nil, canShift: Bool = true,
+                readahead: Bool, markerOnceClosed: Bool = false, localOnly: Bool = false, event: PendingEvent? = nil, canShift: Bool = true,
                 ticket: RecallTicket? = nil, knownStat: FileStat? = nil, name: (() -> String)? = nil, buffer: WorkerBuffer? = nil,
                 neededIsIn: (() -> Void)? = nil) throws(RecallError) -> Int64 {
         let st: FileStat
@@ -246,8 +249,10 @@ extension RecallEngine {
             let blocks: [Int]
             do { blocks = try lacking(requested, only: pages) } catch { throw .system(error) }
             // Nothing to read: no mtime to put back (a step before wrote it already) and
-            // no damage flag to clear (nothing was verified).
-            guard !blocks.isEmpty else { return }
+            // no damage flag to clear (nothing was verified). `localOnly`: blocks found
+            // whole are marked resident, and nothing is read (the settle of a file a
+            // release may have punched since).
+            guard !blocks.isEmpty, !localOnly else { return }
             do {
                 let reader = try storeReader()
                 // After the answer: asking the kernel to read ahead submits I/O synchronously.
@@ -325,9 +330,10 @@ extension RecallEngine {
         // An access may go on before the data is durable: the marker, written only after
         // the fdatasync, still calls the blocks offline until then, and a recall after a
         // crash fills only what is still a hole. A whole-file recall at open for a program
-        // of full_recall_programs waits for the marker (`markerBeforeAnswer`): writing it
-        // changes the ctime, which a program that has just opened the file (tar) would
-        // take for a change under its feet.
+        // of full_recall_programs (`markerOnceClosed`) makes the data durable after the
+        // answer and leaves the marker to `settle`, once no one has the file open: writing
+        // it changes the ctime, which a program reading the file (tar) would take for a
+        // change under its feet.
         try fill(whole, more: !ahead.isEmpty || !partial.isEmpty)
         try fill(partial, more: !ahead.isEmpty, exact: accessBytes)
         if readahead {
@@ -339,9 +345,15 @@ extension RecallEngine {
         // data is in the file (page cache) already; only a power cut could lose it, and
         // that ends the group and its marks too.
         if marker.offline.isEmpty && ahead.isEmpty { try? group.ignore(fileAt: fd.rawValue, path: fd.path) }
-        if markerBeforeAnswer { try persistDurably() }
         neededIsIn?()
-        if !markerBeforeAnswer { try persistDurably() }
+        if markerOnceClosed {
+            if unsynced {
+                do { try fd.syncData() } catch { throw .system(error) }
+            }
+            bytesRecalled.add(written, ordering: .relaxed)
+            return written
+        }
+        try persistDurably()
         if !ahead.isEmpty {
             try fill(ahead, more: false, prefetch: true)
             try persistDurably()

@@ -33,6 +33,8 @@ final class RecallEngine: Sendable {
         var timeoutNanos: UInt64
         var readaheadMaxBytes: Int64
         var fullRecallPrograms: FullRecallPrograms
+        /// Files whose marker waits until no other process has them open (RecallSettle).
+        var unsettled: [InodeKey: Unsettled] = [:]
     }
 
     let group: FanotifyGroup
@@ -47,6 +49,8 @@ final class RecallEngine: Sendable {
     static let testStoreDelayMicros: UInt32 = ProcessInfo.processInfo.environment["HSMD_TEST_STORE_DELAY_MS"]
         .flatMap { UInt32($0) }.map { $0 > UInt32.max / 1000 ? UInt32.max : $0 * 1000 } ?? 0
     private let work = DispatchSemaphore(value: 0)
+    /// Wakes the settle thread: a file to settle, or stop.
+    let settleWake = DispatchSemaphore(value: 0)
     /// Bytes written back by recalls since start: the space watcher looks at usage again
     /// after a large amount (SpaceWatcher).
     let bytesRecalled = Atomic<Int64>(0)
@@ -82,6 +86,7 @@ final class RecallEngine: Sendable {
     func start() {
         for i in 0..<threads { startThread("hsmd-recall\(i)") { self.workerLoop() } }
         startThread("hsmd-timeouts") { self.timeoutLoop() }
+        startThread("hsmd-settle") { self.settleLoop() }
     }
 
     /// Finishes what is queued, for up to `drainSeconds`, then stops the workers. Returns
@@ -96,6 +101,11 @@ final class RecallEngine: Sendable {
         }
         state.withLock { $0.stopping = true }
         for _ in 0..<threads { work.signal() }
+        settleWake.signal()
+        let unsettled = state.withLock { $0.unsettled.count }
+        if unsettled > 0 {
+            log.info("\(unsettled) file(s) recalled at open were still open elsewhere: their markers are written at their next access")
+        }
         return left
     }
 
@@ -192,7 +202,7 @@ final class RecallEngine: Sendable {
         let metrics = DaemonMetrics.shared
         do {
             let bytes = try recall(fd, range: range, key: key, store: fs.store, readahead: !event.atOpen,
-                                   markerBeforeAnswer: opener != nil, event: event, canShift: fs.canShiftData, ticket: ticket,
+                                   markerOnceClosed: opener.map(FullRecallPrograms.markerWaitsForClose) ?? false, event: event, canShift: fs.canShiftData, ticket: ticket,
                                    knownStat: opened, name: name, buffer: buffer) {
                 // From the event's arrival to the data it needs being in: what the program
                 // waited. Counted before the answer, so a reader that has its data sees it counted.
@@ -202,6 +212,14 @@ final class RecallEngine: Sendable {
             if allowed && bytes > 0 {
                 let ms = Double(monotonicNanos() - started) / 1e6
                 log.debug("recalled \(Units.formatBytes(bytes)) of \(name()) for pid \(event.pid) in \(String(format: "%.1f", ms)) ms")
+            }
+            if let opener, FullRecallPrograms.markerWaitsForClose(opener) {
+                // The event's own fd counts as an open of the file: closed first, or the
+                // lease `settle` takes could never be had.
+                if !event.fileIsWritable { event.finish() }
+                if !settle(fd, key: key, store: fs.store) {
+                    settleLater(key: key, filesystem: fs, handle: event.handle ?? (try? InodeHandle.of(fd: fd.rawValue, path: fd.path)))
+                }
             }
         } catch {
             if event.answer(.deny(errno: error.errno)) {

@@ -28,6 +28,14 @@ final class FullRecallProgramsTests: XCTestCase {
         XCTAssertEqual(Config().fullRecallPrograms, FullRecallPrograms.defaults)
     }
 
+    func testOnlyArchiversWaitForTheCloseBeforeTheMarker() {
+        for p in ["tar", "gtar", "bsdtar", "cpio"] { XCTAssertTrue(FullRecallPrograms.markerWaitsForClose(p), p) }
+        // A loop device or a virtual machine holds its image open for as long as it runs.
+        for p in ["cp", "mv", "losetup", "mount", "qemu-img", "qemu-system-x86", "cat", ""] {
+            XCTAssertFalse(FullRecallPrograms.markerWaitsForClose(p), p)
+        }
+    }
+
     func testBadPatternsAreRefusedWithAHint() {
         let cases: [(String, String)] = [
             ("", "empty"),

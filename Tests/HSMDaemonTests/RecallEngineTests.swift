@@ -179,6 +179,33 @@ final class RecallEngineTests: XCTestCase {
         XCTAssertEqual(try read(path, Self.block..<2 * Self.block), Array(data[Self.block..<2 * Self.block]))
     }
 
+    /// The marker after a whole-file recall at open (RecallSettle): written only while no
+    /// other process has the file open, and from what is local alone: a block a release
+    /// punched since stays offline and nothing is read from the store.
+    func testSettleWaitsForOtherOpensAndReadsNothingFromTheStore() throws {
+        let (path, data) = try releasedFile("settle.bin", size: 3 * Self.block)
+        let before = try XCTUnwrap(try marker(path))
+        let w = try FileDescriptor.open(path, [.readWrite])
+        try w.write(Array(data[Self.block..<2 * Self.block]), at: Int64(Self.block))
+        try w.setModificationTime(before.mtimeNs)
+        w.close()
+        try FileManager.default.removeItem(atPath: posix!.dataPath(before.object))
+        let engine = makeEngine()
+        defer { _ = engine.stop(drainSeconds: 5) }
+        let fd = try FileDescriptor.open(path, [.readWrite])
+        defer { fd.close() }
+        let key = try fd.stat().inodeKey
+        let other = try FileDescriptor.open(path, [.readOnly])
+        XCTAssertFalse(engine.locks.withLock(key) { engine.settle(fd, key: key, store: store) }, "open elsewhere: no marker yet")
+        XCTAssertEqual(try marker(path), before)
+        other.close()
+        XCTAssertTrue(engine.locks.withLock(key) { engine.settle(fd, key: key, store: store) })
+        let m = try XCTUnwrap(try marker(path))
+        XCTAssertEqual(m.offline.setIndices(in: 0..<3), [0, 2], "only the whole block becomes resident")
+        XCTAssertFalse(m.flags.contains(.objectDamaged), "the store was not read")
+        XCTAssertEqual(try fd.dataExtents(in: 0..<Int64(3 * Self.block)), [Int64(Self.block)..<Int64(2 * Self.block)])
+    }
+
     func testACorruptBlockIsDeniedAndNothingOfItIsWritten() throws {
         let (path, _) = try releasedFile("corrupt.bin", size: 2 * Self.block)
         let m = try XCTUnwrap(try marker(path))

@@ -172,6 +172,14 @@ class HSM:
     def state(self, path):
         return self.status(path)["state"]
 
+    def wait_for_state(self, path, want, timeout=10):
+        """After a whole-file recall at open (cp, tar…), the marker is written once no
+        other process has the file open: a moment after the program is done with it."""
+        deadline = time.time() + timeout
+        while (got := self.state(path)) != want:
+            assert time.time() < deadline, f"{path} never became {want}: {got}"
+            time.sleep(0.02)
+
     def migrate(self, path):
         """archive + release one file, asserting it ends up released."""
         self.ctl("archive", path)

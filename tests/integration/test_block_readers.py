@@ -88,7 +88,9 @@ def test_a_loop_device_over_a_released_image_reads_its_bytes(managed, options):
         # losetup's open waited while the whole file came back: the block layer raises no
         # event, so a hole still there would read as zeros through the device.
         assert device_sha256(dev) == digest
-        assert hsm.state(p) == "archived"
+        # Its marker is written right after the answer (a loop device holds its file
+        # open for as long as it exists: only archivers wait for the close).
+        hsm.wait_for_state(p, "archived")
     assert hsm.wait_for_log("losetup (pid", "recalling all of it first")
     assert sha256(p) == digest
 
@@ -177,7 +179,7 @@ def test_a_program_matching_a_prefix_pattern_gets_the_whole_file(hsm):
     )
     out = run(sys.executable, "-c", probe, p)
     assert out == f"0 {3 * MiB}", out  # all data, no hole (ENXIO = 6 while released)
-    assert hsm.state(p) == "archived"
+    hsm.wait_for_state(p, "archived")
     assert hsm.wait_for_log("qemu-system-x86 (pid", "recalling all of it first")
     assert sha256(p) == digest
 
@@ -193,7 +195,7 @@ def test_a_file_held_by_a_loop_device_cannot_be_released(hsm, options, released_
         hsm.ctl("release", p)
         drop_caches()
     with loop_device(p, *options) as dev:
-        assert hsm.state(p) == "archived"
+        hsm.wait_for_state(p, "archived")
         r = hsm.ctl("release", p, check=False)
         assert r.returncode == 1, (r.stdout, r.stderr)
         assert "busy" in r.stderr, r.stderr

@@ -324,7 +324,7 @@ def test_cp_of_released_file(hsm):
     else:
         assert hsm.state(inside) == "resident"
     assert not problems, "\n".join(problems) + "\n" + fail_context(hsm)
-    assert hsm.state(p) == "archived"
+    hsm.wait_for_state(p, "archived")
 
 
 def test_cp_preserving_attributes_of_released_file(hsm):
@@ -383,7 +383,7 @@ def test_tar_of_directory_of_released_files(hsm):
         assert sha256(out / name) == d, f"{name} differs after tar round trip\n{fail_context(hsm)}"
         assert os.stat(out / name).st_size == os.stat(src / name).st_size
     for name in ["a.bin", "sub/c.bin"]:
-        assert hsm.state(src / name) == "archived"
+        hsm.wait_for_state(src / name, "archived")
 
     # Again, released, through a pipe into the managed filesystem itself.
     inner = hsm.mnt / "copy-of-tree"

@@ -35,7 +35,7 @@ def test_cp_gets_the_whole_file_back_at_open_and_a_plain_reader_does_not(hsm):
     copy = hsm.base / "copy.bin"
     subprocess.run(["cp", str(p), str(copy)], check=True)
     assert sha256(copy) == digest
-    assert hsm.state(p) == "archived"
+    hsm.wait_for_state(p, "archived")
     assert hsm.wait_for_log("cp (pid", "recalling all of it first")
 
 
@@ -99,4 +99,63 @@ def test_a_plain_open_of_a_larger_file_is_answered_without_a_worker_and_cp_still
     subprocess.run(["cp", str(p), str(copy)], check=True)
     assert sha256(copy) == digest
     assert counts()[0] - o == 1
-    assert hsm.state(p) == "archived"
+    hsm.wait_for_state(p, "archived")
+
+
+
+def test_tar_never_sees_the_marker_change_a_file_another_process_holds_open(hsm):
+    # A recall at open answers once the data is in; the marker (whose write changes the
+    # ctime tar checks) waits until no one has the file open. A file held open by another
+    # program while tar reads it keeps its old marker until that program closes it.
+    import os
+    big, big_digest = hsm.write("tree/big.bin", size=5 * MiB + 7)
+    small = [hsm.write(f"tree/s{i}.bin", size=16 * 1024) for i in range(20)]
+    hsm.ctl("migrate", hsm.mnt / "tree")
+    drop_caches()
+    holder = os.open(big, os.O_RDONLY)   # python3: not in full_recall_programs, recalls nothing
+    try:
+        r = subprocess.run(["tar", "-C", str(hsm.mnt / "tree"), "-cf", str(hsm.base / "t.tar"), "."],
+                           capture_output=True, text=True, timeout=120)
+        assert (r.returncode, r.stderr) == (0, ""), r.stderr
+        # All of big.bin is local and durable, but its marker still calls it offline.
+        assert allocated_bytes(big) >= 5 * MiB
+        for p, _ in small:
+            hsm.wait_for_state(p, "archived")
+        assert hsm.state(big) == "released"
+    finally:
+        os.close(holder)
+    hsm.wait_for_state(big, "archived")
+    assert sha256(big) == big_digest
+    out = hsm.base / "x"
+    out.mkdir()
+    subprocess.run(["tar", "-C", str(out), "-xf", str(hsm.base / "t.tar")], check=True)
+    assert sha256(out / "big.bin") == big_digest
+    for p, d in small:
+        assert sha256(out / p.name) == d
+
+
+def test_a_marker_left_waiting_at_a_crash_is_written_at_the_next_access(hsm):
+    # hsmd killed while a file tar had recalled at open waits for its marker: the data is local
+    # and durable, the marker still says offline; the next access finds every block whole,
+    # reads nothing from the store and marks it resident.
+    import os
+    import signal
+    from test_metrics import samples, value
+    p, digest = hsm.write("held.bin", size=3 * MiB + 1)
+    hsm.migrate(p)
+    drop_caches()
+    holder = os.open(p, os.O_RDONLY)
+    try:
+        subprocess.run(["tar", "-C", str(hsm.mnt), "-cf", str(hsm.base / "held.tar"), "held.bin"], check=True)
+        assert hsm.state(p) == "released"
+        hsm.stop(signal.SIGKILL)
+    finally:
+        os.close(holder)
+    hsm.start()
+    for obj in hsm.object_files():
+        obj.unlink()   # the store's copy gone: the local data must do
+    drop_caches()
+    assert sha256(p) == digest
+    s = samples(hsm.ctl("metrics").stdout)
+    assert value(s, "hsmd_recalls_total") == 0
+    hsm.wait_for_state(p, "archived")
