@@ -157,17 +157,24 @@ final class RecallEngineTests: XCTestCase {
         XCTAssertTrue(try XCTUnwrap(try marker(path)).flags.contains(.objectDamaged))
     }
 
-    /// A block the marker calls offline whose bytes are all in the file (a recall's data
-    /// made durable just before a crash, its marker not written yet) needs nothing from
-    /// the store: served with the object gone, and resident from then on.
-    func testAnOfflineBlockWhoseBytesAreAllLocalIsServedWithoutTheStore() throws {
-        let (path, data) = try releasedFile("local.bin", size: 3 * Self.block)
+    /// A released file of three blocks whose middle block's bytes are all back in the file
+    /// (mtime put back, marker unchanged), and whose object's data is gone from the store.
+    func releasedFileWithBlockOneLocalAndTheObjectGone(_ name: String) throws -> (String, [UInt8], Marker) {
+        let (path, data) = try releasedFile(name, size: 3 * Self.block)
         let before = try XCTUnwrap(try marker(path))
         let w = try FileDescriptor.open(path, [.readWrite])
         try w.write(Array(data[Self.block..<2 * Self.block]), at: Int64(Self.block))
         try w.setModificationTime(before.mtimeNs)
         w.close()
         try FileManager.default.removeItem(atPath: posix!.dataPath(before.object))
+        return (path, data, before)
+    }
+
+    /// A block the marker calls offline whose bytes are all in the file (a recall's data
+    /// made durable just before a crash, its marker not written yet) needs nothing from
+    /// the store: served with the object gone, and resident from then on.
+    func testAnOfflineBlockWhoseBytesAreAllLocalIsServedWithoutTheStore() throws {
+        let (path, data, _) = try releasedFileWithBlockOneLocalAndTheObjectGone("local.bin")
         let engine = makeEngine()
         try submit(path, Int64(Self.block)..<Int64(Self.block + 4096), to: engine)
         XCTAssertEqual(recorder.wait(count: 1).map(\.response), [.allow])
@@ -183,13 +190,7 @@ final class RecallEngineTests: XCTestCase {
     /// other process has the file open, and from what is local alone: a block a release
     /// punched since stays offline and nothing is read from the store.
     func testSettleWaitsForOtherOpensAndReadsNothingFromTheStore() throws {
-        let (path, data) = try releasedFile("settle.bin", size: 3 * Self.block)
-        let before = try XCTUnwrap(try marker(path))
-        let w = try FileDescriptor.open(path, [.readWrite])
-        try w.write(Array(data[Self.block..<2 * Self.block]), at: Int64(Self.block))
-        try w.setModificationTime(before.mtimeNs)
-        w.close()
-        try FileManager.default.removeItem(atPath: posix!.dataPath(before.object))
+        let (path, _, before) = try releasedFileWithBlockOneLocalAndTheObjectGone("settle.bin")
         let engine = makeEngine()
         defer { _ = engine.stop(drainSeconds: 5) }
         let fd = try FileDescriptor.open(path, [.readWrite])
