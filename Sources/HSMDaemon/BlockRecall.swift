@@ -139,8 +139,9 @@ extension RecallEngine {
         /// marker calls resident, and they would read as zeros.
         var unsynced = false
 
-        /// Makes the data durable, then writes the marker.
-        func persistDurably() throws(RecallError) {
+        /// Makes the data durable, then writes the marker (unless `writeMarker` is false:
+        /// `settle` writes it later).
+        func persistDurably(writeMarker: Bool = true) throws(RecallError) {
             // Only parts of blocks came back, and they stay offline: the marker says what
             // it said, and data not yet on disk is a hole again after a crash, which the
             // next recall fills.
@@ -149,7 +150,7 @@ extension RecallEngine {
                 do { try fd.syncData() } catch { throw .system(error) }
                 unsynced = false
             }
-            try persist(marker, fd, file: catalogFile)
+            if writeMarker { try persist(marker, fd, file: catalogFile) }
         }
         // A write that fails (ENOSPC) still changes the mtime, as does punching it back.
         var touched = false
@@ -346,14 +347,7 @@ extension RecallEngine {
         // that ends the group and its marks too.
         if marker.offline.isEmpty && ahead.isEmpty { try? group.ignore(fileAt: fd.rawValue, path: fd.path) }
         neededIsIn?()
-        if markerOnceClosed {
-            if unsynced {
-                do { try fd.syncData() } catch { throw .system(error) }
-            }
-            bytesRecalled.add(written, ordering: .relaxed)
-            return written
-        }
-        try persistDurably()
+        try persistDurably(writeMarker: !markerOnceClosed)
         if !ahead.isEmpty {
             try fill(ahead, more: false, prefetch: true)
             try persistDurably()
