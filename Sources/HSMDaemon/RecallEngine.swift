@@ -283,17 +283,24 @@ final class RecallEngine: Sendable {
     /// name_to_handle_at of the same fd), asked again only when it has none. Returns the
     /// statx taken for the inode check, which the recall then starts from.
     private func writableFile(_ event: PendingEvent, key: InodeKey) throws(SystemError) -> (FileDescriptor, FileStat) {
-        let fs = event.filesystem
-        let label = Self.inodeLabel(key, fs)
         let handle: InodeHandle
-        if let recorded = event.handle { handle = recorded } else { handle = try InodeHandle.of(fd: event.file, path: label) }
+        if let recorded = event.handle { handle = recorded } else {
+            handle = try InodeHandle.of(fd: event.file, path: Self.inodeLabel(key, event.filesystem))
+        }
+        return try Self.openWritable(handle, key: key, filesystem: event.filesystem)
+    }
+
+    /// Opens the inode `handle` names read-write on the private mount of `filesystem`, and
+    /// checks that it is still the inode `key` (a handle outlives its inode: never write
+    /// into another). Returns its statx too.
+    static func openWritable(_ handle: InodeHandle, key: InodeKey, filesystem fs: ManagedFilesystem) throws(SystemError) -> (FileDescriptor, FileStat) {
+        let label = inodeLabel(key, fs)
         let file = try handle.openFile(mountFD: fs.privateRootFD, flags: .readWrite, what: label)
         let st: FileStat
         do { st = try file.stat() } catch {
             file.close()
             throw error
         }
-        // The handle must name the event's very inode there (never write into another).
         guard st.inodeKey == key else {
             file.close()
             throw SystemError(errno: ESTALE, operation: "open_by_handle_at (another inode, handle \(handle))", path: label)

@@ -106,14 +106,11 @@ extension RecallEngine {
     /// True when the file was settled or is gone (nothing left to do).
     @discardableResult
     private func settleNow(_ key: InodeKey, _ entry: Unsettled, force: Bool) -> Bool {
-        let fs = entry.filesystem
-        let label = Self.inodeLabel(key, fs)
         let fd: FileDescriptor
-        do { fd = try entry.handle.openFile(mountFD: fs.privateRootFD, flags: .readWrite, what: label) } catch {
+        do { (fd, _) = try Self.openWritable(entry.handle, key: key, filesystem: entry.filesystem) } catch {
             return true   // deleted since: no marker to write
         }
         defer { fd.close() }
-        guard let st = try? fd.stat(), st.inodeKey == key else { return true }
-        return locks.withLock(key) { settle(fd, key: key, store: fs.store, force: force) }
+        return locks.withLock(key) { settle(fd, key: key, store: entry.filesystem.store, force: force) }
     }
 }
