@@ -163,22 +163,23 @@ final class EventLoop: Sendable {
             return
         }
         if e.isOpenPermission {
-            // Opening a file with offline blocks: the engine decides (by program, or because
-            // the file is a single block) whether the whole file comes back before the open
-            // returns.
+            // Opening a file with offline blocks: the whole file comes back before the open
+            // returns if its program is one of full_recall_programs or the file is a single
+            // block. The program's name is read here, once, and goes with the event.
             let oneBlock = marker.size <= marker.layout.blockSize && st.size <= marker.layout.blockSize
             // A larger file's open needs nothing back unless its program is one of
             // full_recall_programs (/proc/PID/comm: no managed filesystem, as below): let
             // it go here, without a hand-off to a worker. Not while hsmd writes into the
             // inode: an open(O_TRUNC) raises no event of its own (docs/KERNEL-FACTS.md), so
             // its cut must wait for those writes, as the engine's queue makes it.
-            if !oneBlock && !engine.isBusy(st.inodeKey) && !engine.recallsWholeFileAtOpen(pid: e.pid) {
+            let opener = engine.fullRecallOpener(pid: e.pid)
+            if !oneBlock && opener == nil && !engine.isBusy(st.inodeKey) {
                 m.eventAllowedInline.add()
                 answer(&event, .allow)
                 return
             }
             m.eventOpen.add()
-            engine.submit(PendingEvent(event, range: nil, atOpen: true, fitsOneBlock: oneBlock, filesystem: fs,
+            engine.submit(PendingEvent(event, range: nil, atOpen: true, opener: opener, fitsOneBlock: oneBlock, filesystem: fs,
                                        handle: eventLog.handle(ofSlot: e.slot)), key: st.inodeKey)
             return
         }

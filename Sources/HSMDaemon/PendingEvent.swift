@@ -23,6 +23,9 @@ final class PendingEvent: Sendable {
     let nature: Mutex<EventNature?>
     /// A FAN_OPEN_PERM event rather than an access.
     let atOpen: Bool
+    /// For an open: the opening program's name when it is one of full_recall_programs
+    /// (RecallEngine.fullRecallOpener), read once where the event was read; nil otherwise.
+    let opener: String?
     /// The file is at most one recall block long: an open recalls all of it, so that its
     /// reads raise no second event (the block would come back whole at the first read).
     let fitsOneBlock: Bool
@@ -34,21 +37,22 @@ final class PendingEvent: Sendable {
     private let event: Mutex<PermissionEvent?>
 
     /// An event read by this process, with its (read-only) event fd.
-    convenience init(_ event: consuming PermissionEvent, range: AccessRange?, atOpen: Bool, fitsOneBlock: Bool = false,
+    convenience init(_ event: consuming PermissionEvent, range: AccessRange?, atOpen: Bool, opener: String? = nil, fitsOneBlock: Bool = false,
                      filesystem: ManagedFilesystem, handle: InodeHandle? = nil, nature: EventNature? = nil) {
         let fd = event.number
-        self.init(event, file: fd, ownsFile: false, range: range, atOpen: atOpen, fitsOneBlock: fitsOneBlock,
+        self.init(event, file: fd, ownsFile: false, range: range, atOpen: atOpen, opener: opener, fitsOneBlock: fitsOneBlock,
                   filesystem: filesystem, handle: handle, nature: nature)
     }
 
     /// An event a dead predecessor read: answered by its old number, recalled through
     /// `file` (opened by handle; closed with the event).
-    convenience init(inherited event: consuming PermissionEvent, file: FileDescriptor, range: AccessRange?, atOpen: Bool, filesystem: ManagedFilesystem, nature: EventNature? = nil) {
-        self.init(event, file: file.rawValue, ownsFile: true, range: range, atOpen: atOpen, fitsOneBlock: false,
+    convenience init(inherited event: consuming PermissionEvent, file: FileDescriptor, range: AccessRange?, atOpen: Bool, opener: String? = nil,
+                     filesystem: ManagedFilesystem, nature: EventNature? = nil) {
+        self.init(event, file: file.rawValue, ownsFile: true, range: range, atOpen: atOpen, opener: opener, fitsOneBlock: false,
                   filesystem: filesystem, handle: nil, nature: nature)
     }
 
-    private init(_ event: consuming PermissionEvent, file: Int32, ownsFile: Bool, range: AccessRange?, atOpen: Bool,
+    private init(_ event: consuming PermissionEvent, file: Int32, ownsFile: Bool, range: AccessRange?, atOpen: Bool, opener: String?,
                  fitsOneBlock: Bool, filesystem: ManagedFilesystem, handle: InodeHandle?, nature: EventNature?) {
         self.file = file
         self.ownsFile = ownsFile
@@ -56,6 +60,7 @@ final class PendingEvent: Sendable {
         self.range = range
         self.nature = Mutex(nature)
         self.atOpen = atOpen
+        self.opener = opener
         self.fitsOneBlock = fitsOneBlock
         self.filesystem = filesystem
         self.handle = handle

@@ -160,17 +160,14 @@ final class RecallEngine: Sendable {
         if event.isAnswered { return }
         let fs = event.filesystem
         var range = event.range
-        var opener: String?
+        let opener = event.opener
         if event.atOpen {
             // Sparse-aware copiers probe holes with lseek(SEEK_DATA), and a loop device
             // reads through the block layer: neither raises an event, so a released file
             // would read as zeros. Bring it all back before the open returns. A file of
             // one block comes back whole at any open: its first read would need that
             // block anyway, and this way it costs one event instead of two.
-            let program = Self.programName(pid: event.pid)
-            if state.withLock({ $0.fullRecallPrograms }).includes(program) {
-                opener = program
-            } else if !event.fitsOneBlock {
+            if opener == nil && !event.fitsOneBlock {
                 event.answer(.allow)
                 return
             }
@@ -308,10 +305,12 @@ final class RecallEngine: Sendable {
         return (file, st)
     }
 
-    /// Whether an open by `pid` waits for the whole file (full_recall_programs).
-    func recallsWholeFileAtOpen(pid: Int32) -> Bool {
+    /// The name of `pid` if it is one of full_recall_programs, whose opens wait for the
+    /// whole file; nil otherwise. Read once per open event, where the event is read, and
+    /// carried in the PendingEvent (/proc/PID/comm: no managed filesystem behind it).
+    func fullRecallOpener(pid: Int32) -> String? {
         let program = Self.programName(pid: pid)
-        return state.withLock { $0.fullRecallPrograms }.includes(program)
+        return state.withLock { $0.fullRecallPrograms }.includes(program) ? program : nil
     }
 
     /// The kernel's name for a process (/proc/PID/comm, at most 15 characters).

@@ -118,7 +118,8 @@ struct PredecessorEvents {
             }
             let range = e.isOpenPermission ? nil : e.range
             log.info("finishing an access by pid \(e.pid) to \(fs.displayPath(ofPrivateFile: file.rawValue)) that the previous hsmd left unanswered")
-            engine.submit(PendingEvent(inherited: event, file: file, range: range, atOpen: e.isOpenPermission, filesystem: fs), key: st.inodeKey)
+            engine.submit(PendingEvent(inherited: event, file: file, range: range, atOpen: e.isOpenPermission,
+                                       opener: e.isOpenPermission ? engine.fullRecallOpener(pid: e.pid) : nil, filesystem: fs), key: st.inodeKey)
         }
     }
 }
