@@ -241,6 +241,28 @@ final class BlockPipelineTests: XCTestCase {
         XCTAssertFalse(narrow.threads.withLock { $0.contains(currentTID()) })
     }
 
+    /// A recall of one block uses the first kept pipeline slot: a worker that has run a
+    /// pipeline keeps no second buffer. Slots already out are never lent twice.
+    func testWorkerBufferServesOneBlockFromItsPipelineSlots() {
+        let buffer = WorkerBuffer()
+        let pipeline = buffer.acquireSlots(2, bytes: 1 << 20)
+        buffer.releaseSlots(pipeline)
+        let one = buffer.acquire(1 << 20)
+        XCTAssertEqual(one.baseAddress, pipeline[0].baseAddress)
+        XCTAssertEqual(one.count, 1 << 20)
+        // Nested: the kept slots are out, so these are buffers of their own.
+        let nested = buffer.acquireSlots(2, bytes: 1 << 20)
+        XCTAssertTrue(nested.allSatisfy { n in !pipeline.contains { $0.baseAddress == n.baseAddress } })
+        nested.forEach { $0.storeBytes(of: 0xff, toByteOffset: 0, as: UInt8.self) }
+        buffer.releaseSlots(nested)
+        buffer.release(one)
+        XCTAssertEqual(buffer.keptSlotTotal, 2 << 20, "one set of slots, no block buffer besides")
+        let smaller = buffer.acquire(4096)
+        XCTAssertEqual(smaller.baseAddress, pipeline[0].baseAddress)
+        XCTAssertEqual(smaller.count, 4096)
+        buffer.release(smaller)
+    }
+
     /// The worker's slots: reused while they fit, never more than `keptSlotBytes` kept,
     /// larger sets of slots given and freed.
     func testWorkerBufferKeepsBoundedSlots() {
