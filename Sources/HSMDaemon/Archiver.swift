@@ -58,6 +58,22 @@ struct Archiver: Sendable {
 
     // MARK: Opening
 
+    /// Opens `path` non-blocking, so that a lease holder makes the open fail (EWOULDBLOCK)
+    /// rather than wait up to fs.lease-break-time. A few short retries ride out leases
+    /// that are just ending, hsmd's own among them (a settle holds one while it writes a
+    /// marker); a lease kept longer stays EWOULDBLOCK.
+    static func openNotWaitingOnLeases(_ path: String, _ flags: FileDescriptor.OpenFlags) throws(SystemError) -> FileDescriptor {
+        var attempt = 0
+        while true {
+            do {
+                return try FileDescriptor.open(path, flags.union(.nonBlocking))
+            } catch where error.errno == EWOULDBLOCK && attempt < 5 {
+                attempt += 1
+                usleep(20_000)
+            }
+        }
+    }
+
     /// Opens a regular file on a managed filesystem, or explains why not.
     func openManaged(_ path: String, _ flags: FileDescriptor.OpenFlags) throws(Refusal) -> (FileDescriptor, FileStat, ManagedFilesystem) {
         let lst: FileStat
@@ -76,7 +92,7 @@ struct Archiver: Sendable {
             throw Refusal(result: FileResult(path: path, outcome: .failed, reason: "not on a managed filesystem (managed: \(filesystems.pathsDescription))"))
         }
         let fd: FileDescriptor
-        do { fd = try FileDescriptor.open(path, flags.union([.noFollow, .nonBlocking])) } catch {
+        do { fd = try Self.openNotWaitingOnLeases(path, flags.union(.noFollow)) } catch {
             let reason = [EWOULDBLOCK, ETXTBSY].contains(error.errno) ? "busy: the file is in use (\(error))" : "\(error)"
             throw Refusal(result: FileResult(path: path, outcome: .failed, reason: reason))
         }

@@ -16,9 +16,11 @@ extension RecallEngine {
     /// any read-ahead: the accessing program can be let go then.
     /// `range` nil is the whole file. `event` is the pre-access event being served (what
     /// it needs: AccessPlan); nil for hsmctl recall and archive, which want exactly `range`.
-    /// `markerOnceClosed`: the data is synced after the answer and the marker left to
-    /// `settle` (RecallSettle.swift). `localOnly`: nothing is read from the store; blocks
-    /// found whole become resident.
+    /// `markerOnceClosed`: the data is only brought in; its fdatasync and the marker are
+    /// left to `settle` (RecallSettle.swift), so the file is synced once, just before its
+    /// marker. `localOnly`: nothing is read from the store, and the caller has made the
+    /// file durable under this inode lock (`settle`): blocks found whole become resident
+    /// with no second fdatasync.
     func recall(_ fd: FileDescriptor, range: AccessRange?, key: InodeKey, store: any ObjectStore,
                 readahead: Bool, markerOnceClosed: Bool = false, localOnly: Bool = false, event: PendingEvent? = nil, canShift: Bool = true,
                 ticket: RecallTicket? = nil, knownStat: FileStat? = nil, name: (() -> String)? = nil, buffer: WorkerBuffer? = nil,
@@ -139,9 +141,8 @@ extension RecallEngine {
         /// marker calls resident, and they would read as zeros.
         var unsynced = false
 
-        /// Makes the data durable, then writes the marker (unless `writeMarker` is false:
-        /// `settle` writes it later).
-        func persistDurably(writeMarker: Bool = true) throws(RecallError) {
+        /// Makes the data durable, then writes the marker.
+        func persistDurably() throws(RecallError) {
             // Only parts of blocks came back, and they stay offline: the marker says what
             // it said, and data not yet on disk is a hole again after a crash, which the
             // next recall fills.
@@ -150,7 +151,7 @@ extension RecallEngine {
                 do { try fd.syncData() } catch { throw .system(error) }
                 unsynced = false
             }
-            if writeMarker { try persist(marker, fd, file: catalogFile) }
+            try persist(marker, fd, file: catalogFile)
         }
         // A write that fails (ENOSPC) still changes the mtime, as does punching it back.
         var touched = false
@@ -203,8 +204,9 @@ extension RecallEngine {
                 } else if complete && marker.offline[b] {
                     marker.offline[b] = false
                     // Data hsmd did not write this time (a recall's before a crash, a
-                    // program's): on disk before a marker calls it local (invariant 8).
-                    unsynced = true
+                    // program's): on disk before a marker calls it local (invariant 8),
+                    // which a `localOnly` caller has seen to.
+                    if !localOnly { unsynced = true }
                 }
             }
             return kept
@@ -331,10 +333,9 @@ extension RecallEngine {
         // An access may go on before the data is durable: the marker, written only after
         // the fdatasync, still calls the blocks offline until then, and a recall after a
         // crash fills only what is still a hole. A whole-file recall at open for a program
-        // of full_recall_programs (`markerOnceClosed`) makes the data durable after the
-        // answer and leaves the marker to `settle`, once no one has the file open: writing
-        // it changes the ctime, which a program reading the file (tar) would take for a
-        // change under its feet.
+        // by an archiver (`markerOnceClosed`) leaves the fdatasync and the marker to
+        // `settle`, once no one has the file open: writing the marker changes the ctime,
+        // which a program reading the file (tar) would take for a change under its feet.
         try fill(whole, more: !ahead.isEmpty || !partial.isEmpty)
         try fill(partial, more: !ahead.isEmpty, exact: accessBytes)
         if readahead {
@@ -347,7 +348,7 @@ extension RecallEngine {
         // that ends the group and its marks too.
         if marker.offline.isEmpty && ahead.isEmpty { try? group.ignore(fileAt: fd.rawValue, path: fd.path) }
         neededIsIn?()
-        try persistDurably(writeMarker: !markerOnceClosed)
+        if !markerOnceClosed { try persistDurably() }
         if !ahead.isEmpty {
             try fill(ahead, more: false, prefetch: true)
             try persistDurably()

@@ -161,6 +161,8 @@ final class RecallEngine: Sendable {
         let fs = event.filesystem
         var range = event.range
         let opener = event.opener
+        // An archiver's (tar…) marker waits until no other process has the file open.
+        let markerOnceClosed = opener.map(FullRecallPrograms.markerWaitsForClose) ?? false
         if event.atOpen {
             // Sparse-aware copiers probe holes with lseek(SEEK_DATA), and a loop device
             // reads through the block layer: neither raises an event, so a released file
@@ -199,7 +201,7 @@ final class RecallEngine: Sendable {
         let metrics = DaemonMetrics.shared
         do {
             let bytes = try recall(fd, range: range, key: key, store: fs.store, readahead: !event.atOpen,
-                                   markerOnceClosed: opener.map(FullRecallPrograms.markerWaitsForClose) ?? false, event: event, canShift: fs.canShiftData, ticket: ticket,
+                                   markerOnceClosed: markerOnceClosed, event: event, canShift: fs.canShiftData, ticket: ticket,
                                    knownStat: opened, name: name, buffer: buffer) {
                 // From the event's arrival to the data it needs being in: what the program
                 // waited. Counted before the answer, so a reader that has its data sees it counted.
@@ -210,7 +212,7 @@ final class RecallEngine: Sendable {
                 let ms = Double(monotonicNanos() - started) / 1e6
                 log.debug("recalled \(Units.formatBytes(bytes)) of \(name()) for pid \(event.pid) in \(String(format: "%.1f", ms)) ms")
             }
-            if let opener, FullRecallPrograms.markerWaitsForClose(opener) {
+            if markerOnceClosed {
                 // The event's own fd counts as an open of the file: closed first, or the
                 // lease `settle` takes could never be had.
                 if !event.fileIsWritable { event.finish() }

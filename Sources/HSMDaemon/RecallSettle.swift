@@ -21,10 +21,11 @@ struct Unsettled {
 // Writing the marker changes the file's ctime. GNU tar compares the ctime from its fstat
 // after the open with the one after its reads and fails the file ("file changed as we read
 // it") if they differ (docs/KERNEL-FACTS.md). The open is answered once the data is in;
-// the data is made durable next (invariant 8), and the marker is written under a write
-// lease: the kernel grants one only while no other process has the file open, and holds
-// new opens off until it goes. Until then the marker still calls the blocks offline, which
-// is harmless (invariant 1: a later recall finds them whole and only marks them resident).
+// the data is made durable (invariant 8) and the marker written under a write lease: the
+// kernel grants one only while no other process has the file open, and holds new opens
+// off until it goes. Until then the marker still calls the blocks offline, which is
+// harmless (invariant 1: a later recall finds them whole and only marks them resident;
+// after a crash, data not yet synced is a hole again and comes back from the store).
 extension RecallEngine {
     /// Past this, the marker is written even though the file is still open elsewhere:
     /// `status` should not show a file released for longer.
@@ -35,6 +36,13 @@ extension RecallEngine {
     /// Writes the marker of `fd` if no other process has the file open; false if one
     /// does. The caller holds the inode lock.
     func settle(_ fd: FileDescriptor, key: InodeKey, store: any ObjectStore, force: Bool = false) -> Bool {
+        // Durable before the lease, so that the lease, which makes other openers wait (or
+        // fail with EAGAIN, as hsmctl release does), is held for the marker write alone.
+        // Nothing writes the data meanwhile: the caller holds the inode lock.
+        do { try fd.syncData() } catch {
+            log.warning("\(fd.path): fdatasync after its recall at open failed: \(error); its marker is written at its next access")
+            return true
+        }
         var leased = false
         do {
             try fd.setWriteLease(signal: Archiver.leaseSignal)
@@ -47,8 +55,8 @@ extension RecallEngine {
             if !force { log.debug("no write lease on \(fd.path) (\(error)): its marker is written while it may be open") }
         }
         defer { if leased { try? fd.releaseLease() } }
-        // Marks the blocks found whole resident, syncs and writes the marker. Nothing is
-        // read from the store: a release may have punched the file since.
+        // Marks the blocks found whole resident and writes the marker. Nothing is read
+        // from the store: a release may have punched the file since.
         do { _ = try recall(fd, range: .wholeFile, key: key, store: store, readahead: false, localOnly: true) } catch {
             log.warning("\(fd.path): marker after its recall at open not written: \(error); it is written at its next access")
         }

@@ -366,13 +366,15 @@ def assert_eio(path):
 
 
 @contextlib.contextmanager
-def strace_hsmd(hsm, calls, out):
+def strace_hsmd(hsm, calls, out, paths=False):
     """Traces the syscalls `calls` (strace's trace= list) of every thread of the running
     hsmd into `out` until the block ends; starts the block only once every thread is
-    traced. Yields nothing: read `out` afterwards."""
+    traced. `paths`: each fd argument shows its path (`strace -y`). Yields nothing: read
+    `out` afterwards."""
     pid = hsm.proc.pid
     tids = ",".join(os.listdir(f"/proc/{pid}/task"))
-    strace = subprocess.Popen(["strace", "-f", "-qq", "-o", str(out), "-e", f"trace={calls}", "-p", tids],
+    strace = subprocess.Popen(["strace", "-f", "-qq", *(["-y"] if paths else []), "-o", str(out),
+                               "-e", f"trace={calls}", "-p", tids],
                               stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 20

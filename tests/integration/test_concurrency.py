@@ -119,3 +119,56 @@ def test_open_between_punch_chunks_stops_release_and_keeps_the_marker_true(hsm_s
     assert 0 < status["offline_bytes"] <= 192 * MiB, status
     drop_caches()
     assert sha256(p) == digest
+
+
+# Holds a read lease on argv[1] (an O_RDWR open, as hsmctl's operations make, breaks it),
+# then closes the file argv[2] seconds after the kernel asks for the lease back.
+_LEASE_HOLDER = r"""
+import fcntl, os, signal, sys, time
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGIO])
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+print("leased", flush=True)
+signal.sigwait([signal.SIGIO])
+time.sleep(float(sys.argv[2]))
+os.close(fd)
+"""
+
+
+def _lease_holder(path, hold_after_break):
+    holder = subprocess.Popen(["python3", "-c", _LEASE_HOLDER, str(path), str(hold_after_break)],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "leased"
+    return holder
+
+
+def test_release_rides_out_a_lease_that_is_just_ending(hsm):
+    # hsmd's own settle holds a write lease for a moment while it writes a marker; an
+    # administrator's release arriving then used to fail at once with "busy".
+    p, digest = hsm.write("leased.bin", size=2 * MiB)
+    hsm.ctl("archive", p)
+    holder = _lease_holder(p, 0)
+    try:
+        r = hsm.ctl("release", "--json", p, check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert json.loads(r.stdout)["files"][0]["outcome"] == "done", r.stdout
+    finally:
+        holder.wait(10)
+    assert hsm.state(p) == "released"
+    drop_caches()
+    assert sha256(p) == digest
+
+
+def test_release_of_a_file_whose_lease_is_kept_is_busy_and_changes_nothing(hsm):
+    p, digest = hsm.write("kept.bin", size=2 * MiB)
+    hsm.ctl("archive", p)
+    holder = _lease_holder(p, 3)
+    try:
+        r = hsm.ctl("release", "--json", p, check=False)
+        assert r.returncode == 1, r.stdout + r.stderr
+        result = json.loads(r.stdout)["files"][0]
+        assert result["outcome"] == "failed" and result["reason"].startswith("busy"), result
+    finally:
+        holder.wait(10)
+    assert hsm.state(p) == "archived"
+    assert sha256(p) == digest

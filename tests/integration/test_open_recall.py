@@ -1,7 +1,7 @@
 """Whole-file recall at open for programs that probe holes (full_recall_programs)."""
 import subprocess
 
-from conftest import allocated_bytes, drop_caches, sha256
+from conftest import allocated_bytes, drop_caches, sha256, strace_hsmd
 
 MiB = 1 << 20
 
@@ -117,7 +117,7 @@ def test_tar_never_sees_the_marker_change_a_file_another_process_holds_open(hsm)
         r = subprocess.run(["tar", "-C", str(hsm.mnt / "tree"), "-cf", str(hsm.base / "t.tar"), "."],
                            capture_output=True, text=True, timeout=120)
         assert (r.returncode, r.stderr) == (0, ""), r.stderr
-        # All of big.bin is local and durable, but its marker still calls it offline.
+        # All of big.bin is local, but its marker still calls it offline.
         assert allocated_bytes(big) >= 5 * MiB
         for p, _ in small:
             hsm.wait_for_state(p, "archived")
@@ -134,9 +134,29 @@ def test_tar_never_sees_the_marker_change_a_file_another_process_holds_open(hsm)
         assert sha256(out / p.name) == d
 
 
+def test_a_file_tar_recalls_is_synced_once_just_before_its_marker(hsm, tmp_path):
+    # The fdatasync that must come before the marker (invariant 8) is the only one: the
+    # recall at open leaves both to the settle step, which used to sync a second time.
+    files = [hsm.write(f"synced/t{i}.bin", size=16 * 1024) for i in range(5)]
+    hsm.ctl("migrate", hsm.mnt / "synced")
+    drop_caches()
+    trace = tmp_path / "trace.txt"
+    with strace_hsmd(hsm, "fdatasync,fsetxattr", trace, paths=True):
+        subprocess.run(["tar", "-C", str(hsm.mnt / "synced"), "-cf", str(hsm.base / "s.tar"), "."],
+                       check=True, timeout=60)
+        for p, _ in files:
+            hsm.wait_for_state(p, "archived")
+    lines = trace.read_text().splitlines()
+    for p, digest in files:
+        mine = [line for line in lines if f"{p.name}>" in line]
+        calls = [line.split("(", 1)[0].split()[-1] for line in mine if "fdatasync(" in line or "trusted.hsm" in line]
+        assert calls == ["fdatasync", "fsetxattr"], (p.name, mine)
+        assert sha256(p) == digest
+
+
 def test_a_marker_left_waiting_at_a_crash_is_written_at_the_next_access(hsm):
     # hsmd killed while a file tar had recalled at open waits for its marker: the data is local
-    # and durable, the marker still says offline; the next access finds every block whole,
+    # (page cache: a process's death loses none of it), the marker still says offline; the next access finds every block whole,
     # reads nothing from the store and marks it resident.
     import os
     import signal
