@@ -3,11 +3,11 @@ import Foundation
 /// hsmctl → hsmd: one JSON object per line on the control socket. hsmd answers with zero
 /// or more `progress` lines and then exactly one `result` or `error` line.
 public struct ControlRequest: Codable, Sendable, Equatable {
-    public enum Operation: String, Codable, Sendable {
+    public enum Operation: String, Codable, Sendable, CaseIterable {
         case ping, archive, release, migrate, recall, status
         case journalStatus = "journal_status", journalSnapshot = "journal_snapshot"
         case journalList = "journal_list", journalChanged = "journal_changed"
-        case remove, gc
+        case remove, gc, pin, unpin
         case importStore = "import"
         case queue, cancel, metrics
         case report, check
@@ -86,10 +86,12 @@ public struct StatusRow: Codable, Sendable, Equatable {
     public var object: String?
     /// Why a file is damaged; not part of the --json row.
     public var detail: String?
+    /// hsmctl pin keeps it local (absent from an older hsmd's rows: not pinned).
+    public var pinned: Bool?
 
-    public init(path: String, state: HSMState, size: Int64, offlineBytes: Int64, object: String?, detail: String? = nil) {
+    public init(path: String, state: HSMState, size: Int64, offlineBytes: Int64, object: String?, detail: String? = nil, pinned: Bool = false) {
         self.path = path; self.state = state; self.size = size; self.offlineBytes = offlineBytes
-        self.object = object; self.detail = detail
+        self.object = object; self.detail = detail; self.pinned = pinned ? true : nil
     }
 }
 

@@ -35,9 +35,7 @@ extension ControlRequest {
         let f = Fields(o)
         let opName = try f.string("op")
         guard let op = Operation(rawValue: opName) else {
-            let known = ["ping", "archive", "release", "migrate", "recall", "status",
-                         "journal_status", "journal_snapshot", "journal_list", "journal_changed",
-                         "report", "check", "remove", "gc", "import", "queue", "cancel", "metrics"]
+            let known = Operation.allCases.map(\.rawValue)
             throw ControlRequestError("op: \"\(opName)\" is not an operation (known: \(known.joined(separator: ", ")))")
         }
         var r = ControlRequest(op: op)

@@ -236,10 +236,10 @@ extension Archiver {
         return results
     }
 
-    /// The file's own xattrs, to keep beside the object (hsmd's marker excluded).
+    /// The file's own xattrs, to keep beside the object (hsmd's marker and pin excluded).
     private func ownXattrs(_ fd: FileDescriptor) -> [String: [UInt8]] {
         var out: [String: [UInt8]] = [:]
-        for name in (try? fd.xattrNames()) ?? [] where name != Marker.xattrName {
+        for name in (try? fd.xattrNames()) ?? [] where !Pin.isHSMState(name) {
             if let v = try? fd.xattr(name) { out[name] = v }
         }
         return out

@@ -37,16 +37,18 @@ extension Archiver {
         }
         // Under the inode lock: a recall lets its reader go before its marker is durable
         // (the data is synced first), and status must not show the state from before.
-        let read = locks.withLock(lst.inodeKey) { () -> Result<(FileStat, [UInt8]?), SystemError> in
-            do throws(SystemError) { return .success((try FileStat.of(path: path), try Xattr.get(path: path, Marker.xattrName))) } catch {
+        let read = locks.withLock(lst.inodeKey) { () -> Result<(FileStat, [UInt8]?, Bool), SystemError> in
+            do throws(SystemError) {
+                return .success((try FileStat.of(path: path), try Xattr.get(path: path, Marker.xattrName), try Xattr.get(path: path, Pin.xattrName) != nil))
+            } catch {
                 return .failure(error)
             }
         }
-        guard case .success(let (st, raw)) = read else {
+        guard case .success(let (st, raw, pinned)) = read else {
             if case .failure(let error) = read { return ([], [FileResult(path: path, outcome: .failed, reason: "\(error)")]) }
             return ([], [])
         }
         let s = FileStatus.derive(stat: st, markerBytes: raw, objectExists: { fs.store.contains($0) })
-        return ([StatusRow(path: path, state: s.state, size: st.size, offlineBytes: s.offlineBytes, object: s.object?.hex, detail: s.detail)], [])
+        return ([StatusRow(path: path, state: s.state, size: st.size, offlineBytes: s.offlineBytes, object: s.object?.hex, detail: s.detail, pinned: pinned)], [])
     }
 }

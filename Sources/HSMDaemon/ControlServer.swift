@@ -165,6 +165,10 @@ final class ControlServer: Sendable {
         case .remove:
             let recall = request.recall ?? false
             reply(ControlReply(type: .result, files: request.paths.map { archiver.remove($0, recall: recall) }))
+        case .pin:
+            reply(ControlReply(type: .result, files: request.paths.map { archiver.pin($0) }))
+        case .unpin:
+            reply(ControlReply(type: .result, files: request.paths.map { archiver.unpin($0) }))
         case .gc:
             let grace = request.graceSeconds ?? ControlRequest.defaultGraceSeconds
             switch StoreMaintenance.exclusively("gc", { GarbageCollector(archiver: archiver, journal: journal).run(graceSeconds: grace, dryRun: request.dryRun) }) {

@@ -212,7 +212,7 @@ struct Importer {
             // security.capability); times last, as everything before changes them.
             try file.setOwner(uid: record.uid, gid: record.gid)
             try file.setMode(record.mode & 0o7777)
-            for (xname, value) in record.xattrs.sorted(by: { $0.key < $1.key }) where xname != Marker.xattrName {
+            for (xname, value) in record.xattrs.sorted(by: { $0.key < $1.key }) where !Pin.isHSMState(xname) {
                 guard let bytes = Data(base64Encoded: value) else { return fail("its record's xattr \(xname) is not base64") }
                 try file.setXattr(xname, [UInt8](bytes))
             }

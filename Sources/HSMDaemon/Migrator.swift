@@ -45,6 +45,8 @@ struct Migrator: Sendable {
             }
             if let why = policy.skipReason(path: path, stat: st, nowNs: now) {
                 results.append(FileResult(path: path, outcome: .skipped, reason: why))
+            } else if Archiver.isPinned(path: path) {
+                results.append(FileResult(path: path, outcome: .skipped, reason: "pinned (hsmctl unpin lets migrate free it)"))
             } else if seenInodes.contains(st.inodeKey) {
                 // Hard links: one inode, one archive (a dry run counts its bytes once too).
                 // The reason names no path, so the summary counts these on one line.

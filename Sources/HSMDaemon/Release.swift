@@ -53,6 +53,11 @@ extension Archiver {
             Refusal(result: FileResult(path: fd.path, outcome: .failed, reason: reason, state: state))
         }
         guard var marker = try readMarker(fd) else { throw fail("not archived; run hsmctl archive first (or hsmctl migrate)", .resident) }
+        do {
+            if try fd.xattr(Pin.xattrName) != nil {
+                throw fail("pinned: kept local by hsmctl pin (hsmctl unpin lets it be released); nothing changed", statusOf(fd.path, st, marker, fs).state)
+            }
+        } catch let r as Refusal { throw r } catch { throw fail("reading its pin: \(error); nothing changed") }
         if st.size != marker.size || st.mtimeNs != marker.mtimeNs { throw fail("dirty: changed since it was archived; archive it again", .dirty) }
         if let problem = fs.store.healthProblem(readingIdentity: !storeChecked) { throw fail(problem) }
         let record: ObjectRecord

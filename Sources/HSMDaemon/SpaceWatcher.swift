@@ -195,7 +195,7 @@ final class SpaceWatcher: Sendable {
         let target = need > Int64.max / 2 ? Int64.max : need + need / 4
         var releases = CandidateSelector(targetBytes: target, maxCount: Self.maxFilesPerPass)
         var migrations = CandidateSelector(targetBytes: target, maxCount: Self.maxFilesPerPass)
-        var recent = 0, excluded = 0, damaged = 0, seen = 0
+        var recent = 0, excluded = 0, damaged = 0, pinned = 0, seen = 0
         var linked = Set<InodeKey>()
         let nowNs = wallNanos()
         var unreadable: [WalkFailure] = []
@@ -207,14 +207,16 @@ final class SpaceWatcher: Sendable {
             if st.linkCount > 1 && !linked.insert(st.inodeKey).inserted { return true }
             let marker = st.allocatedBytes > 0 ? try? Xattr.get(path: path, Marker.xattrName) : nil
             switch WatermarkRules.classify(path: path, stat: st, markerBytes: marker, policy: policy, minAgeSeconds: w.minAgeSeconds, nowNs: nowNs) {
-            case .success(let c): if c.action == .release { releases.offer(c) } else { migrations.offer(c) }
+            case .success(let c):
+                // Checked only for a candidate: one xattr read, not one per file walked.
+                if Archiver.isPinned(path: path) { pinned += 1 } else if c.action == .release { releases.offer(c) } else { migrations.offer(c) }
             case .failure(.policy(let why)): if why.hasPrefix("used in the last") { recent += 1 } else { excluded += 1 }
             case .failure(.damaged): damaged += 1
             case .failure: break
             }
             return true
         }
-        out.skips = "\(seen) files looked at: \(recent) used within \(Units.formatDuration(max(policy.olderThanSeconds ?? 0, w.minAgeSeconds))), \(excluded) excluded or smaller than the policy's min_size, \(damaged) damaged\(unreadable.first.map { "; \(unreadable.count) entries could not be read (first: \($0.path): \($0.reason))" } ?? "")"
+        out.skips = "\(seen) files looked at: \(recent) used within \(Units.formatDuration(max(policy.olderThanSeconds ?? 0, w.minAgeSeconds))), \(excluded) excluded or smaller than the policy's min_size, \(pinned) pinned, \(damaged) damaged\(unreadable.first.map { "; \(unreadable.count) entries could not be read (first: \($0.path): \($0.reason))" } ?? "")"
 
         func belowLow() -> Bool {
             if let u = usage(fs) { out.end = SpaceUsage.during(start: start, now: u, freed: out.freed) }

@@ -7,14 +7,14 @@ import HSMKernel
 struct HSMCtl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "hsmctl",
-        abstract: "Administer hsmd: archive, release, migrate, recall, remove and inspect files; collect orphans; rebuild from a store.",
+        abstract: "Administer hsmd: archive, release, migrate, recall, pin, remove and inspect files; collect orphans; rebuild from a store.",
         discussion: """
             Exit status: 0 all done; 1 some files not done (each listed with its reason); \
             2 usage error, hsmd unreachable, or not root.
             """,
         version: "0.1.0",
         subcommands: [Archive.self, Release.self, Migrate.self, Recall.self, Status.self, Report.self, Check.self,
-                      Remove.self, GC.self, Import.self, JournalCommand.self, Doctor.self,
+                      Remove.self, PinCommand.self, UnpinCommand.self, GC.self, Import.self, JournalCommand.self, Doctor.self,
                       Queue.self, Cancel.self, Metrics.self])
 }
 
@@ -235,7 +235,7 @@ struct Status: ParsableCommand {
         abstract: "Show each file's HSM state (directories are walked).",
         discussion: "States: resident, archived, released, partial, dirty, damaged.")
     @OptionGroup var connection: Connection
-    @Flag(help: "Print a JSON array of {path, state, size, offline_bytes, object}.") var json = false
+    @Flag(help: "Print a JSON array of {path, state, size, offline_bytes, object, pinned}.") var json = false
     @Argument(help: "Files and directories.") var paths: [String] = []
 
     func run() throws {
@@ -243,7 +243,8 @@ struct Status: ParsableCommand {
         let rows = reply.status ?? []
         if json {
             printJSON(rows.map { r -> [String: Any] in
-                ["path": r.path, "state": r.state.rawValue, "size": r.size, "offline_bytes": r.offlineBytes, "object": r.object ?? NSNull()]
+                ["path": r.path, "state": r.state.rawValue, "size": r.size, "offline_bytes": r.offlineBytes, "object": r.object ?? NSNull(),
+                 "pinned": r.pinned ?? false]
             })
         } else {
             if !rows.isEmpty { print(pad("STATE", 9) + pad("SIZE", 11) + pad("OFFLINE", 11) + pad("OBJECT", 33) + "PATH") }
@@ -251,6 +252,7 @@ struct Status: ParsableCommand {
                 var line = pad(r.state.rawValue, 9) + pad(Units.formatBytes(r.size), 11) + pad(Units.formatBytes(r.offlineBytes), 11)
                     + pad(r.object ?? "-", 33) + r.path
                 if let d = r.detail { line += "  (\(d))" }
+                if r.pinned == true { line += "  (pinned)" }
                 print(line)
             }
         }

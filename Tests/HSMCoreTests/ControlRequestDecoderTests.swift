@@ -57,9 +57,20 @@ final class ControlRequestDecoderTests: XCTestCase {
             XCTAssertNoThrow(try r.validate())
         }
         for op in ["ping", "archive", "release", "migrate", "recall", "status",
-                   "journal_status", "journal_snapshot", "journal_list", "journal_changed", "report", "check"] {
+                   "journal_status", "journal_snapshot", "journal_list", "journal_changed", "report", "check",
+                   "remove", "gc", "pin", "unpin", "queue", "metrics"] {
             XCTAssertEqual(try ControlRequest.decode(line: Array(#"{"op":"\#(op)"}"#.utf8)).op.rawValue, op)
         }
+    }
+
+    func testPinAndUnpinRoundTripAndAnUnknownOpNamesEveryKnownOne() throws {
+        for op in [ControlRequest.Operation.pin, .unpin] {
+            let r = ControlRequest(op: op, paths: ["/mnt/keep me"])
+            XCTAssertEqual(try ControlRequest.decode(line: ControlCodec.encode(r)), r)
+        }
+        let message = try XCTUnwrap(refusal(#"{"op":"pinn"}"#))
+        XCTAssertTrue(message.hasPrefix(#"op: "pinn" is not an operation (known: ping, archive"#), message)
+        for op in ControlRequest.Operation.allCases { XCTAssertTrue(message.contains(op.rawValue), "\(op) missing from: \(message)") }
     }
 
     func testRemoveGcAndImportFields() throws {

@@ -15,8 +15,8 @@ from conftest import HSMCTL, HSMD, drop_caches, sha256
 
 FILE_KEYS = {"path", "outcome", "reason", "state", "object", "bytes_archived", "bytes_freed", "bytes_recalled"}
 SUMMARY_KEYS = {"files", "done", "skipped", "not_done", "bytes_archived", "bytes_freed", "bytes_recalled"}
-STATUS_KEYS = {"path", "state", "size", "offline_bytes", "object"}
-COMMANDS = ("archive", "release", "recall", "status", "migrate", "remove", "gc", "import", "doctor")
+STATUS_KEYS = {"path", "state", "size", "offline_bytes", "object", "pinned"}
+COMMANDS = ("archive", "release", "recall", "status", "migrate", "pin", "unpin", "remove", "gc", "import", "doctor")
 DAY = 86400
 MiB = 1 << 20
 
