@@ -13,9 +13,9 @@ final class TreeWalkerTests: XCTestCase {
     override func setUpWithError() throws {
         root = NSTemporaryDirectory() + "treewalker-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try FileManager.default.createDirectory(atPath: root + "/a/b", withIntermediateDirectories: true)
-        FileManager.default.createFile(atPath: root + "/a/one", contents: Data())
-        FileManager.default.createFile(atPath: root + "/a/b/two", contents: Data())
-        FileManager.default.createFile(atPath: root + "/three", contents: Data())
+        XCTAssertTrue(FileManager.default.createFile(atPath: root + "/a/one", contents: Data()))
+        XCTAssertTrue(FileManager.default.createFile(atPath: root + "/a/b/two", contents: Data()))
+        XCTAssertTrue(FileManager.default.createFile(atPath: root + "/three", contents: Data()))
     }
 
     override func tearDownWithError() throws {
