@@ -147,8 +147,13 @@ final class ControlServer: Sendable {
             if let name = request.policy, let p = policies.first(where: { $0.name == name }) {
                 notes.append("policy \(name): \(p.policy.summary); \(resolved.paths.joined(separator: ", "))")
             }
-            let files = ops.jobs.run(resolved, uid: uid, clientFD: conn.fd, log: log) { job in
-                Migrator(archiver: archiver, journal: journal).run(resolved, notes: &notes, job: job) { p in
+            // Results go out as the run makes them (a `files` line per part), so hsmd
+            // holds no list of a whole tree's files.
+            let totals = ops.jobs.run(resolved, uid: uid, clientFD: conn.fd, log: log) { job in
+                Migrator(archiver: archiver, journal: journal).run(resolved, notes: &notes, job: job, emit: { part in
+                    filesHandled += part.count
+                    try? writer.writeLine(ControlCodec.encode(ControlReply(type: .files, files: part)))
+                }) { p in
                 guard sendProgress else { return }
                 let now = monotonicNanos()
                 let due = lastSent.withLock { last -> Bool in
@@ -159,9 +164,8 @@ final class ControlServer: Sendable {
                 if due { try? writer.writeLine(ControlCodec.encode(ControlReply(type: .progress, progress: p))) }
                 }
             }
-            let done = files.filter { $0.outcome == .done }
-            log.info("migrate\(request.policy.map { " (policy \($0))" } ?? ""): \(done.count) files, \(Units.formatBytes(files.reduce(0) { $0 + $1.bytesArchived })) archived, \(Units.formatBytes(files.reduce(0) { $0 + $1.bytesFreed })) freed, \(files.filter { $0.outcome == .failed }.count) not done")
-            reply(ControlReply(type: .result, files: files, notes: notes.isEmpty ? nil : notes))
+            log.info("migrate\(request.policy.map { " (policy \($0))" } ?? ""): \(totals.done) files, \(Units.formatBytes(totals.bytesArchived)) archived, \(Units.formatBytes(totals.bytesFreed)) freed, \(totals.failed) not done")
+            reply(ControlReply(type: .result, notes: notes.isEmpty ? nil : notes))
         case .remove:
             let recall = request.recall ?? false
             reply(ControlReply(type: .result, files: request.paths.map { archiver.remove($0, recall: recall) }))

@@ -35,6 +35,13 @@ public enum Filesystem {
         let parent = try FileStat.of(path: path == "/" ? "/" : path + "/..", followLinks: true)
         return st.device != parent.device || st.inode == parent.inode
     }
+
+    /// `path` with every symlink, `.` and `..` resolved (realpath(3)).
+    public static func realPath(_ path: String) throws(SystemError) -> String {
+        guard let p = Glibc.realpath(path, nil) else { throw SystemError(errno: errno, operation: "realpath", path: path) }
+        defer { free(p) }
+        return String(cString: p)
+    }
 }
 
 extension Filesystem {

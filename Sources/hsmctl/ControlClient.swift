@@ -14,7 +14,10 @@ struct ControlClient {
     }
 
     /// Sends one request; calls `onProgress` for progress lines; returns the result.
-    func send(_ request: ControlRequest, onProgress: (ProgressReport) -> Void = { _ in }) throws(CLIError) -> ControlReply {
+    /// With `onFiles`, every part of the file list goes there as it arrives (the result
+    /// then has no files) instead of being collected.
+    func send(_ request: ControlRequest, onFiles: (([FileResult]) -> Void)? = nil,
+              onProgress: (ProgressReport) -> Void = { _ in }) throws(CLIError) -> ControlReply {
         let conn: LineChannel
         do { conn = try LineChannel.connect(socket) } catch {
             switch error.errno {
@@ -43,10 +46,16 @@ struct ControlClient {
             }
             switch reply.type {
             case .progress: if let p = reply.progress { onProgress(p) }
-            case .files: earlierFiles += reply.files ?? []
+            case .files:
+                if let onFiles { onFiles(reply.files ?? []) } else { earlierFiles += reply.files ?? [] }
             case .error: throw .refused(reply.message ?? "hsmd refused the request")
             case .result:
                 var r = reply
+                if let onFiles {
+                    if let files = r.files { onFiles(files) }
+                    r.files = nil
+                    return r
+                }
                 if !earlierFiles.isEmpty { r.files = earlierFiles + (reply.files ?? []) }
                 return r
             }

@@ -45,10 +45,11 @@ func requireRoot(_ verb: String) throws {
     }
 }
 
-func send(_ client: ControlClient, _ request: ControlRequest, onProgress: (ProgressReport) -> Void = { _ in }) throws -> ControlReply {
+func send(_ client: ControlClient, _ request: ControlRequest, onFiles: (([FileResult]) -> Void)? = nil,
+          onProgress: (ProgressReport) -> Void = { _ in }) throws -> ControlReply {
     // The checks hsmd makes, made here first: a usage error before anything is sent.
     do { try request.validate() } catch { throw fail(error.message) }
-    do { return try client.send(request, onProgress: onProgress) } catch {
+    do { return try client.send(request, onFiles: onFiles, onProgress: onProgress) } catch {
         switch error {
         case .unreachable(let m), .refused(let m): throw fail(m)
         }
@@ -199,33 +200,33 @@ struct Migrate: ParsableCommand {
         let request = ControlRequest(op: .migrate, paths: targets, olderThanSeconds: age, minSize: size,
                                      exclude: exclude, dryRun: dryRun, jobs: jobs, progress: tty, incremental: incremental ? true : nil,
                                      policy: policy)
-        let reply = try send(connection.client, request) { p in
+        // hsmd sends the results as it makes them, in no order. The text form keeps only
+        // counts and the lines it prints (sorted by path); --json keeps every row.
+        var summary = MigrateSummary(keepDone: verbose || dryRun)
+        var rows: [FileResult] = []
+        let onFiles: ([FileResult]) -> Void = json ? { rows += $0 } : { summary.add($0) }
+        let reply = try send(connection.client, request, onFiles: onFiles) { p in
             let line = "\rscanned \(p.scanned), migrated \(p.done), not done \(p.failed), \(Units.formatBytes(p.bytesArchived)) archived, \(Units.formatBytes(p.bytesFreed)) freed "
             FileHandle.standardError.write(Data(line.utf8))
         }
         if tty { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
-        let files = reply.files ?? []
         // What the scan was (incremental, or full and why): stdout for people, stderr with --json.
         for n in reply.notes ?? [] {
             if json { FileHandle.standardError.write(Data("hsmctl: \(n)\n".utf8)) } else { print(n) }
         }
         if !json {
-            let done = files.filter { $0.outcome == .done }
-            let notDone = files.filter { $0.outcome == .failed }
-            var skipped: [String: Int] = [:]
-            for f in files where f.outcome == .skipped { skipped[f.reason ?? "skipped", default: 0] += 1 }
             if verbose || dryRun {
-                for f in done { print("\(f.path): \(dryRun ? "would migrate" : (f.state?.rawValue ?? "done"))") }
+                for f in summary.done.sorted(by: { $0.path < $1.path }) { print("\(f.path): \(dryRun ? "would migrate" : (f.state?.rawValue ?? "done"))") }
             }
+            let notDone = summary.notDone.sorted { $0.path < $1.path }
             for f in notDone { FileHandle.standardError.write(Data("hsmctl: migrate \(f.path): \(f.reason ?? "failed")\n".utf8)) }
-            let moved = files.reduce(Int64(0)) { $0 + $1.bytesArchived }, freed = files.reduce(Int64(0)) { $0 + $1.bytesFreed }
-            print(dryRun ? "dry run: \(done.count) file(s) would migrate, \(Units.formatBytes(moved))"
-                         : "migrated \(done.count) file(s): \(Units.formatBytes(moved)) archived, \(Units.formatBytes(freed)) freed")
-            for (reason, n) in skipped.sorted(by: { $0.value > $1.value }) { print("skipped \(n): \(reason)") }
+            print(dryRun ? "dry run: \(summary.doneCount) file(s) would migrate, \(Units.formatBytes(summary.bytesArchived))"
+                         : "migrated \(summary.doneCount) file(s): \(Units.formatBytes(summary.bytesArchived)) archived, \(Units.formatBytes(summary.bytesFreed)) freed")
+            for (reason, n) in summary.skipped.sorted(by: { $0.value > $1.value || ($0.value == $1.value && $0.key < $1.key) }) { print("skipped \(n): \(reason)") }
             if !notDone.isEmpty { print("not done \(notDone.count) (reasons above)") }
             if !notDone.isEmpty { throw ExitCode(1) }
         } else {
-            try report(files, verb: "migrate", json: true)
+            try report(rows.sorted { $0.path < $1.path }, verb: "migrate", json: true)
         }
     }
 }
