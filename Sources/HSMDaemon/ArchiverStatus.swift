@@ -11,24 +11,32 @@ extension Archiver {
         FileStatus.derive(stat: st, marker: marker, objectExists: { fs.store.contains($0) })
     }
 
-    /// One row per regular file; directories are walked.
-    func status(_ path: String) -> (rows: [StatusRow], problems: [FileResult]) {
+    /// One row per regular file, to `row` as each is read (directories are walked, so a
+    /// tree's rows are never all held at once); what cannot be read goes to `problem`.
+    func status(_ path: String, row: (StatusRow) -> Void, problem: (FileResult) -> Void) {
         let lst: FileStat
         do { lst = try FileStat.of(path: path) } catch {
-            return ([], [FileResult(path: path, outcome: .failed, reason: error.errno == ENOENT ? "no such file or directory" : "\(error)")])
+            problem(FileResult(path: path, outcome: .failed, reason: error.errno == ENOENT ? "no such file or directory" : "\(error)"))
+            return
         }
         if lst.fileType == .directory {
-            var rows: [StatusRow] = [], problems: [FileResult] = []
             TreeWalker.walk(path, device: lst.device, failed: {
-                problems.append(FileResult(path: $0.path, outcome: .failed, reason: $0.reason))
+                problem(FileResult(path: $0.path, outcome: .failed, reason: $0.reason))
             }) { p, st in
-                if st.fileType == .regular { rows += status(p).rows }
+                if st.fileType == .regular { status(p, row: row, problem: { _ in }) }
             }
             if filesystems.filesystem(device: lst.device) == nil {
-                problems.append(FileResult(path: path, outcome: .failed, reason: "not on a managed filesystem (managed: \(filesystems.pathsDescription))"))
+                problem(FileResult(path: path, outcome: .failed, reason: "not on a managed filesystem (managed: \(filesystems.pathsDescription))"))
             }
-            return (rows, problems)
+            return
         }
+        let (rows, problems) = fileStatus(path, lst)
+        rows.forEach(row)
+        problems.forEach(problem)
+    }
+
+    /// The row of one file that is not a directory (or why there is none).
+    private func fileStatus(_ path: String, _ lst: FileStat) -> (rows: [StatusRow], problems: [FileResult]) {
         guard lst.fileType == .regular else {
             return ([], [FileResult(path: path, outcome: .skipped, reason: "\(lst.fileType.rawValue): not a regular file")])
         }

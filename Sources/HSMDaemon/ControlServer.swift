@@ -124,11 +124,18 @@ final class ControlServer: Sendable {
         case .queue, .cancel, .metrics:
             reply(OpsRequests(ops: ops).serve(request, uid: uid))
         case .status:
+            // Rows go out in parts as the walk reads them: a tree of millions of files
+            // is never held (nor encoded) whole.
             var rows: [StatusRow] = [], problems: [FileResult] = []
             for p in request.paths {
-                let s = archiver.status(p)
-                rows += s.rows
-                problems += s.problems
+                archiver.status(p, row: { r in
+                    rows.append(r)
+                    if rows.count >= Self.filesPerLine {
+                        filesHandled += rows.count
+                        try? conn.writeLine(ControlCodec.encode(ControlReply(type: .files, status: rows)))
+                        rows.removeAll(keepingCapacity: true)
+                    }
+                }, problem: { problems.append($0) })
             }
             reply(ControlReply(type: .result, files: problems, status: rows))
         case .migrate:

@@ -36,6 +36,7 @@ struct ControlClient {
         }
         do { try conn.writeLine(line) } catch { throw .unreachable("sending to hsmd: \(error)") }
         var earlierFiles: [FileResult] = []
+        var earlierStatus: [StatusRow] = []
         while true {
             let line: [UInt8]?
             do { line = try conn.readLine() } catch { throw .unreachable("reading from hsmd: \(error)") }
@@ -48,9 +49,11 @@ struct ControlClient {
             case .progress: if let p = reply.progress { onProgress(p) }
             case .files:
                 if let onFiles { onFiles(reply.files ?? []) } else { earlierFiles += reply.files ?? [] }
+                earlierStatus += reply.status ?? []
             case .error: throw .refused(reply.message ?? "hsmd refused the request")
             case .result:
                 var r = reply
+                if !earlierStatus.isEmpty { r.status = earlierStatus + (reply.status ?? []) }
                 if let onFiles {
                     if let files = r.files { onFiles(files) }
                     r.files = nil

@@ -1,6 +1,6 @@
-"""hsmctl migrate over large trees: hsmd sends each file's result as the run makes it and
-holds no list of the tree's files, so its memory does not grow with the tree; paths named
-twice, or inside a directory also named, are migrated and reported once."""
+"""hsmctl migrate and status over large trees: hsmd sends each file's result or row as it
+makes it and holds no list of the tree's files, so its memory does not grow with the tree;
+paths named twice, or inside a directory also named, are migrated and reported once."""
 import json
 import os
 import socket
@@ -52,6 +52,28 @@ def test_a_migrate_of_a_large_tree_does_not_grow_hsmds_memory(hsm):
     assert grew < 8, f"hsmd's RSS rose by {grew:.1f} MiB during a migrate of {n} skipped files"
     text = hsm.ctl("migrate", "--min-size", "1k", hsm.mnt / "big").stdout
     assert f"skipped {n}: smaller than" in text, text
+
+
+def test_status_of_a_large_tree_does_not_grow_hsmds_memory(hsm):
+    """60,000 rows: hsmd used to hold them all and encode them into one reply line."""
+    n = 60_000
+    make_empty_files(hsm.mnt / "big", n)
+    p, _ = hsm.write("big/zz/archived.bin", 64 * KiB)
+    hsm.ctl("archive", p)
+    pid = hsm.proc.pid
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+    before = rss_kib(pid, "VmRSS")
+    rows = json.loads(hsm.ctl("status", "--json", hsm.mnt / "big").stdout)
+    peak = rss_kib(pid, "VmHWM")
+    assert len(rows) == n + 1 and len({r["path"] for r in rows}) == n + 1
+    assert {r["state"] for r in rows} == {"resident", "archived"}
+    assert [r["path"] for r in rows if r["state"] == "archived"] == [str(p)]
+    grew = (peak - before) / 1024
+    print(f"hsmd RSS before {before / 1024:.1f} MiB, peak during the status {peak / 1024:.1f} MiB (+{grew:.1f})")
+    assert grew < 8, f"hsmd's RSS rose by {grew:.1f} MiB during a status of {n + 1} files"
+    text = hsm.ctl("status", hsm.mnt / "big").stdout.splitlines()
+    assert len(text) == n + 2 and text[0].startswith("STATE"), text[:3]
 
 
 def test_results_reach_hsmctl_while_the_migrate_runs(hsm_stopped):
