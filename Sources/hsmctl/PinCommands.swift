@@ -13,11 +13,7 @@ struct PinCommand: ParsableCommand {
     @Flag(help: "Print a JSON result.") var json = false
     @Argument(help: "Files to pin.") var paths: [String] = []
 
-    func run() throws {
-        try requireRoot("pin")
-        let reply = try send(connection.client, ControlRequest(op: .pin, paths: try checkPaths(paths)))
-        try report(reply.files ?? [], verb: "pin", json: json)
-    }
+    func run() throws { try askHsmd(.pin, paths, connection, json: json) }
 }
 
 struct UnpinCommand: ParsableCommand {
@@ -28,9 +24,12 @@ struct UnpinCommand: ParsableCommand {
     @Flag(help: "Print a JSON result.") var json = false
     @Argument(help: "Files to unpin.") var paths: [String] = []
 
-    func run() throws {
-        try requireRoot("unpin")
-        let reply = try send(connection.client, ControlRequest(op: .unpin, paths: try checkPaths(paths)))
-        try report(reply.files ?? [], verb: "unpin", json: json)
-    }
+    func run() throws { try askHsmd(.unpin, paths, connection, json: json) }
+}
+
+/// Both commands: root, absolute paths, one request, one line per file.
+private func askHsmd(_ op: ControlRequest.Operation, _ paths: [String], _ connection: Connection, json: Bool) throws {
+    try requireRoot(op.rawValue)
+    let reply = try send(connection.client, ControlRequest(op: op, paths: try checkPaths(paths)))
+    try report(reply.files ?? [], verb: op.rawValue, json: json)
 }

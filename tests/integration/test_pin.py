@@ -100,24 +100,31 @@ def test_pin_refuses_what_it_cannot_pin(hsm, tmp_path):
         os.getxattr(outside, PIN)
 
 
+def archived_files_under_watermarks(h, prefix, count, pin, high, low):
+    """`count` archived 6 MiB files on a full small filesystem, those `pin` picks pinned,
+    then hsmd started again with watermarks `high`/`low` looking every second."""
+    write_config(h)
+    h.start()
+    files = {}
+    for i in range(count):
+        p, d = make_file(h, f"{prefix}{i}.bin", 6 * MiB, age_days=30 + i)
+        files[p] = d
+    h.ctl("archive", *files)
+    h.ctl("pin", *[p for p in files if pin(p)])
+    assert h.stop() == 0
+    subprocess.run(["sync"], check=True)
+    assert percent_used(h.mnt) >= high
+    write_config(h, top='watermark_interval = "1s"', fs_keys=f"high_watermark = {high}\nlow_watermark = {low}\n")
+    h.start()
+    return files
+
+
 def test_the_watermarks_leave_a_pinned_file():
     """The least recently used file is pinned: the pass frees the space from the others
     and says how many it left pinned."""
     with small_managed_filesystem(image_size="128M") as h:
-        write_config(h)
-        h.start()
-        files = {}
-        for i in range(10):
-            p, d = make_file(h, f"c{i}.bin", 6 * MiB, age_days=30 + i)
-            files[p] = d
         oldest = h.mnt / "c9.bin"
-        h.ctl("archive", *files)
-        h.ctl("pin", oldest)
-        assert h.stop() == 0
-        subprocess.run(["sync"], check=True)
-        assert percent_used(h.mnt) >= 40
-        write_config(h, top='watermark_interval = "1s"', fs_keys="high_watermark = 40\nlow_watermark = 30\n")
-        h.start()
+        files = archived_files_under_watermarks(h, "c", 10, lambda p: p == oldest, high=40, low=30)
         wait_for(lambda: percent_used(h.mnt) < 30, 120, "usage did not fall below the low mark", h)
         wait_for(lambda: h.wait_for_log(f"watermarks: {h.mnt}: ", timeout=0.1), 60, "no pass line", h)
         assert h.state(oldest) == "archived", h.status(oldest)
@@ -130,19 +137,7 @@ def test_the_watermarks_leave_a_pinned_file():
 
 def test_a_filesystem_full_of_pinned_files_warns_and_counts_them():
     with small_managed_filesystem(image_size="128M") as h:
-        write_config(h)
-        h.start()
-        files = {}
-        for i in range(8):
-            p, d = make_file(h, f"p{i}.bin", 6 * MiB, age_days=30 + i)
-            files[p] = d
-        h.ctl("archive", *files)
-        h.ctl("pin", *files)
-        assert h.stop() == 0
-        subprocess.run(["sync"], check=True)
-        assert percent_used(h.mnt) >= 30
-        write_config(h, top='watermark_interval = "1s"', fs_keys="high_watermark = 30\nlow_watermark = 20\n")
-        h.start()
+        files = archived_files_under_watermarks(h, "p", 8, lambda p: True, high=30, low=20)
         wait_for(lambda: h.wait_for_log("nothing eligible is left", timeout=0.1), 60, "no warning that nothing is eligible", h)
         line = [l for l in h.log_text().splitlines() if "nothing eligible is left" in l][0]
         assert "8 pinned" in line, line
