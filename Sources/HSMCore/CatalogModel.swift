@@ -17,6 +17,9 @@ public struct CatalogReport: Codable, Sendable, Equatable {
         public var localBytes: Int64 = 0
         /// Bytes only in the store (released blocks).
         public var offlineBytes: Int64 = 0
+        /// Pinned files (`hsmctl pin`) and their apparent size: space release and the
+        /// watermarks cannot free.
+        public var pinned = Count(files: 0, bytes: 0)
         /// Objects archived from this filesystem and the bytes they hold in the store.
         public var objects: Int64 = 0
         public var storedBytes: Int64 = 0

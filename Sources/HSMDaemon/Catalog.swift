@@ -108,17 +108,18 @@ final class Catalog: Sendable {
     /// state and offline bytes from the marker and the size. Called under the inode's
     /// lock, so a file's updates queue in the order its marker changed. `path`: its
     /// path now, when known (nil keeps the row's).
-    func noteFile(_ fd: FileDescriptor, fs: ManagedFilesystem, marker: Marker?, path: String?, stat: FileStat? = nil) {
+    /// `pinned`: the pin just set or cleared (nil keeps the row's).
+    func noteFile(_ fd: FileDescriptor, fs: ManagedFilesystem, marker: Marker?, path: String?, stat: FileStat? = nil, pinned: Bool? = nil) {
         guard let st = stat ?? (try? fd.stat()), let handle = try? InodeHandle.of(fd: fd.rawValue, path: fd.path) else { return }
-        noteFile(handle, fs: fs, marker: marker, path: path, stat: st)
+        noteFile(handle, fs: fs, marker: marker, path: path, stat: st, pinned: pinned)
     }
 
     /// The same, for a caller that knows the file's handle and stat already (recall: the
     /// event log recorded the handle), so that queueing costs no syscall.
-    func noteFile(_ handle: InodeHandle, fs: ManagedFilesystem, marker: Marker?, path: String?, stat st: FileStat) {
+    func noteFile(_ handle: InodeHandle, fs: ManagedFilesystem, marker: Marker?, path: String?, stat st: FileStat, pinned: Bool? = nil) {
         let s = FileStatus.derive(stat: st, marker: marker, objectExists: { _ in true })
         enqueue(.file(CatalogFile(fs: fs.path, handle: handle.encoded, path: path, state: s.state, size: st.size,
-                                  offlineBytes: s.offlineBytes, object: marker?.object.hex, updatedAt: unixMillis())),
+                                  offlineBytes: s.offlineBytes, object: marker?.object.hex, updatedAt: unixMillis(), pinned: pinned)),
                 syncFD: fs.rootFD)
     }
 

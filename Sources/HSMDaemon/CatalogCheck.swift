@@ -31,6 +31,9 @@ struct CatalogCheck: Sendable {
         let stat: FileStat
         let marker: Marker?
         let markerError: String?
+        /// Its pin (`hsmctl pin`); an unreadable one counts as not pinned here (the
+        /// catalog's figure, not a guard: release reads the pin itself).
+        let pinned: Bool
     }
 
     /// The filesystems `paths` select (all when empty), plus every other filesystem that
@@ -87,7 +90,8 @@ struct CatalogCheck: Sendable {
                     if let raw = try Xattr.get(path: p, Marker.xattrName) { marker = try MarkerCodec.decode(raw) }
                 } catch { problem = "\(error)" }
                 if marker != nil || problem != nil { report.markers += 1 }
-                files.append(Seen(path: p, handle: handle, stat: st, marker: marker, markerError: problem))
+                let pinned = ((try? Xattr.get(path: p, Pin.xattrName)) ?? nil) != nil
+                files.append(Seen(path: p, handle: handle, stat: st, marker: marker, markerError: problem, pinned: pinned))
             }
             seen[fs.path] = files
             for f in unread[fs.path] ?? [] {
@@ -186,7 +190,7 @@ struct CatalogCheck: Sendable {
                         if let m = f.marker, !have.contains(m.object.hex) { state = .damaged }
                     }
                     files.append(CatalogFile(fs: fs.path, handle: handle, path: f.path, state: state, size: f.stat.size,
-                                             offlineBytes: offline, object: f.marker?.object.hex, updatedAt: now))
+                                             offlineBytes: offline, object: f.marker?.object.hex, updatedAt: now, pinned: f.pinned))
                 }
                 // Rows of files the walk did not see are kept as they were: any of them may
                 // be below what it could not read (a row's path is where the file was
@@ -266,6 +270,10 @@ struct CatalogCheck: Sendable {
                 guard let h = f.handle else { continue }
                 walked.insert(h)
                 let row = byHandle[h]
+                if let row, row.updatedAt < walkStarted, (row.pinned ?? false) != f.pinned {
+                    report.discrepancies.append(.init(kind: .staleCatalog, path: f.path, object: f.marker?.object.hex,
+                        meaning: "stale catalog row: it says \(f.pinned ? "not pinned" : "pinned"), the file is \(f.pinned ? "pinned" : "not pinned"); run hsmctl check --repair"))
+                }
                 guard f.marker != nil || f.markerError != nil else {
                     // A file with no marker and no row is simply resident: the catalog
                     // learns of those at a repair. A row that still names an object is stale.

@@ -15,7 +15,7 @@ final class CatalogDatabase: @unchecked Sendable {
     private var ids: [String: Int64] = [:]
 
     /// The schema version this hsmd writes.
-    static let currentVersion = 1
+    static let currentVersion = 2
 
     /// `migrations[i]` takes a database from version i to i + 1. Never edit a shipped
     /// step: add one.
@@ -82,14 +82,35 @@ final class CatalogDatabase: @unchecked Sendable {
                 ON CONFLICT(kind, id) DO UPDATE SET objects = objects + 1, stored_bytes = stored_bytes + excluded.stored_bytes;
         END;
         """,
+        // Pinned files (`hsmctl pin`): a flag per row and a running total per filesystem,
+        // so that report says how much space pins hold without a walk.
+        """
+        ALTER TABLE file ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE pinned_totals(fs INTEGER PRIMARY KEY, files INTEGER NOT NULL, bytes INTEGER NOT NULL);
+        CREATE TRIGGER file_pinned_added AFTER INSERT ON file WHEN NEW.pinned BEGIN
+            INSERT INTO pinned_totals VALUES(NEW.fs, 1, NEW.size)
+                ON CONFLICT(fs) DO UPDATE SET files = files + 1, bytes = bytes + excluded.bytes;
+        END;
+        CREATE TRIGGER file_pinned_removed AFTER DELETE ON file WHEN OLD.pinned BEGIN
+            UPDATE pinned_totals SET files = files - 1, bytes = bytes - OLD.size WHERE fs = OLD.fs;
+        END;
+        CREATE TRIGGER file_pinned_changed AFTER UPDATE ON file WHEN OLD.pinned OR NEW.pinned BEGIN
+            UPDATE pinned_totals SET files = files - 1, bytes = bytes - OLD.size WHERE OLD.pinned AND fs = OLD.fs;
+            INSERT INTO pinned_totals SELECT NEW.fs, 1, NEW.size WHERE NEW.pinned
+                ON CONFLICT(fs) DO UPDATE SET files = files + 1, bytes = bytes + excluded.bytes;
+        END;
+        """,
     ]
 
-    /// The two removal triggers of version 1, recreated after a rebuild empties the tables.
+    /// The per-row removal triggers, recreated after a rebuild empties the tables, with
+    /// the migration step that made each.
+    static let removalTriggerNames = [(0, "file_removed"), (0, "object_removed"), (1, "file_pinned_removed")]
+
     static var removalTriggers: String {
-        let v1 = migrations[0]
-        return ["CREATE TRIGGER file_removed", "CREATE TRIGGER object_removed"].compactMap { start -> String? in
-            guard let a = v1.range(of: start), let b = v1.range(of: "END;", range: a.upperBound..<v1.endIndex) else { return nil }
-            return String(v1[a.lowerBound..<b.upperBound])
+        removalTriggerNames.compactMap { step, name -> String? in
+            let sql = migrations[step]
+            guard let a = sql.range(of: "CREATE TRIGGER \(name) "), let b = sql.range(of: "END;", range: a.upperBound..<sql.endIndex) else { return nil }
+            return String(sql[a.lowerBound..<b.upperBound])
         }.joined(separator: "\n")
     }
 
@@ -186,20 +207,21 @@ final class CatalogDatabase: @unchecked Sendable {
                 if replaceAll {
                     // Triggers are per row: emptying the tables is quicker without them,
                     // and the totals start again from nothing.
-                    try db.run("DROP TRIGGER IF EXISTS file_removed")
-                    try db.run("DROP TRIGGER IF EXISTS object_removed")
+                    for (_, name) in Self.removalTriggerNames { try db.run("DROP TRIGGER IF EXISTS \(name)") }
                     try db.run("DELETE FROM file")
                     try db.run("DELETE FROM object")
                     try db.run("DELETE FROM file_totals")
                     try db.run("DELETE FROM object_totals")
+                    try db.run("DELETE FROM pinned_totals")
                     try db.exec(Self.removalTriggers)
                 }
                 let w = Writer(catalog: self,
                                upsertFile: try db.prepare("""
-                                   INSERT INTO file(fs, handle, path, state, size, offline_bytes, object, updated_at) VALUES(?, ?, ?, ?, ?, ?, ?, ?)
+                                   INSERT INTO file(fs, handle, path, state, size, offline_bytes, object, updated_at, pinned)
+                                     VALUES(?, ?, ?, ?, ?, ?, ?, ?, COALESCE(?9, 0))
                                    ON CONFLICT(fs, handle) DO UPDATE SET path = COALESCE(excluded.path, path), state = excluded.state,
                                      size = excluded.size, offline_bytes = excluded.offline_bytes, object = excluded.object,
-                                     updated_at = excluded.updated_at
+                                     updated_at = excluded.updated_at, pinned = COALESCE(?9, pinned)
                                    """),
                                upsertObject: try db.prepare("""
                                    INSERT INTO object(id, store, handle, fs, path, size, stored_bytes, archived_at) VALUES(?, ?, ?, ?, ?, ?, ?, ?)
@@ -237,7 +259,8 @@ final class CatalogDatabase: @unchecked Sendable {
         func file(_ f: CatalogFile) throws(DatabaseError) {
             try catalog.db.step(upsertFile, [.int(try catalog.nameID("filesystem", "path", f.fs)), .blob(f.handle), .text(f.path),
                                              .text(f.state.rawValue), .int(f.size), .int(f.offlineBytes),
-                                             .blob(f.object.flatMap(CatalogDatabase.idBytes)), .int(f.updatedAt)])
+                                             .blob(f.object.flatMap(CatalogDatabase.idBytes)), .int(f.updatedAt),
+                                             f.pinned.map { .int($0 ? 1 : 0) } ?? .blob(nil)])
         }
 
         func object(_ o: CatalogObject) throws(DatabaseError) {
@@ -301,11 +324,11 @@ final class CatalogDatabase: @unchecked Sendable {
         try db.locked { () throws(DatabaseError) -> [CatalogFile] in
             var out: [CatalogFile] = []
             guard let fsID = try existingID("filesystem", "path", fs) else { return [] }
-            try db.run("SELECT handle, path, state, size, offline_bytes, object, updated_at FROM file WHERE fs = ?", [.int(fsID)]) { s in
+            try db.run("SELECT handle, path, state, size, offline_bytes, object, updated_at, pinned FROM file WHERE fs = ?", [.int(fsID)]) { s in
                 guard let state = s.text(2).flatMap(HSMState.init(rawValue:)) else { return }
                 out.append(CatalogFile(fs: fs, handle: s.blob(0) ?? [], path: s.text(1), state: state,
                                        size: s.int64(3), offlineBytes: s.int64(4),
-                                       object: Self.idHex(s.blob(5)), updatedAt: s.int64(6)))
+                                       object: Self.idHex(s.blob(5)), updatedAt: s.int64(6), pinned: s.int64(7) != 0))
             }
             return out
         }
@@ -350,6 +373,9 @@ final class CatalogDatabase: @unchecked Sendable {
                     r.objects = s.int64(0)
                     r.storedBytes = s.int64(1)
                 }
+                try db.run("SELECT files, bytes FROM pinned_totals WHERE fs = ?", [.int(fsID)]) { s in
+                    r.pinned = .init(files: s.int64(0), bytes: s.int64(1))
+                }
                 (r.oldestArchive, r.newestArchive) = try archiveRange("fs", fsID)
             }
             var seen = Set<String>()
@@ -386,6 +412,9 @@ struct CatalogFile: Sendable, Equatable {
     var object: String?
     /// Unix milliseconds when the row was queued (just after its marker was written).
     var updatedAt: Int64
+    /// Whether it is pinned (`hsmctl pin`); nil in an update: the row keeps what it has
+    /// (only pin, unpin and a rebuild know, the rest of hsmd never reads the pin).
+    var pinned: Bool? = nil
 }
 
 /// One object in a store.

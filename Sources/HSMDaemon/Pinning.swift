@@ -36,6 +36,7 @@ extension Archiver {
                 } catch {
                     throw Refusal(result: FileResult(path: fd.path, outcome: .failed, reason: "removing its pin: \(error); still pinned", state: state))
                 }
+                catalog?.noteFile(fd, fs: fs, marker: try? readMarker(fd), path: fd.path, pinned: false)
                 log.info("unpinned \(fd.path)")
                 return FileResult(path: fd.path, outcome: .done, reason: "unpinned: release and migrate may free it again", state: state)
             }
@@ -69,6 +70,8 @@ extension Archiver {
             } catch { throw fail("setting its pin: \(error); not pinned") }
             log.info("pinned \(fd.path)")
         }
+        // The row even when already pinned: a catalog rebuilt meanwhile learns it here too.
+        catalog?.noteFile(fd, fs: fs, marker: marker, path: fd.path, stat: st, pinned: true)
         guard let marker, marker.offline.setIndices().contains(where: { marker.layout.range(ofBlock: $0).lowerBound < st.size }) else {
             return FileResult(path: fd.path, outcome: .done, reason: already ? "already pinned" : "pinned", state: before, object: marker?.object.hex)
         }

@@ -49,6 +49,7 @@ struct Report: ParsableCommand {
             }
             print("  \(pad("total", 10)) \(pad("\(fs.files)", 10, right: true)) \(pad(Units.formatBytes(fs.bytes), 12, right: true))")
             print("  local \(Units.formatBytes(fs.localBytes)), offline \(Units.formatBytes(fs.offlineBytes)); \(fs.objects) objects holding \(Units.formatBytes(fs.storedBytes)) in the store")
+            print("  pinned \(fs.pinned.files) files, \(Units.formatBytes(fs.pinned.bytes)) (release, migrate and the watermarks leave them)")
             print("  archives: oldest \(date(fs.oldestArchive)), newest \(date(fs.newestArchive))")
         }
         for s in r.stores {

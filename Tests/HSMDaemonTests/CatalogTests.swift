@@ -38,27 +38,63 @@ final class CatalogTests: XCTestCase {
 
     func testAnOlderCatalogIsMigratedStepByStepAndKeepsItsRows() throws {
         do {
-            let v1 = try CatalogDatabase(path: path, migrations: Array(CatalogDatabase.migrations.prefix(1)))
-            try v1.transaction { (w: CatalogDatabase.Writer) throws(DatabaseError) in try w.file(file(1, .released, offline: 100)) }
+            // Version 1's own statement: today's writer names columns v1 does not have.
+            _ = try CatalogDatabase(path: path, migrations: Array(CatalogDatabase.migrations.prefix(1)))
+            let v1 = try SQLiteConnection(path: path)
+            try v1.run("INSERT INTO filesystem(id, path) VALUES(1, '/fs')")
+            try v1.run("INSERT INTO file(fs, handle, path, state, size, offline_bytes, object, updated_at) VALUES(1, x'0100000001', '/fs/f1', 'released', 100, 100, NULL, 0)")
         }
-        let v2Step = "CREATE TABLE scrub_run(started INTEGER NOT NULL);"
-        let v2 = try CatalogDatabase(path: path, migrations: CatalogDatabase.migrations + [v2Step])
-        XCTAssertEqual(try v2.schemaVersion(), 2)
-        XCTAssertEqual(try v2.files(fs: "/fs").map(\.state), [.released])
+        let laterStep = "CREATE TABLE scrub_run(started INTEGER NOT NULL);"
+        let later = try CatalogDatabase(path: path, migrations: CatalogDatabase.migrations + [laterStep])
+        XCTAssertEqual(try later.schemaVersion(), CatalogDatabase.currentVersion + 1)
+        XCTAssertEqual(try later.files(fs: "/fs").map(\.state), [.released])
+        XCTAssertEqual(try later.files(fs: "/fs").map(\.pinned), [false], "a row from before pins is not pinned")
+    }
+
+    func testPinnedRowsAreCountedAndAnUpdateWithoutAPinKeepsTheRowsOwn() throws {
+        let db = try CatalogDatabase(path: path)
+        var pinned = file(1, .resident, size: 300)
+        pinned.pinned = true
+        var unpinnedLater = file(2, .resident, size: 50)
+        unpinnedLater.pinned = true
+        try db.transaction { (w: CatalogDatabase.Writer) throws(DatabaseError) in
+            try w.file(pinned)
+            try w.file(unpinnedLater)
+            try w.file(file(3, .released, offline: 100))
+        }
+        var r = try db.report(filesystems: [("/fs", "tier1")])
+        XCTAssertEqual(r.filesystems.first?.pinned, .init(files: 2, bytes: 350))
+        // A recall or an archive queues its row with no pin: the pin stays, the size follows.
+        try db.transaction { (w: CatalogDatabase.Writer) throws(DatabaseError) in
+            try w.file(file(1, .archived, size: 400, object: id("ab")))
+            var off = file(2, .resident, size: 50)
+            off.pinned = false
+            try w.file(off)
+        }
+        r = try db.report(filesystems: [("/fs", "tier1")])
+        XCTAssertEqual(r.filesystems.first?.pinned, .init(files: 1, bytes: 400))
+        XCTAssertEqual(try db.files(fs: "/fs").sorted { $0.handle.lexicographicallyPrecedes($1.handle) }.map(\.pinned), [true, false, false])
+        // A rebuild starts the totals again from its rows.
+        try db.transaction(replaceAll: true) { (w: CatalogDatabase.Writer) throws(DatabaseError) in try w.file(unpinnedLater) }
+        r = try db.report(filesystems: [("/fs", "tier1")])
+        XCTAssertEqual(r.filesystems.first?.pinned, .init(files: 1, bytes: 50))
+        try db.transaction { (w: CatalogDatabase.Writer) throws(DatabaseError) in try w.deleteFile(fs: "/fs", handle: unpinnedLater.handle) }
+        r = try db.report(filesystems: [("/fs", "tier1")])
+        XCTAssertEqual(r.filesystems.first?.pinned, .init(files: 0, bytes: 0))
     }
 
     func testACatalogFromANewerHsmdIsRefusedWithAClearMessage() throws {
         _ = try CatalogDatabase(path: path, migrations: CatalogDatabase.migrations + ["CREATE TABLE later(x INTEGER);"])
         XCTAssertThrowsError(try CatalogDatabase(path: path)) { error in
-            guard case CatalogDatabase.OpenProblem.newerVersion(2) = error else { return XCTFail("\(error)") }
-            XCTAssertTrue("\(error)".contains("newer than this hsmd knows (1)"), "\(error)")
+            guard case CatalogDatabase.OpenProblem.newerVersion(CatalogDatabase.currentVersion + 1) = error else { return XCTFail("\(error)") }
+            XCTAssertTrue("\(error)".contains("newer than this hsmd knows (\(CatalogDatabase.currentVersion))"), "\(error)")
         }
     }
 
     func testAFailedMigrationStepChangesNothing() throws {
         _ = try CatalogDatabase(path: path)
         XCTAssertThrowsError(try CatalogDatabase(path: path, migrations: CatalogDatabase.migrations + ["CREATE TABLE broken(;"]))
-        XCTAssertEqual(try CatalogDatabase(path: path).schemaVersion(), 1)
+        XCTAssertEqual(try CatalogDatabase(path: path).schemaVersion(), CatalogDatabase.currentVersion)
     }
 
     func testGarbageIsDamagedAndSetAsideAtOpen() throws {
@@ -70,7 +106,7 @@ final class CatalogTests: XCTestCase {
         XCTAssertTrue(catalog.startProblem?.contains("set aside as") ?? false, catalog.startProblem ?? "nil")
         let names = try FileManager.default.contentsOfDirectory(atPath: dir)
         XCTAssertTrue(names.contains { $0.hasPrefix("catalog.sqlite.damaged-") }, "\(names)")
-        XCTAssertEqual(try catalog.database.schemaVersion(), 1)
+        XCTAssertEqual(try catalog.database.schemaVersion(), CatalogDatabase.currentVersion)
         // A healthy one opens with no problem.
         XCTAssertNil(Catalog.open(stateDir: dir, log: Logger(label: "test"))?.startProblem)
     }

@@ -144,3 +144,43 @@ def test_a_filesystem_full_of_pinned_files_warns_and_counts_them():
         for p, d in files.items():
             assert h.state(p) == "archived"
             assert sha256(p) == d
+
+
+def pinned_in_report(hsm):
+    r = json.loads(hsm.ctl("report", "--json").stdout)
+    return r["filesystems"][0]["pinned"]
+
+
+def test_report_counts_pinned_files_and_check_and_a_rebuild_keep_the_count_true(hsm):
+    a, _ = hsm.write("a.bin", size=3 * MiB)
+    b, _ = hsm.write("b.bin", size=1 * MiB)
+    c, _ = hsm.write("c.bin", size=2 * MiB)
+    hsm.ctl("archive", a, c)
+    hsm.ctl("pin", a, b)  # b was never archived: still pinned, still counted
+    assert pinned_in_report(hsm) == {"files": 2, "bytes": 4 * MiB}
+    assert "pinned 2 files, 4.0 MiB" in hsm.ctl("report").stdout
+    r = hsm.ctl("check", "--json")
+    assert json.loads(r.stdout)["discrepancies"] == [], r.stdout
+
+    hsm.ctl("unpin", b)
+    assert pinned_in_report(hsm) == {"files": 1, "bytes": 3 * MiB}
+
+    # A pin set behind hsmd's back: check names the stale row, --repair counts it.
+    os.setxattr(c, PIN, b"1")
+    r = hsm.ctl("check", "--json", check=False)
+    found = json.loads(r.stdout)["discrepancies"]
+    assert [(d["kind"], d["path"]) for d in found] == [("stale_catalog", str(c))], found
+    assert "the file is pinned" in found[0]["meaning"], found
+    assert hsm.ctl("check", "--repair", check=False).returncode == 1  # it found the row, then rebuilt
+    assert pinned_in_report(hsm) == {"files": 2, "bytes": 5 * MiB}
+
+    # A lost catalog is rebuilt with its pins.
+    hsm.stop()
+    for suffix in ("", "-wal", "-shm"):
+        p = hsm.state_dir / ("catalog.sqlite" + suffix)
+        if p.exists():
+            p.unlink()
+    hsm.start()
+    assert hsm.wait_for_log("rebuilding it from the markers and the stores"), hsm.log_text()
+    hsm.ctl("check", "--repair")
+    assert pinned_in_report(hsm) == {"files": 2, "bytes": 5 * MiB}
