@@ -126,6 +126,10 @@ final class DaemonMetrics: Sendable {
         }
         w.header("hsmd_offline_bytes", "gauge", "Bytes of managed files held only in the store, per filesystem.")
         for fs in r.filesystems { w.sample("hsmd_offline_bytes", [("filesystem", fs.path)], String(fs.offlineBytes)) }
+        w.header("hsmd_pinned_files", "gauge", "Pinned files (hsmctl pin) per filesystem: release and the watermarks leave them.")
+        for fs in r.filesystems { w.sample("hsmd_pinned_files", [("filesystem", fs.path)], String(fs.pinned.files)) }
+        w.header("hsmd_pinned_bytes", "gauge", "Size of the pinned files per filesystem, in bytes.")
+        for fs in r.filesystems { w.sample("hsmd_pinned_bytes", [("filesystem", fs.path)], String(fs.pinned.bytes)) }
         w.header("hsmd_store_objects", "gauge", "Objects in each store, as the catalog knows them.")
         for s in r.stores { w.sample("hsmd_store_objects", [("store", s.name)], String(s.objects)) }
         w.header("hsmd_store_bytes", "gauge", "Bytes stored in each store, as the catalog knows them.")

@@ -171,6 +171,7 @@ def test_space_per_state_from_the_catalog(hsm_metrics):
     b, _ = h.write("b.bin", 1024 * 1024)
     h.ctl("archive", a, b)
     h.ctl("release", a)
+    h.ctl("pin", b)
     mnt = str(h.mnt)
     import time
     deadline = time.time() + 30
@@ -186,5 +187,7 @@ def test_space_per_state_from_the_catalog(hsm_metrics):
     assert value(s, "hsmd_managed_bytes", filesystem=mnt, state="released") == 2 * 1024 * 1024
     assert value(s, "hsmd_offline_bytes", filesystem=mnt) == 2 * 1024 * 1024
     assert value(s, "hsmd_store_objects", store="tier1") == 2
+    assert value(s, "hsmd_pinned_files", filesystem=mnt) == 1
+    assert value(s, "hsmd_pinned_bytes", filesystem=mnt) == 1024 * 1024
     assert value(s, "hsmd_store_orphan_objects", store="tier1") == 0
     check_with_promtool(scrape(h.metrics_url))
