@@ -9,16 +9,16 @@ extension ObjectRecord {
     /// it: never store a record that could not be recalled.
     static func made(object id: ObjectID, path originalPath: String, stat: FileStat, blockShift: UInt8,
                      checksums: [UInt32?], extents: [Range<Int64>], xattrs: [String: [UInt8]], storedBytes: Int64,
-                     chunkChecksums: [UInt32]? = nil, storedAt where: String) throws(StoreError) -> ObjectRecord {
+                     chunkShift: UInt8? = nil, chunkChecksums: [UInt32]? = nil, storedAt where: String) throws(StoreError) -> ObjectRecord {
         var record = ObjectRecord(
             object: id, format: 1, path: originalPath, size: stat.size, mode: stat.mode, uid: stat.uid, gid: stat.gid,
             atimeNs: stat.atimeNs, mtimeNs: stat.mtimeNs, ctimeNs: stat.ctimeNs,
             archivedAt: Int64(Date().timeIntervalSince1970), blockShift: blockShift, checksums: checksums,
             extents: extents.map { [$0.lowerBound, $0.upperBound] },
             xattrs: xattrs.mapValues { Data($0).base64EncodedString() }, storedBytes: storedBytes)
-        if let chunkChecksums {
+        if let chunkShift, let chunkChecksums {
             record.format = chunkedFormat
-            record.chunkShift = min(defaultChunkShift, blockShift)
+            record.chunkShift = chunkShift
             record.chunkChecksums = ChunkChecksums(chunkChecksums)
         }
         if let problem = record.problem() { throw .badRecord(id, path: `where`, reason: "hsmd made an inconsistent record: \(problem)") }
@@ -45,15 +45,26 @@ extension ObjectRecord {
     /// quickly. 4 Mi chunks of 64 KiB: files up to 256 GiB.
     static let maxChunks = 1 << 22
 
-    /// Whether a file of `size` bytes gets per-chunk checksums.
-    static func wantsChunks(size: Int64, blockShift: UInt8) -> Bool {
-        chunkCount(size: size, shift: min(defaultChunkShift, blockShift)) <= maxChunks
+    /// A file gets the smallest chunk (down to one page) that keeps it at this many
+    /// chunks at most: 256 KiB of checksums, what a 4 GiB file's 64 KiB chunks already
+    /// took, so no record of a file up to 4 GiB is bigger than a 4 GiB file's was, and
+    /// the recent records' cache (RecordCache) still holds them decoded.
+    static let targetChunks = 1 << 16
+
+    /// The chunk shift a file of `size` bytes archived now gets; nil when it gets no chunk
+    /// checksums (format 1). 4 KiB chunks up to 256 MiB, 16 KiB up to 1 GiB, 64 KiB beyond;
+    /// never more than the block.
+    public static func chunkShift(forSize size: Int64, blockShift: UInt8) -> UInt8? {
+        let top = min(maxChunkShift, blockShift)
+        var shift = min(minChunkShift, top)
+        while shift < top && chunkCount(size: size, shift: shift) > targetChunks { shift += 1 }
+        return chunkCount(size: size, shift: shift) <= maxChunks ? shift : nil
     }
 
     /// Appends the CRC32C of each chunk of `block` (the bytes of one whole block of the
     /// file, the last one possibly short) to `sums`.
-    static func appendChunkChecksums(of block: UnsafeRawBufferPointer, blockShift: UInt8, to sums: inout [UInt32]) {
-        let size = 1 << Int(min(defaultChunkShift, blockShift))
+    static func appendChunkChecksums(of block: UnsafeRawBufferPointer, chunkShift: UInt8, to sums: inout [UInt32]) {
+        let size = 1 << Int(chunkShift)
         var at = 0
         while at < block.count {
             sums.append(CRC32C.checksum(UnsafeRawBufferPointer(rebasing: block[at..<min(at + size, block.count)])))

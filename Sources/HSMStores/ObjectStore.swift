@@ -35,8 +35,13 @@ public struct ObjectRecord: Codable, Sendable, Equatable {
 
     /// The format a record with per-chunk checksums has (older ones are format 1).
     public static let chunkedFormat = 2
-    /// The chunk size hsmd writes: 64 KiB, sixteen 4 KiB pages.
-    public static let defaultChunkShift: UInt8 = 16
+    /// The chunk sizes hsmd writes: from one 4 KiB page up to 64 KiB, per file
+    /// (`chunkShift(forSize:blockShift:)`). A random page read reads and verifies one
+    /// chunk from the store: here a cold 4 KiB read costs about a third of a 64 KiB one
+    /// (docs/BENCHMARKS.md, "Target 1, fifth step"). Records of older hsmd hold 64 KiB
+    /// chunks; any shift from 12 to the block's reads.
+    public static let minChunkShift: UInt8 = 12
+    public static let maxChunkShift: UInt8 = 16
 
     public var layout: BlockLayout { BlockLayout(shift: blockShift, fileSize: size) }
     /// The extents as ranges. A decoded record's are checked (`problem()`); a malformed

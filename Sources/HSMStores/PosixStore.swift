@@ -80,7 +80,8 @@ public final class PosixStore: ObjectStore {
         }
         let layout = BlockLayout(shift: blockShift, fileSize: stat.size)
         var checksums: [UInt32?] = []
-        let chunked = ObjectRecord.wantsChunks(size: stat.size, blockShift: blockShift)
+        let chunkShift = ObjectRecord.chunkShift(forSize: stat.size, blockShift: blockShift)
+        let chunked = chunkShift != nil
         var chunkSums: [UInt32] = []
         var stored: Int64 = 0
         let extents: [Range<Int64>]
@@ -97,10 +98,9 @@ public final class PosixStore: ObjectStore {
                 let data = intersect(range, extents)
                 if data.isEmpty {
                     checksums.append(nil)
-                    if chunked {
+                    if let chunkShift {
                         // Chunks of a block with no data are never read: it recalls as zeros.
-                        let n = ObjectRecord.chunkCount(size: range.upperBound - range.lowerBound, shift: min(ObjectRecord.defaultChunkShift, blockShift))
-                        chunkSums += repeatElement(0, count: n)
+                        chunkSums += repeatElement(0, count: ObjectRecord.chunkCount(size: range.upperBound - range.lowerBound, shift: chunkShift))
                     }
                     continue
                 }
@@ -121,7 +121,7 @@ public final class PosixStore: ObjectStore {
                     }
                 }
                 checksums.append(CRC32C.checksum(UnsafeRawBufferPointer(view)))
-                if chunked { ObjectRecord.appendChunkChecksums(of: UnsafeRawBufferPointer(view), blockShift: blockShift, to: &chunkSums) }
+                if let chunkShift { ObjectRecord.appendChunkChecksums(of: UnsafeRawBufferPointer(view), chunkShift: chunkShift, to: &chunkSums) }
                 stored += data.reduce(0) { $0 + $1.upperBound - $1.lowerBound }
                 // Every 32 MiB: start writing this window back and wait for the one before,
                 // so a big object never ends in a flush that stalls every other reader.
@@ -142,7 +142,7 @@ public final class PosixStore: ObjectStore {
         }
         let record = try ObjectRecord.made(object: id, path: originalPath, stat: stat, blockShift: blockShift,
                                            checksums: checksums, extents: extents, xattrs: xattrs, storedBytes: stored,
-                                           chunkChecksums: chunked ? chunkSums : nil, storedAt: recordPath(id))
+                                           chunkShift: chunkShift, chunkChecksums: chunked ? chunkSums : nil, storedAt: recordPath(id))
         try renameIntoPlace(partial, dataPath(id))
         let bytes = try writeRecord(record)
         writtenRecords.withLock { w in

@@ -210,10 +210,10 @@ public final class S3Store: ObjectStore {
         do { extents = try source.dataExtents(in: 0..<stat.size) } catch { throw .io(error) }
         var checksums: [UInt32?] = []
         checksums.reserveCapacity(layout.blockCount)
-        // Format 2 as in the posix store: a CRC32C per 64 KiB chunk too, so a random read
-        // fetches and verifies only its chunks (one ranged GET of them).
-        let chunked = ObjectRecord.wantsChunks(size: stat.size, blockShift: blockShift)
-        let chunkShift = min(ObjectRecord.defaultChunkShift, blockShift)
+        // Format 2 as in the posix store: a CRC32C per chunk (4–64 KiB) too, so a random
+        // read fetches and verifies only its chunks (one ranged GET of them).
+        let chunkShift = ObjectRecord.chunkShift(forSize: stat.size, blockShift: blockShift)
+        let chunked = chunkShift != nil
         var chunkSums: [UInt32] = []
         var dataBlocks = 0
         for b in 0..<layout.blockCount {
@@ -269,13 +269,13 @@ public final class S3Store: ObjectStore {
                 let len = Int(range.upperBound - range.lowerBound)
                 guard checksums[b] != nil else {
                     // Chunks of a block with no data are never read: it recalls as zeros.
-                    if chunked { chunkSums += repeatElement(0, count: ObjectRecord.chunkCount(size: Int64(len), shift: chunkShift)) }
+                    if let chunkShift { chunkSums += repeatElement(0, count: ObjectRecord.chunkCount(size: Int64(len), shift: chunkShift)) }
                     continue
                 }
                 let view = UnsafeMutableRawBufferPointer(rebasing: block[0..<len])
                 guard try source.read(into: view, at: range.lowerBound) == len else { throw StoreError.changedDuringArchive(path: originalPath) }
                 checksums[b] = CRC32C.checksum(UnsafeRawBufferPointer(view))
-                if chunked { ObjectRecord.appendChunkChecksums(of: UnsafeRawBufferPointer(view), blockShift: blockShift, to: &chunkSums) }
+                if let chunkShift { ObjectRecord.appendChunkChecksums(of: UnsafeRawBufferPointer(view), chunkShift: chunkShift, to: &chunkSums) }
                 var done = 0
                 while done < len {
                     if current == nil {
@@ -326,7 +326,7 @@ public final class S3Store: ObjectStore {
                                            checksums: checksums, extents: extents, xattrs: xattrs,
                                            // As posix: the file's data bytes (the object holds them in whole blocks).
                                            storedBytes: extents.reduce(0) { $0 + ($1.upperBound - $1.lowerBound) },
-                                           chunkChecksums: chunked ? chunkSums : nil, storedAt: recordKey(id))
+                                           chunkShift: chunkShift, chunkChecksums: chunked ? chunkSums : nil, storedAt: recordKey(id))
         let bytes = try record.encoded(storedAt: recordKey(id))
         do { try client.putObject(recordKey(id), bytes: bytes) } catch {
             try? client.deleteObject(recordKey(id))

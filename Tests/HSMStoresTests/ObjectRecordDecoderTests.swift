@@ -267,12 +267,13 @@ final class PosixStoreRecordTests: XCTestCase {
     }
 
     /// A partial read fills and verifies only the chunks asked for; a damaged chunk fails
-    /// it while the chunks beside it still read; a format 1 record reads the whole block.
+    /// it while the chunks beside it still read; a record an older hsmd wrote (64 KiB
+    /// chunks) reads its own chunks; a format 1 record reads the whole block.
     func testPartialReadsVerifyTheirChunks() throws {
         let (store, record) = try archived(size: 3 << 20)
         XCTAssertEqual(record.format, 2)
-        XCTAssertEqual(record.chunkShift, 16)
-        XCTAssertEqual(record.chunkChecksums?.values.count, 48)
+        XCTAssertEqual(record.chunkShift, 12, "a file of at most 256 MiB gets a checksum per page")
+        XCTAssertEqual(record.chunkChecksums?.values.count, 768)
         let source = try [UInt8](Data(contentsOf: URL(fileURLWithPath: dir + "/source")))
         let block = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
         defer { block.deallocate() }
@@ -285,27 +286,62 @@ final class PosixStoreRecordTests: XCTestCase {
             return (span, Array(block[Int(span.lowerBound - mib)..<Int(span.upperBound - mib)]))
         }
         let (span, got) = try read(record, mib + 70_000..<mib + 70_010)
-        XCTAssertEqual(span, mib + 65_536..<mib + 131_072)
+        XCTAssertEqual(span, mib + 69_632..<mib + 73_728, "the one page holding the bytes")
         XCTAssertEqual(got, Array(source[Int(span.lowerBound)..<Int(span.upperBound)]))
         XCTAssertEqual(block[0], 0xAA, "nothing outside the chunk was touched")
-        XCTAssertEqual(try read(record, mib + 65_535..<mib + 65_537).0, mib..<mib + 131_072)
+        XCTAssertEqual(try read(record, mib + 65_535..<mib + 65_537).0, mib + 61_440..<mib + 69_632)
         XCTAssertEqual(try read(record, 0..<10).0, mib..<mib, "bytes outside the block: nothing")
+
+        // The same object as an older hsmd recorded it: a CRC32C per 64 KiB chunk.
+        var older = record
+        var sums: [UInt32] = []
+        for b in 0..<3 {
+            source[b << 20..<(b + 1) << 20].withUnsafeBytes { ObjectRecord.appendChunkChecksums(of: $0, chunkShift: 16, to: &sums) }
+        }
+        older.chunkShift = 16
+        older.chunkChecksums = ChunkChecksums(sums)
+        XCTAssertNil(older.problem())
+        XCTAssertEqual(try read(older, mib + 70_000..<mib + 70_010).0, mib + 65_536..<mib + 131_072)
+        XCTAssertEqual(try read(older, mib + 65_535..<mib + 65_537).0, mib..<mib + 131_072)
         var old = record
         old.format = 1
         old.chunkShift = nil
         old.chunkChecksums = nil
         XCTAssertEqual(try read(old, mib + 70_000..<mib + 70_010).0, mib..<2 * mib)
-        // One flipped bit in chunk 3 of block 1.
+
+        // One flipped bit in page 48 (and so in 64 KiB chunk 3) of block 1.
+        let flipped = mib + 3 * 65_536 + 5
         let fd = try FileDescriptor.open(store.dataPath(record.object), [.readWrite])
-        var byte: [UInt8] = [source[Int(mib) + 3 * 65_536 + 5] ^ 1]
-        try byte.withUnsafeMutableBytes { _ = try fd.write(UnsafeRawBufferPointer($0), at: mib + 3 * 65_536 + 5) }
+        var byte: [UInt8] = [source[Int(flipped)] ^ 1]
+        try byte.withUnsafeMutableBytes { _ = try fd.write(UnsafeRawBufferPointer($0), at: flipped) }
         fd.close()
-        XCTAssertThrowsError(try read(record, mib + 3 * 65_536..<mib + 3 * 65_536 + 1)) { e in
-            guard case StoreError.corrupt(_, 1, _) = e else { return XCTFail("\(e)") }
+        for r in [record, older] {
+            XCTAssertThrowsError(try read(r, flipped..<flipped + 1)) { e in
+                guard case StoreError.corrupt(_, 1, _) = e else { return XCTFail("\(e)") }
+            }
         }
-        XCTAssertEqual(try read(record, mib + 2 * 65_536..<mib + 3 * 65_536).1,
+        XCTAssertEqual(try read(record, flipped - 4096..<flipped - 5).1, Array(source[Int(flipped) - 4101..<Int(flipped) - 5]),
+                       "the page before the damaged one reads right")
+        XCTAssertEqual(try read(older, mib + 2 * 65_536..<mib + 3 * 65_536).1,
                        Array(source[Int(mib) + 2 * 65_536..<Int(mib) + 3 * 65_536]))
         XCTAssertThrowsError(try read(old, mib..<mib + 1), "the whole block fails its block checksum")
+    }
+
+    /// The chunk a file gets: a page up to 256 MiB, growing so a file has at most 64 Ki
+    /// chunks up to 64 KiB; never more than the block; none past 256 GiB (format 1).
+    func testChunkShiftFollowsTheFileSize() {
+        let mib: Int64 = 1 << 20
+        let cases: [(Int64, UInt8, UInt8?)] = [
+            (0, 20, 12), (16 << 10, 20, 12), (256 * mib, 20, 12), (256 * mib + 1, 20, 13), (512 * mib, 20, 13),
+            (1024 * mib, 20, 14), (4096 * mib, 20, 16), (64 << 30, 20, 16), (256 << 30, 20, 16), ((256 << 30) + 1, 20, nil),
+            (1024 * mib, 12, 12), (1024 * mib, 14, 14),
+        ]
+        for (size, blockShift, want) in cases {
+            XCTAssertEqual(ObjectRecord.chunkShift(forSize: size, blockShift: blockShift), want, "size \(size), block shift \(blockShift)")
+            if let shift = want, blockShift == 20, size <= 4096 * mib {
+                XCTAssertLessThanOrEqual(ObjectRecord.chunkCount(size: size, shift: shift), 1 << 16, "size \(size)")
+            }
+        }
     }
 }
 

@@ -1,11 +1,13 @@
-"""Recall of part of a block (format 2 records: a CRC32C per 64 KiB chunk).
+"""Recall of part of a block (format 2 records: a CRC32C per chunk, one 4 KiB page for
+files up to 256 MiB, up to 64 KiB for bigger ones; older hsmd wrote 64 KiB chunks).
 
-A random read of a released file brings back only the 64 KiB chunks it touches; the
+A random read of a released file brings back only the chunks it touches; the
 block stays offline in the marker ("may have holes") until nothing of it is missing, and
 every later recall into it fills holes only. Each test checks the bytes a program reads
 against the original, on ext4, xfs and btrfs; where the test says a read brought back
 only part of a block it checks that with SEEK_DATA/SEEK_HOLE on the file itself.
 """
+import base64
 import errno
 import json
 import os
@@ -19,7 +21,7 @@ from fileops import KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE
 
 KiB = 1 << 10
 MiB = 1 << 20
-CHUNK = 64 * KiB
+CHUNK = 64 * KiB  # steps between offsets (the chunk of older records and of big files)
 SIZE = 8 * MiB + 12345  # eight whole blocks and a short last one
 FILESYSTEMS = ["ext4", "xfs", "btrfs"]
 # Any access also brings back the block holding the end of the file, whole, when the end
@@ -298,7 +300,7 @@ def test_old_format_records_recall_whole_blocks(hsm_fs):
     rec = record_path(hsm, old)
     assert hsm.stop() == 0
     r = json.loads(rec.read_text())
-    assert r["format"] == 2 and r["chunk_shift"] == 16
+    assert r["format"] == 2 and r["chunk_shift"] == 12
     r["format"] = 1
     del r["chunk_shift"], r["chunk_checksums"]
     rec.write_text(json.dumps(r, indent=2, sort_keys=True))
@@ -323,6 +325,7 @@ def test_a_corrupt_chunk_fails_with_eio_and_its_neighbours_read_right(hsm_fs):
     hsm = hsm_fs
     path, data = released(hsm, "f")
     other, other_data = released(hsm, "g")
+    chunk = 1 << json.loads(record_path(hsm, path).read_text())["chunk_shift"]
     bad = 2 * MiB + 6 * CHUNK
     obj = data_path(hsm, path)
     with open(obj, "r+b") as f:
@@ -332,13 +335,13 @@ def test_a_corrupt_chunk_fails_with_eio_and_its_neighbours_read_right(hsm_fs):
         f.write(bytes([b[0] ^ 0x40]))
     drop_caches()
     with pytest.raises(OSError) as info:
-        pread(path, bad + 4 * KiB, 4 * KiB)
+        pread(path, bad + chunk - 4 * KiB, 4 * KiB)
     assert info.value.errno == errno.EIO
     # The bad chunk never reached the file.
-    assert local_bytes(path, bad, bad + CHUNK) == 0
+    assert local_bytes(path, bad, bad + chunk) == 0
     assert hsm.status(path)["state"] == "damaged"
-    # The chunks beside it in the same block are fine.
-    for off in (bad - CHUNK, bad + CHUNK + 100):
+    # The chunks beside it in the same block are fine, the very next one too.
+    for off in (bad - CHUNK, bad + chunk, bad + CHUNK + 100):
         assert pread(path, off, 4 * KiB) == data[off:off + 4 * KiB]
     with pytest.raises(OSError) as info:
         pread(path, bad, 1)
@@ -348,6 +351,59 @@ def test_a_corrupt_chunk_fails_with_eio_and_its_neighbours_read_right(hsm_fs):
     assert r.stdout == data[:len(r.stdout)]
     assert len(r.stdout) <= bad
     assert sha256(other) == sha256_bytes(other_data)
+    assert hsm.proc.poll() is None
+
+
+def crc32c(data):
+    """CRC32C (Castagnoli, reflected), as the store's records hold it."""
+    table = crc32c.table
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+crc32c.table = [0] * 256
+for _i in range(256):
+    _c = _i
+    for _ in range(8):
+        _c = (_c >> 1) ^ 0x82F63B78 if _c & 1 else _c >> 1
+    crc32c.table[_i] = _c
+
+
+@pytest.mark.parametrize("hsm_fs", ["ext4"], indirect=True)
+def test_records_of_64_kib_chunks_an_older_hsmd_wrote_recall_partly(hsm_fs):
+    """hsmd wrote a CRC32C per 64 KiB chunk before it chose the chunk by file size: such a
+    record still recalls part of a block, reading and verifying the 64 KiB chunk around
+    a read (a damaged byte in another page of that chunk fails it)."""
+    hsm = hsm_fs
+    size = 2 * MiB
+    path, data = released(hsm, "f", size=size)
+    assert crc32c(b"123456789") == 0xE3069283
+    rec, obj = record_path(hsm, path), data_path(hsm, path)
+    assert hsm.stop() == 0
+    r = json.loads(rec.read_text())
+    assert r["chunk_shift"] == 12 and r["checksums"][0] == crc32c(data[:MiB])
+    r["chunk_shift"] = 16
+    r["chunk_checksums"] = base64.b64encode(b"".join(crc32c(data[i:i + CHUNK]).to_bytes(4, "little")
+                                                     for i in range(0, size, CHUNK))).decode()
+    rec.write_text(json.dumps(r, indent=2, sort_keys=True))
+    with open(obj, "r+b") as f:
+        f.seek(MiB + 3 * CHUNK + 100)
+        b = f.read(1)
+        f.seek(MiB + 3 * CHUNK + 100)
+        f.write(bytes([b[0] ^ 0x40]))
+    hsm.start()
+    drop_caches()
+    at = MiB + 5 * CHUNK + 100
+    assert pread(path, at, 4 * KiB) == data[at:at + 4 * KiB]
+    page = at & ~4095
+    assert data_ranges(path, 0, size) == [(page, page + 8 * KiB)]
+    with pytest.raises(OSError) as info:
+        pread(path, MiB + 4 * CHUNK - 4 * KiB, 4 * KiB)  # the damaged chunk's last page
+    assert info.value.errno == errno.EIO
+    at = 7 * CHUNK + 10
+    assert pread(path, at, 100) == data[at:at + 100]
     assert hsm.proc.poll() is None
 
 
@@ -393,7 +449,7 @@ def test_every_store_recalls_only_the_chunks_a_read_touches(hsm_store):
     hsm = hsm_store
     path, data = released(hsm, "f")
     record = stored_record(hsm, path)
-    assert record["format"] == 2 and record["chunk_shift"] == 16
+    assert record["format"] == 2 and record["chunk_shift"] == 12
     at = 3 * MiB + 5 * CHUNK + 100
     assert pread(path, at, 4 * KiB) == data[at:at + 4 * KiB]
     page = at & ~4095
