@@ -52,7 +52,7 @@ extension ObjectRecord {
     static let targetChunks = 1 << 16
 
     /// The chunk shift a file of `size` bytes archived now gets; nil when it gets no chunk
-    /// checksums (format 1). 4 KiB chunks up to 256 MiB, 16 KiB up to 1 GiB, 64 KiB beyond;
+    /// checksums (format 1). 4 KiB chunks up to 256 MiB, doubling with the size to 64 KiB above 2 GiB;
     /// never more than the block.
     public static func chunkShift(forSize size: Int64, blockShift: UInt8) -> UInt8? {
         let top = min(maxChunkShift, blockShift)
