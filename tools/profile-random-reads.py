@@ -72,3 +72,5 @@ if a.mode in ("strace", "trace"):
                 print(f"{f[-1]:>20}: {int(f[3]) / a.reads:5.2f} per read")
     else:
         open("/tmp/prof/trace.txt", "w").write(text)
+else:
+    out.unlink()  # only the strace modes write into it
