@@ -9,17 +9,17 @@ extension ObjectRecord {
     /// it: never store a record that could not be recalled.
     static func made(object id: ObjectID, path originalPath: String, stat: FileStat, blockShift: UInt8,
                      checksums: [UInt32?], extents: [Range<Int64>], xattrs: [String: [UInt8]], storedBytes: Int64,
-                     chunkShift: UInt8? = nil, chunkChecksums: [UInt32]? = nil, storedAt where: String) throws(StoreError) -> ObjectRecord {
+                     chunks: FileChunkChecksums? = nil, storedAt where: String) throws(StoreError) -> ObjectRecord {
         var record = ObjectRecord(
             object: id, format: 1, path: originalPath, size: stat.size, mode: stat.mode, uid: stat.uid, gid: stat.gid,
             atimeNs: stat.atimeNs, mtimeNs: stat.mtimeNs, ctimeNs: stat.ctimeNs,
             archivedAt: Int64(Date().timeIntervalSince1970), blockShift: blockShift, checksums: checksums,
             extents: extents.map { [$0.lowerBound, $0.upperBound] },
             xattrs: xattrs.mapValues { Data($0).base64EncodedString() }, storedBytes: storedBytes)
-        if let chunkShift, let chunkChecksums {
+        if let chunks, let shift = chunks.shift {
             record.format = chunkedFormat
-            record.chunkShift = chunkShift
-            record.chunkChecksums = ChunkChecksums(chunkChecksums)
+            record.chunkShift = shift
+            record.chunkChecksums = ChunkChecksums(chunks.values)
         }
         if let problem = record.problem() { throw .badRecord(id, path: `where`, reason: "hsmd made an inconsistent record: \(problem)") }
         return record
@@ -59,17 +59,6 @@ extension ObjectRecord {
         var shift = min(minChunkShift, top)
         while shift < top && chunkCount(size: size, shift: shift) > targetChunks { shift += 1 }
         return chunkCount(size: size, shift: shift) <= maxChunks ? shift : nil
-    }
-
-    /// Appends the CRC32C of each chunk of `block` (the bytes of one whole block of the
-    /// file, the last one possibly short) to `sums`.
-    static func appendChunkChecksums(of block: UnsafeRawBufferPointer, chunkShift: UInt8, to sums: inout [UInt32]) {
-        let size = 1 << Int(chunkShift)
-        var at = 0
-        while at < block.count {
-            sums.append(CRC32C.checksum(UnsafeRawBufferPointer(rebasing: block[at..<min(at + size, block.count)])))
-            at += size
-        }
     }
 
     /// The chunks of block `index` that `bytes` touches, as a file range clipped to the
@@ -122,5 +111,39 @@ extension ObjectRecord {
             return (view, nil)
         }
         return (view, expected)
+    }
+}
+
+/// The chunk checksums of a file being archived, added block by block in order: what both
+/// stores put in a format 2 record. `shift` nil: the file gets none (format 1), and adding
+/// does nothing.
+struct FileChunkChecksums {
+    let shift: UInt8?
+    private(set) var values: [UInt32] = []
+
+    init(shift: UInt8?) { self.shift = shift }
+
+    /// The chunks a file of `fileSize` bytes archived now gets (`ObjectRecord.chunkShift`).
+    init(fileSize: Int64, blockShift: UInt8) {
+        self.init(shift: ObjectRecord.chunkShift(forSize: fileSize, blockShift: blockShift))
+    }
+
+    /// The CRC32C of each chunk of `block`: the bytes of one whole block of the file, the
+    /// last one possibly short.
+    mutating func add(block: UnsafeRawBufferPointer) {
+        guard let shift else { return }
+        let size = 1 << Int(shift)
+        var at = 0
+        while at < block.count {
+            values.append(CRC32C.checksum(UnsafeRawBufferPointer(rebasing: block[at..<min(at + size, block.count)])))
+            at += size
+        }
+    }
+
+    /// A block of `length` bytes with no data: its chunks are never read (it recalls as
+    /// zeros), so 0 stands for each.
+    mutating func addBlockWithNoData(length: Int64) {
+        guard let shift else { return }
+        values += repeatElement(0, count: ObjectRecord.chunkCount(size: length, shift: shift))
     }
 }

@@ -80,9 +80,7 @@ public final class PosixStore: ObjectStore {
         }
         let layout = BlockLayout(shift: blockShift, fileSize: stat.size)
         var checksums: [UInt32?] = []
-        let chunkShift = ObjectRecord.chunkShift(forSize: stat.size, blockShift: blockShift)
-        let chunked = chunkShift != nil
-        var chunkSums: [UInt32] = []
+        var chunks = FileChunkChecksums(fileSize: stat.size, blockShift: blockShift)
         var stored: Int64 = 0
         let extents: [Range<Int64>]
         do {
@@ -98,10 +96,7 @@ public final class PosixStore: ObjectStore {
                 let data = intersect(range, extents)
                 if data.isEmpty {
                     checksums.append(nil)
-                    if let chunkShift {
-                        // Chunks of a block with no data are never read: it recalls as zeros.
-                        chunkSums += repeatElement(0, count: ObjectRecord.chunkCount(size: range.upperBound - range.lowerBound, shift: chunkShift))
-                    }
+                    chunks.addBlockWithNoData(length: range.upperBound - range.lowerBound)
                     continue
                 }
                 let len = Int(range.upperBound - range.lowerBound)
@@ -121,7 +116,7 @@ public final class PosixStore: ObjectStore {
                     }
                 }
                 checksums.append(CRC32C.checksum(UnsafeRawBufferPointer(view)))
-                if let chunkShift { ObjectRecord.appendChunkChecksums(of: UnsafeRawBufferPointer(view), chunkShift: chunkShift, to: &chunkSums) }
+                chunks.add(block: UnsafeRawBufferPointer(view))
                 stored += data.reduce(0) { $0 + $1.upperBound - $1.lowerBound }
                 // Every 32 MiB: start writing this window back and wait for the one before,
                 // so a big object never ends in a flush that stalls every other reader.
@@ -142,7 +137,7 @@ public final class PosixStore: ObjectStore {
         }
         let record = try ObjectRecord.made(object: id, path: originalPath, stat: stat, blockShift: blockShift,
                                            checksums: checksums, extents: extents, xattrs: xattrs, storedBytes: stored,
-                                           chunkShift: chunkShift, chunkChecksums: chunked ? chunkSums : nil, storedAt: recordPath(id))
+                                           chunks: chunks, storedAt: recordPath(id))
         try renameIntoPlace(partial, dataPath(id))
         let bytes = try writeRecord(record)
         writtenRecords.withLock { w in

@@ -212,9 +212,7 @@ public final class S3Store: ObjectStore {
         checksums.reserveCapacity(layout.blockCount)
         // Format 2 as in the posix store: a CRC32C per chunk (4–64 KiB) too, so a random
         // read fetches and verifies only its chunks (one ranged GET of them).
-        let chunkShift = ObjectRecord.chunkShift(forSize: stat.size, blockShift: blockShift)
-        let chunked = chunkShift != nil
-        var chunkSums: [UInt32] = []
+        var chunks = FileChunkChecksums(fileSize: stat.size, blockShift: blockShift)
         var dataBlocks = 0
         for b in 0..<layout.blockCount {
             let hasData = !intersect(layout.range(ofBlock: b), extents).isEmpty
@@ -268,14 +266,13 @@ public final class S3Store: ObjectStore {
                 let range = layout.range(ofBlock: b)
                 let len = Int(range.upperBound - range.lowerBound)
                 guard checksums[b] != nil else {
-                    // Chunks of a block with no data are never read: it recalls as zeros.
-                    if let chunkShift { chunkSums += repeatElement(0, count: ObjectRecord.chunkCount(size: Int64(len), shift: chunkShift)) }
+                    chunks.addBlockWithNoData(length: Int64(len))
                     continue
                 }
                 let view = UnsafeMutableRawBufferPointer(rebasing: block[0..<len])
                 guard try source.read(into: view, at: range.lowerBound) == len else { throw StoreError.changedDuringArchive(path: originalPath) }
                 checksums[b] = CRC32C.checksum(UnsafeRawBufferPointer(view))
-                if let chunkShift { ObjectRecord.appendChunkChecksums(of: UnsafeRawBufferPointer(view), chunkShift: chunkShift, to: &chunkSums) }
+                chunks.add(block: UnsafeRawBufferPointer(view))
                 var done = 0
                 while done < len {
                     if current == nil {
@@ -326,7 +323,7 @@ public final class S3Store: ObjectStore {
                                            checksums: checksums, extents: extents, xattrs: xattrs,
                                            // As posix: the file's data bytes (the object holds them in whole blocks).
                                            storedBytes: extents.reduce(0) { $0 + ($1.upperBound - $1.lowerBound) },
-                                           chunkShift: chunkShift, chunkChecksums: chunked ? chunkSums : nil, storedAt: recordKey(id))
+                                           chunks: chunks, storedAt: recordKey(id))
         let bytes = try record.encoded(storedAt: recordKey(id))
         do { try client.putObject(recordKey(id), bytes: bytes) } catch {
             try? client.deleteObject(recordKey(id))

@@ -294,12 +294,10 @@ final class PosixStoreRecordTests: XCTestCase {
 
         // The same object as an older hsmd recorded it: a CRC32C per 64 KiB chunk.
         var older = record
-        var sums: [UInt32] = []
-        for b in 0..<3 {
-            source[b << 20..<(b + 1) << 20].withUnsafeBytes { ObjectRecord.appendChunkChecksums(of: $0, chunkShift: 16, to: &sums) }
-        }
+        var sums = FileChunkChecksums(shift: 16)
+        for b in 0..<3 { source[b << 20..<(b + 1) << 20].withUnsafeBytes { sums.add(block: $0) } }
         older.chunkShift = 16
-        older.chunkChecksums = ChunkChecksums(sums)
+        older.chunkChecksums = ChunkChecksums(sums.values)
         XCTAssertNil(older.problem())
         XCTAssertEqual(try read(older, mib + 70_000..<mib + 70_010).0, mib + 65_536..<mib + 131_072)
         XCTAssertEqual(try read(older, mib + 65_535..<mib + 65_537).0, mib..<mib + 131_072)

@@ -55,6 +55,15 @@ def pread(path, offset, length):
         os.close(fd)
 
 
+def flip_a_bit(path, offset):
+    """Damages one byte of `path` (a stored object) behind hsmd's back."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x40]))
+
+
 def data_ranges(path, lo, hi):
     """The data extents of `path` within [lo, hi), by SEEK_DATA/SEEK_HOLE."""
     fd = os.open(path, os.O_RDONLY)
@@ -327,12 +336,7 @@ def test_a_corrupt_chunk_fails_with_eio_and_its_neighbours_read_right(hsm_fs):
     other, other_data = released(hsm, "g")
     chunk = 1 << json.loads(record_path(hsm, path).read_text())["chunk_shift"]
     bad = 2 * MiB + 6 * CHUNK
-    obj = data_path(hsm, path)
-    with open(obj, "r+b") as f:
-        f.seek(bad + 1000)
-        b = f.read(1)
-        f.seek(bad + 1000)
-        f.write(bytes([b[0] ^ 0x40]))
+    flip_a_bit(data_path(hsm, path), bad + 1000)
     drop_caches()
     with pytest.raises(OSError) as info:
         pread(path, bad + chunk - 4 * KiB, 4 * KiB)
@@ -354,21 +358,21 @@ def test_a_corrupt_chunk_fails_with_eio_and_its_neighbours_read_right(hsm_fs):
     assert hsm.proc.poll() is None
 
 
+def _crc32c_entry(i):
+    for _ in range(8):
+        i = (i >> 1) ^ 0x82F63B78 if i & 1 else i >> 1
+    return i
+
+
+CRC32C_TABLE = [_crc32c_entry(i) for i in range(256)]
+
+
 def crc32c(data):
     """CRC32C (Castagnoli, reflected), as the store's records hold it."""
-    table = crc32c.table
     crc = 0xFFFFFFFF
     for b in data:
-        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
+        crc = CRC32C_TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
     return crc ^ 0xFFFFFFFF
-
-
-crc32c.table = [0] * 256
-for _i in range(256):
-    _c = _i
-    for _ in range(8):
-        _c = (_c >> 1) ^ 0x82F63B78 if _c & 1 else _c >> 1
-    crc32c.table[_i] = _c
 
 
 @pytest.mark.parametrize("hsm_fs", ["ext4"], indirect=True)
@@ -388,11 +392,7 @@ def test_records_of_64_kib_chunks_an_older_hsmd_wrote_recall_partly(hsm_fs):
     r["chunk_checksums"] = base64.b64encode(b"".join(crc32c(data[i:i + CHUNK]).to_bytes(4, "little")
                                                      for i in range(0, size, CHUNK))).decode()
     rec.write_text(json.dumps(r, indent=2, sort_keys=True))
-    with open(obj, "r+b") as f:
-        f.seek(MiB + 3 * CHUNK + 100)
-        b = f.read(1)
-        f.seek(MiB + 3 * CHUNK + 100)
-        f.write(bytes([b[0] ^ 0x40]))
+    flip_a_bit(obj, MiB + 3 * CHUNK + 100)
     hsm.start()
     drop_caches()
     at = MiB + 5 * CHUNK + 100
