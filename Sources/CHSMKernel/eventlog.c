@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/mman.h>
@@ -25,6 +26,10 @@ typedef struct {
     uint64_t batch;         // reads so far
     uint64_t raw_len;       // bytes of the batch in the buffer; 0 while a read is under way
     uint64_t total_bytes;
+    // The last batch whose permission events all got a slot. While it is not `batch`, the
+    // events of the buffer without a slot were never answered (a log of an older hsmd
+    // leaves it 0, which reads the same).
+    uint64_t recorded;
 } header;
 
 static size_t total_size(uint32_t slots, uint32_t raw_bytes) {
@@ -78,36 +83,63 @@ static int is_permission_event(uint64_t mask) {
     return (mask & (FAN_PRE_ACCESS | FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM | FAN_ACCESS_PERM)) != 0;
 }
 
-static int32_t record(header *h, chsm_event *e) {
+/// A free slot, marked taken by the caller's final state store; -1 when the log is full.
+static int32_t free_slot(header *h) {
     chsm_evlog_slot *slots = slot_area(h);
     for (uint32_t i = 0; i < h->slots; i++) {
         uint32_t k = (h->hint + i) % h->slots;
-        chsm_evlog_slot *s = &slots[k];
-        if (__atomic_load_n(&s->state, __ATOMIC_ACQUIRE) != 0) continue;
-        s->fd = e->fd;
-        s->pid = e->pid;
-        s->has_range = e->has_range;
-        s->mask = e->mask;
-        s->offset = e->offset;
-        s->count = e->count;
-        s->batch = h->batch;
-        s->has_handle = chsm_name_to_handle(e->fd, "", CHSM_EMPTY_PATH, &s->handle) == 0;
-        // The same encoding of the device as everywhere in hsmd. The whole statx goes to
-        // the caller too (e->st), which would otherwise take the same one right after.
-        if (chsm_fstat(e->fd, &e->st) == 0) {
-            e->has_stat = 1;
-            s->dev = e->st.dev;
-            s->ino = e->st.ino;
-        } else {
-            s->dev = 0;
-            s->ino = 0;
+        if (__atomic_load_n(&slots[k].state, __ATOMIC_ACQUIRE) == 0) {
+            h->hint = k + 1;
+            return (int32_t)k;
         }
-        __atomic_store_n(&s->state, 1u, __ATOMIC_RELEASE);
-        h->hint = k + 1;
-        return (int32_t)k;
     }
     return -1;
 }
+
+static int32_t record(header *h, chsm_event *e) {
+    int32_t k = free_slot(h);
+    if (k < 0) return -1;
+    chsm_evlog_slot *s = &slot_area(h)[k];
+    s->fd = e->fd;
+    s->pid = e->pid;
+    s->has_range = e->has_range;
+    s->mask = e->mask;
+    s->offset = e->offset;
+    s->count = e->count;
+    s->batch = h->batch;
+    s->has_handle = chsm_name_to_handle(e->fd, "", CHSM_EMPTY_PATH, &s->handle) == 0;
+    // The same encoding of the device as everywhere in hsmd. The whole statx goes to
+    // the caller too (e->st), which would otherwise take the same one right after.
+    if (chsm_fstat(e->fd, &e->st) == 0) {
+        e->has_stat = 1;
+        s->dev = e->st.dev;
+        s->ino = e->st.ino;
+    } else {
+        s->dev = 0;
+        s->ino = 0;
+    }
+    __atomic_store_n(&s->state, 1u, __ATOMIC_RELEASE);
+    return k;
+}
+
+int32_t chsm_evlog_add(void *log, const chsm_evlog_slot *event) {
+    header *h = log;
+    int32_t k = free_slot(h);
+    if (k < 0) return -1;
+    chsm_evlog_slot *s = &slot_area(h)[k];
+    *s = *event;
+    s->state = 0;
+    s->batch = h->batch;
+    __atomic_store_n(&s->state, 1u, __ATOMIC_RELEASE);
+    return k;
+}
+
+// Test-only (HSMD_TEST_DIE_AFTER_READ_FILE): the process kills itself right after a read
+// that delivered a permission event, before any of the batch is recorded, while this file
+// exists: the one moment a successor finds events that nothing identifies.
+static const char *die_after_read_file;
+
+void chsm_evlog_test_die_after_read(const char *path) { die_after_read_file = path; }
 
 int chsm_evlog_read(void *log, int group, chsm_event *out, int maxout) {
     header *h = log;
@@ -123,9 +155,19 @@ int chsm_evlog_read(void *log, int group, chsm_event *out, int maxout) {
     if (len < 0) return -errno;
     __atomic_store_n(&h->raw_len, (uint64_t)len, __ATOMIC_RELEASE);
     int n = chsm_parse_events(raw, len, out, maxout);
-    for (int i = 0; i < n; i++) {
-        if (out[i].fd >= 0 && is_permission_event(out[i].mask)) out[i].slot = record(h, &out[i]);
+    if (die_after_read_file) {
+        for (int i = 0; i < n; i++) {
+            if (out[i].fd >= 0 && is_permission_event(out[i].mask) && access(die_after_read_file, F_OK) == 0) raise(SIGKILL);
+        }
     }
+    int all = 1;
+    for (int i = 0; i < n; i++) {
+        if (out[i].fd >= 0 && is_permission_event(out[i].mask)) {
+            out[i].slot = record(h, &out[i]);
+            if (out[i].slot < 0) all = 0;
+        }
+    }
+    if (all) __atomic_store_n(&h->recorded, h->batch, __ATOMIC_RELEASE);
     return n;
 }
 
@@ -155,6 +197,11 @@ int chsm_evlog_pending(const void *log, chsm_evlog_slot *out, int32_t *index, in
         n++;
     }
     return n;
+}
+
+int chsm_evlog_last_batch_recorded(const void *log) {
+    const header *h = log;
+    return __atomic_load_n(&h->recorded, __ATOMIC_ACQUIRE) == h->batch;
 }
 
 int chsm_evlog_last_batch(const void *log, chsm_event *out, int maxout) {

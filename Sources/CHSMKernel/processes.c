@@ -6,6 +6,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -103,4 +105,104 @@ ssize_t chsm_process_comm(int pid, char *buf, size_t len) {
     int e = errno;
     close(fd);
     return n < 0 ? -e : n;
+}
+
+int chsm_syscall_access_kind(long nr) {
+    switch (nr) {
+    case SYS_read: case SYS_write: return CHSM_ACCESS_AT_POSITION;
+    case SYS_readv: case SYS_writev: return CHSM_ACCESS_VECTOR_AT_POSITION;
+    case SYS_pread64: case SYS_pwrite64: return CHSM_ACCESS_AT_OFFSET;
+    case SYS_preadv: case SYS_pwritev: return CHSM_ACCESS_VECTOR_AT_OFFSET;
+    case SYS_preadv2: case SYS_pwritev2: return CHSM_ACCESS_VECTOR_AT_OFFSET_OR_POSITION;
+    case SYS_mmap: return CHSM_ACCESS_MMAP;
+#ifdef SYS_open
+    case SYS_open:
+#endif
+#ifdef SYS_creat
+    case SYS_creat:
+#endif
+#ifdef SYS_openat2
+    case SYS_openat2:
+#endif
+    case SYS_openat: case SYS_execve: case SYS_execveat: case SYS_open_by_handle_at:
+        return CHSM_ACCESS_OPEN;
+    default: return CHSM_ACCESS_OTHER;
+    }
+}
+
+ssize_t chsm_waiting_threads(int pid, char *buf, size_t len, int max_threads) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", pid);
+    int dfd;
+    do { dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC); } while (dfd < 0 && errno == EINTR);
+    if (dfd < 0) return -errno;
+    DIR *dir = fdopendir(dfd);
+    if (!dir) { int e = errno; close(dfd); return -e; }
+    size_t used = 0;
+    int threads = 0;
+    ssize_t result = 0;
+    struct dirent *ent;
+    while ((ent = readdir(dir)) != NULL) {
+        if (ent->d_name[0] < '0' || ent->d_name[0] > '9') continue;
+        if (++threads > max_threads || len - used < 300) { result = -E2BIG; break; }
+        int n = snprintf(buf + used, len - used, "%s ", ent->d_name);
+        used += (size_t)n;
+        char name[300];
+        // wchan first: "0" or a name, never with a blank.
+        snprintf(name, sizeof name, "%s/wchan", ent->d_name);
+        int fd;
+        do { fd = openat(dfd, name, O_RDONLY | O_CLOEXEC); } while (fd < 0 && errno == EINTR);
+        ssize_t w = -1;
+        if (fd >= 0) {
+            w = read_retrying(fd, buf + used, 64 < len - used - 1 ? 64 : len - used - 1);
+            close(fd);
+        }
+        if (w <= 0) { buf[used] = '?'; w = 1; }
+        for (ssize_t i = 0; i < w; i++) if (buf[used + i] == ' ' || buf[used + i] == '\n') buf[used + i] = '_';
+        used += (size_t)w;
+        buf[used++] = ' ';
+        snprintf(name, sizeof name, "%s/syscall", ent->d_name);
+        do { fd = openat(dfd, name, O_RDONLY | O_CLOEXEC); } while (fd < 0 && errno == EINTR);
+        ssize_t s = -1;
+        if (fd >= 0) {
+            s = read_retrying(fd, buf + used, len - used - 1);
+            close(fd);
+        }
+        if (s <= 0) { buf[used] = '?'; s = 1; }
+        used += (size_t)s;
+        if (buf[used - 1] != '\n') buf[used++] = '\n';
+    }
+    closedir(dir);
+    return result < 0 ? result : (ssize_t)used;
+}
+
+int chsm_process_fd_open(int pid, int fd) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/fd/%d", pid, fd);
+    int r;
+    // O_PATH: no open-permission event, no access; the link leads to the file itself.
+    do { r = open(path, O_PATH | O_CLOEXEC); } while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : r;
+}
+
+int chsm_process_fd_position(int pid, int fd, int64_t *pos) {
+    char path[64], text[512];
+    snprintf(path, sizeof path, "/proc/%d/fdinfo/%d", pid, fd);
+    int f;
+    do { f = open(path, O_RDONLY | O_CLOEXEC); } while (f < 0 && errno == EINTR);
+    if (f < 0) return -errno;
+    ssize_t n = read_retrying(f, text, sizeof text - 1);
+    int e = errno;
+    close(f);
+    if (n < 0) return -e;
+    text[n] = 0;
+    // The first line: "pos:\t<decimal>".
+    if (strncmp(text, "pos:", 4) != 0) return -EINVAL;
+    char *p = text + 4, *end;
+    while (*p == ' ' || *p == '\t') p++;
+    errno = 0;
+    long long v = strtoll(p, &end, 10);
+    if (end == p || errno != 0 || v < 0 || (*end != '\n' && *end != 0)) return -EINVAL;
+    *pos = v;
+    return 0;
 }

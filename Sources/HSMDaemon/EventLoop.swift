@@ -43,6 +43,10 @@ final class EventLoop: Sendable {
 
     func start() throws(SystemError) {
         try FanotifyGroup.installWakeupHandler(signal: Self.wakeupSignal)
+        if let path = ProcessInfo.processInfo.environment["HSMD_TEST_DIE_AFTER_READ_FILE"], !path.isEmpty {
+            log.warning("test switch HSMD_TEST_DIE_AFTER_READ_FILE: hsmd kills itself after reading a permission event, before recording it, while \(path) exists")
+            EventLog.testDieAfterRead(whilePresent: path)
+        }
         startThread("hsmd-events") { self.run() }
     }
 

@@ -92,6 +92,37 @@ public final class EventLog: @unchecked Sendable {
         }
     }
 
+    /// Every permission event of the last read got a slot: the ones of the buffer without
+    /// one had been answered. False when the writer died before it recorded them all (or
+    /// the log was full): an event of the buffer without a slot may still wait.
+    public var lastBatchRecorded: Bool { chsm_evlog_last_batch_recorded(base) != 0 }
+
+    /// Records an event of the last batch that never got a slot, once a successor has
+    /// found its file, so that a successor of this process finds it too. Its slot is -1
+    /// when the log is full.
+    public func add(number: Int32, pid: Int32, mask: UInt64, range: AccessRange?, handle: InodeHandle, device: UInt64, inode: UInt64) -> RecordedEvent {
+        var s = chsm_evlog_slot()
+        s.fd = number
+        s.pid = pid
+        s.mask = mask
+        s.has_range = range == nil ? 0 : 1
+        s.offset = UInt64(range?.offset ?? 0)
+        s.count = UInt64(range?.count ?? 0)
+        s.has_handle = 1
+        s.handle = handle.raw
+        s.dev = device
+        s.ino = inode
+        let slot = chsm_evlog_add(base, &s)
+        return RecordedEvent(slot: slot, number: number, pid: pid, mask: mask, range: range, handle: handle, device: device, inode: inode)
+    }
+
+    /// Test-only (HSMD_TEST_DIE_AFTER_READ_FILE): the process kills itself after a read
+    /// that delivered a permission event, before it records any of them, while `path`
+    /// exists. The string is kept for the life of the process.
+    public static func testDieAfterRead(whilePresent path: String) {
+        chsm_evlog_test_die_after_read(strdup(path))
+    }
+
     /// The events of the last read still in the buffer, recorded in a slot or not.
     public func lastBatch() -> [FanotifyEvent] {
         let capacity = rawBytes / 24

@@ -33,6 +33,9 @@ public struct InodeHandle: Hashable, Sendable, CustomStringConvertible {
         "\(type):" + bytes.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined()
     }
 
+    /// The C form, for a record that keeps it (the event log).
+    var raw: chsm_handle { withRaw { $0.pointee } }
+
     fileprivate func withRaw<T>(_ body: (UnsafePointer<chsm_handle>) -> T) -> T {
         var h = chsm_handle()
         h.type = type

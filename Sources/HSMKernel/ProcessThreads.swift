@@ -75,3 +75,83 @@ public enum ProcessThreads {
         return nil
     }
 }
+
+/// How a syscall names the file range it accesses (chsm_processes.h), for telling which
+/// event a thread stopped in it raised.
+public enum SyscallAccessKind: Int32, Sendable {
+    case other = 0
+    /// read, write: fd argument 0, count argument 2, at the fd's position.
+    case atPosition = 1
+    /// readv, writev: fd argument 0, at the fd's position; the count is in user memory.
+    case vectorAtPosition = 2
+    /// pread64, pwrite64: fd argument 0, count argument 2, offset argument 3.
+    case atOffset = 3
+    /// preadv, pwritev: fd argument 0, offset argument 3.
+    case vectorAtOffset = 4
+    /// preadv2, pwritev2: as preadv, an offset of -1 meaning the fd's position.
+    case vectorAtOffsetOrPosition = 5
+    /// mmap: length argument 1, fd argument 4, offset argument 5.
+    case mmap = 6
+    /// open, openat, openat2, creat, execve, execveat: waits on an open-permission event.
+    case open = 7
+
+    /// This architecture's syscall `number`.
+    public init(number: Int) {
+        self = SyscallAccessKind(rawValue: chsm_syscall_access_kind(number)) ?? .other
+    }
+}
+
+/// A thread as a successor hsmd sees it (ProcessThreads.waitingThreads).
+public struct ThreadWait: Sendable, Equatable {
+    public let tid: Int32
+    /// /proc/PID/task/TID/wchan: the kernel function the thread sleeps in, "0" when it does
+    /// not sleep, "?" when it cannot be read.
+    public let wchan: String
+    /// Its syscall line, nil when it could not be read.
+    public let syscallLine: String?
+
+    public init(tid: Int32, wchan: String, syscallLine: String?) {
+        self.tid = tid
+        self.wchan = wchan
+        self.syscallLine = syscallLine
+    }
+
+    /// Asleep waiting for a fanotify permission answer: the wait is in fanotify's event
+    /// handler (docs/KERNEL-FACTS.md), of this group or another.
+    public var waitsOnFanotify: Bool { wchan.hasPrefix("fanotify_") }
+}
+
+extension ProcessThreads {
+    /// Every thread of `pid` with where it sleeps and its syscall line; nil when the list
+    /// cannot be read or has more than `limit` threads. For a successor's start, not for
+    /// the event thread: it opens two files per thread.
+    public static func waitingThreads(pid: Int32, limit: Int) -> [ThreadWait]? {
+        guard pid > 0 else { return nil }
+        let size = 300 * min(max(limit, 1), 4096) + 256
+        return withUnsafeTemporaryAllocation(of: CChar.self, capacity: size) { buffer -> [ThreadWait]? in
+            let n = chsm_waiting_threads(pid, buffer.baseAddress, buffer.count, Int32(clamping: limit))
+            guard n > 0 else { return nil }
+            let text = String(decoding: UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(buffer)[0..<Int(n)]), as: UTF8.self)
+            var out: [ThreadWait] = []
+            for line in text.split(separator: "\n") {
+                let parts = line.split(separator: " ", maxSplits: 2, omittingEmptySubsequences: false)
+                guard parts.count == 3, let tid = Int32(parts[0]) else { return nil }
+                out.append(ThreadWait(tid: tid, wchan: String(parts[1]), syscallLine: parts[2] == "?" ? nil : String(parts[2])))
+            }
+            return out
+        }
+    }
+
+    /// The file `pid` has open as `fd`, opened O_PATH through /proc/PID/fd/FD: no event,
+    /// no access to its data; good for statx and name_to_handle_at.
+    public static func openFile(pid: Int32, fd: Int32) throws(SystemError) -> FileDescriptor {
+        let path = "/proc/\(pid)/fd/\(fd)"
+        return FileDescriptor(rawValue: try SystemError.check(chsm_process_fd_open(pid, fd), "open(O_PATH)", path), path: path)
+    }
+
+    /// The file position of `pid`'s `fd`, nil when it cannot be read.
+    public static func filePosition(pid: Int32, fd: Int32) -> Int64? {
+        var pos: Int64 = 0
+        return chsm_process_fd_position(pid, fd, &pos) == 0 ? pos : nil
+    }
+}

@@ -58,6 +58,17 @@ void chsm_evlog_done(void *log, int32_t slot);
 
 /// For a successor: copies every pending slot (and its index) out. Returns the count.
 int chsm_evlog_pending(const void *log, chsm_evlog_slot *out, int32_t *index, int max);
+/// For a successor: 1 when every permission event of the last batch got a slot (the
+/// others of the buffer were answered), 0 when the writer died before that or the log was
+/// full (an event of the buffer without a slot may be unanswered).
+int chsm_evlog_last_batch_recorded(const void *log);
+/// For a successor: records an event of the last batch that never got a slot, once the
+/// successor has identified its file (`event`'s state is ignored). The slot, or -1 when the
+/// log is full.
+int32_t chsm_evlog_add(void *log, const chsm_evlog_slot *event);
+/// Test-only: the process kills itself with SIGKILL after a read that delivered a
+/// permission event, before recording it, whenever `path` exists (NULL: never).
+void chsm_evlog_test_die_after_read(const char *path);
 /// For a successor: the events of the last batch still in the read buffer (parsed
 /// defensively: the writer may have died at any point).
 int chsm_evlog_last_batch(const void *log, chsm_event *out, int maxout);
