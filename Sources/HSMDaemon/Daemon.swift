@@ -37,9 +37,9 @@ public enum Daemon {
         do {
             if let adopted = inherited.eventLog, let g = inherited.group {
                 eventLog = adopted
-                let p = PredecessorEvents(log: adopted, group: g, log: log)
-                if p.count > 0 || p.denied > 0 {
-                    log.notice("the previous hsmd left \(p.count + p.denied) access(es) unanswered: \(p.count) will be finished, \(p.denied) denied with EIO")
+                let p = PredecessorEvents(log: adopted, group: g, fullRecallPrograms: FullRecallPrograms(config.fullRecallPrograms), log: log)
+                if p.count > 0 || p.denied > 0 || p.allowedOpens > 0 {
+                    log.notice("the previous hsmd left \(p.count + p.denied + p.allowedOpens) access(es) unanswered: \(p.count) will be finished, \(p.allowedOpens) open(s) allowed, \(p.denied) denied with EIO")
                 }
                 predecessor = p
             } else {

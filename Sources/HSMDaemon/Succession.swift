@@ -41,12 +41,16 @@ struct InheritedDescriptors {
 /// The events a dead predecessor read and did not answer (docs/ARCHITECTURE.md,
 /// "Restart without harm"). Each is answered by the number the kernel knows it by.
 ///
-/// Before this process reads anything from the group: events that cannot be identified
-/// are denied with EIO (never allowed), and the numbers of the others are reserved, so no
-/// new event gets a number an old one carries (the kernel would match a response to the
-/// older event first). The identified ones are then recalled like any access, through
-/// the file opened by its handle on hsmd's private mount, once the event loop runs
-/// (without a private mount, hsmd's own I/O on such an fd raises events the loop answers).
+/// Before this process reads anything from the group: the numbers of the events whose
+/// file is known are reserved, so no new event gets a number an old one carries (the
+/// kernel would match a response to the older event first); events whose file cannot be
+/// known are denied with EIO, never allowed. An event of the last read that never got a
+/// slot (the predecessor died between reading and recording it) has its file found from
+/// the stopped thread when that is certain (UnrecordedEventMatch); an open among them is
+/// allowed unless its program is one of full_recall_programs, since the reads after it
+/// raise their own events. The identified ones are recalled like any access, through the
+/// file opened by its handle on hsmd's private mount, once the event loop runs (without a
+/// private mount, hsmd's own I/O on such an fd raises events the loop answers).
 struct PredecessorEvents {
     private struct Identified {
         let event: RecordedEvent
@@ -54,19 +58,51 @@ struct PredecessorEvents {
     }
     private var identified: [Identified] = []
     let denied: Int
+    /// Opens of the last read that never got a slot, let go without a file.
+    let allowedOpens: Int
 
     /// Settles what can be settled before the first read.
-    init(log eventLog: EventLog, group: FanotifyGroup, log: Logger) {
-        let pending = eventLog.pending()
+    init(log eventLog: EventLog, group: FanotifyGroup, fullRecallPrograms: FullRecallPrograms, log: Logger) {
+        var pending = eventLog.pending()
         let numbers = Set(pending.map(\.number))
-        var denied = 0
-        // Events of the last read that never got a slot: the process died between reading
-        // and recording them. Nothing says which file they are for.
-        for e in eventLog.lastBatch() where e.fd >= 0 && e.isPermission && !numbers.contains(e.fd) {
+        var denied = 0, allowedOpens = 0
+        // Events of the last read that never got a slot. When the read was recorded
+        // whole, they were answered (responses find nothing: harmless); else they wait.
+        let unrecorded = eventLog.lastBatch().filter { $0.fd >= 0 && $0.isPermission && !numbers.contains($0.fd) }
+        let waiting = !eventLog.lastBatchRecorded
+        func deny(_ number: Int32, pid: Int32, _ why: String) {
             // ENOENT means the predecessor had answered it already: harmless.
-            if case .success = group.respondOrFallBack(to: e.fd, .deny(errno: EIO)) {
+            if case .success = group.respondOrFallBack(to: number, .deny(errno: EIO)) {
                 denied += 1
-                log.error("an access by pid \(e.pid) that the previous hsmd read but did not record is denied with EIO (its file cannot be identified)")
+                log.error("an access by pid \(pid) that the previous hsmd read but did not record is denied with EIO: \(why)")
+            }
+        }
+        var byProcess: [Int32: [FanotifyEvent]] = [:]
+        for e in unrecorded {
+            guard waiting else { deny(e.fd, pid: e.pid, "its file cannot be identified"); continue }
+            if e.isOpenPermission {
+                let program = ProcessThreads.programName(pid: e.pid)
+                if program.isEmpty || fullRecallPrograms.includes(program) {
+                    deny(e.fd, pid: e.pid, program.isEmpty ? "the process is gone" : "\(program) is one of full_recall_programs and its file cannot be identified")
+                } else if case .success = group.respondOrFallBack(to: e.fd, .allow) {
+                    allowedOpens += 1
+                    log.notice("an open by pid \(e.pid) (\(program)) that the previous hsmd read but did not record is allowed: its reads raise their own events")
+                }
+                continue
+            }
+            byProcess[e.pid, default: []].append(e)
+        }
+        // All /proc work (and the fds it opens and closes) before any number is reserved.
+        for (pid, events) in byProcess.sorted(by: { $0.key < $1.key }) {
+            for (e, found) in zip(events, UnrecordedEventFiles.find(pid: pid, ranges: events.map(\.range))) {
+                switch found {
+                case .failure(let why):
+                    deny(e.fd, pid: pid, "its file cannot be identified (\(why))")
+                case .success(let f):
+                    pending.append(eventLog.add(number: e.fd, pid: pid, mask: e.mask, range: e.range, handle: f.handle,
+                                                device: f.key.device, inode: f.key.inode))
+                    log.notice("an access by pid \(pid) to \(f.path) (\(e.range.map { "\($0)" } ?? "open")) that the previous hsmd read but did not record: its file is known from the stopped thread")
+                }
             }
         }
         for e in pending {
@@ -90,6 +126,7 @@ struct PredecessorEvents {
             identified.append(Identified(event: e, reserved: reserved))
         }
         self.denied = denied
+        self.allowedOpens = allowedOpens
     }
 
     var count: Int { identified.count }

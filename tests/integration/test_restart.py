@@ -2,6 +2,7 @@
 store (here the test's stand-in, fdstore.FDStore), a restart, a stop for a restart, a
 kill -9 or a hung event loop never lets a reader see zeros, and the next hsmd finishes
 what the previous one had taken."""
+import hashlib
 import os
 import signal
 import subprocess
@@ -127,7 +128,7 @@ def test_a_hung_event_loop_killed_mid_batch_loses_nothing(kept):
     for r, (_, digest) in zip(readers, files):
         assert_whole(r, digest, hsm=hsm)
     log = hsm.log_text()
-    assert "will be finished, 0 denied with EIO" in log, log[-3000:]
+    assert "will be finished, 0 open(s) allowed, 0 denied with EIO" in log, log[-3000:]
     assert "is denied with EIO" not in log
 
 
@@ -183,4 +184,120 @@ def test_a_btrfs_snapshot_of_released_files_recalls_instead_of_reading_zeros(hsm
     out = subprocess.run([sys.executable, "-c", READER, str(copy)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, (out.stderr, hsm.log_text()[-3000:])
     assert out.stdout.strip() == digest, "the snapshot's released ranges read as other bytes (zeros?)"
+    assert sha256(p) == digest
+
+
+# A program that opens a file, says so, waits for a line on stdin, then makes one access
+# and prints the sha256 of what it read (or of nothing, for a write).
+ONE_ACCESS = r"""
+import hashlib, mmap, os, sys
+path, mode = sys.argv[1], sys.argv[2]
+fd = os.open(path, os.O_RDWR if mode == "pwrite" else os.O_RDONLY)
+print("opened", flush=True)
+sys.stdin.readline()
+if mode == "read":
+    os.lseek(fd, 12345, 0)
+    got = os.read(fd, 1 << 20)
+elif mode == "pread":
+    got = os.pread(fd, 100000, 777777)
+elif mode == "readv":
+    os.lseek(fd, 2 << 20, 0)
+    a, b = bytearray(5000), bytearray(70000)
+    os.readv(fd, [a, b])
+    got = bytes(a + b)
+elif mode == "mmap":
+    got = mmap.mmap(fd, 3 << 20, prot=mmap.PROT_READ, offset=1 << 20)[:]
+elif mode == "pwrite":
+    os.pwrite(fd, b"xyz", 300000)
+    got = b""
+print(hashlib.sha256(got).hexdigest(), flush=True)
+"""
+
+EXPECTED = {
+    "read": lambda d: d[12345:12345 + MiB],
+    "pread": lambda d: d[777777:777777 + 100000],
+    "readv": lambda d: d[2 * MiB:2 * MiB + 75000],
+    "mmap": lambda d: d[MiB:4 * MiB],
+    "pwrite": lambda d: b"",
+}
+
+
+def wait_for_exit(hsm, timeout=10):
+    try:
+        hsm.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("hsmd did not kill itself at the test switch:\n" + hsm.log_text()[-3000:])
+    assert hsm.proc.returncode == -signal.SIGKILL, hsm.proc.returncode
+    hsm.stop()
+
+
+@pytest.mark.parametrize("mode", sorted(EXPECTED))
+def test_a_kill_9_between_reading_an_access_and_recording_it_finds_the_file_from_the_stopped_thread(kept, mode):
+    """The one window the event log cannot close: hsmd killed after read() returned an
+    event and before it recorded the event's file. The next hsmd finds the file from what
+    the stopped thread is doing, recalls and answers; the program gets its bytes."""
+    hsm, store = kept
+    die = hsm.base / "die"
+    hsm.start(fdstore=store, env={"HSMD_TEST_DIE_AFTER_READ_FILE": str(die)})
+    wait_for_names(store, "hsmd-precontent", "hsmd-eventlog")
+    data = os.urandom(8 * MiB)
+    p, _ = hsm.write("f.bin", data=data)
+    hsm.migrate(p)
+    prog = subprocess.Popen([sys.executable, "-c", ONE_ACCESS, str(p), mode], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert prog.stdout.readline().strip() == "opened", prog.stderr.read()
+        die.touch()
+        prog.stdin.write("go\n")
+        prog.stdin.flush()
+        wait_for_exit(hsm)
+        assert_waits(prog, 0.5)          # no hsmd: the access waits in the kept group
+        die.unlink()
+        hsm.start(fdstore=store)
+        out, err = prog.communicate(timeout=60)
+        assert prog.returncode == 0, (err, hsm.log_text()[-3000:])
+        assert out.strip() == hashlib.sha256(EXPECTED[mode](data)).hexdigest(), "the program got other bytes than the file's"
+    finally:
+        if prog.poll() is None:
+            prog.kill()
+            prog.wait()
+    log = hsm.log_text()
+    assert "its file is known from the stopped thread" in log, log[-3000:]
+    assert "1 will be finished, 0 open(s) allowed, 0 denied with EIO" in log, log[-3000:]
+    if mode == "pwrite":
+        data = data[:300000] + b"xyz" + data[300003:]
+    assert sha256(p) == hashlib.sha256(data).hexdigest()
+
+
+def test_a_kill_9_between_reading_an_open_and_recording_it_lets_the_open_go_unless_a_full_recall_program(kept):
+    """An open the next hsmd cannot tie to a file: allowed for a program that gets only
+    the blocks it reads (its reads raise their own events), denied with EIO for one of
+    full_recall_programs (cp would copy holes as zeros); nothing is lost either way."""
+    hsm, store = kept
+    die = hsm.base / "die"
+    hsm.start(fdstore=store, env={"HSMD_TEST_DIE_AFTER_READ_FILE": str(die)})
+    wait_for_names(store, "hsmd-precontent", "hsmd-eventlog")
+    p, digest = hsm.write("f.bin", size=6 * MiB)
+    hsm.migrate(p)
+
+    die.touch()
+    reader = start_reader(p)
+    wait_for_exit(hsm)
+    die.unlink()
+    hsm.start(fdstore=store, env={"HSMD_TEST_DIE_AFTER_READ_FILE": str(die)})
+    assert_whole(reader, digest, hsm=hsm)
+    assert hsm.wait_for_log("(python3) that the previous hsmd read but did not record is allowed")
+
+    hsm.ctl("release", p)
+    copy = hsm.base / "copy.bin"
+    die.touch()
+    cp = subprocess.Popen(["cp", str(p), str(copy)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_exit(hsm)
+    die.unlink()
+    hsm.start(fdstore=store)
+    _, err = cp.communicate(timeout=60)
+    assert cp.returncode != 0 and "Input/output error" in err, (cp.returncode, err)
+    log = hsm.log_text()
+    assert "cp is one of full_recall_programs and its file cannot be identified" in log, log[-3000:]
+    assert hsm.state(p) == "released"
     assert sha256(p) == digest
